@@ -1,0 +1,158 @@
+"""The `mlpmem` console script.
+
+``fit``, ``validate`` and ``test`` are LightningCLI (``--model`` picks the
+LightningModule, the data is always ``LMDataModule``); every other subcommand is a
+pipeline stage with plain argparse options. Errors a user can fix (``UserError``)
+print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import EXIT_USER_ERROR, UserError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+log = logging.getLogger("mlpmem_lightning")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            from .lightning_cli import run_cli
+
+            run_cli(argv)
+        else:
+            args = build_parser().parse_args(argv)
+            if not hasattr(args, "func"):
+                build_parser().print_help()
+                sys.exit(EXIT_USER_ERROR)
+            args.func(args)
+    except UserError as err:
+        print(f"mlpmem: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _setup_logging() -> None:
+    """Our stages log progress at INFO; Lightning keeps its own handler, so no root handler."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlpmem", description="MLP Memory scaling studies: decoder-only, kNN-LM and decoder + MLP Memory.",
+        epilog="Each subcommand has its own --help.")
+    sub = parser.add_subparsers(title="subcommands", metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} (--model DecoderLM|KNNLM|MemoryLM, --config …, --print_config)",
+                       add_help=False)
+    _add(sub, "prepare", "corpus -> tokenizer -> token store", _cmd_prepare, _args_prepare)
+    _add(sub, "sizes", "print the size ladder with parameters and FLOPs per token", _cmd_sizes, _args_sizes)
+    _add(sub, "demo", "a small end-to-end study on the embedded corpus (CPU)", _cmd_demo, _args_demo)
+    for name, what, issue in (("datastore", "decoder -> kNN datastore (keys, values, index)", 3),
+                              ("targets", "datastore -> sparse kNN target distributions", 3),
+                              ("sweep", "Optuna study over sizes -> results.csv", 5),
+                              ("report", "results.csv -> power-law fits, plots, report.md", 5),
+                              ("bench", "GPU and CPU benchmarks of every stage", 6)):
+        p = sub.add_parser(name, help=f"{what} [not implemented yet: issue #{issue}]")
+        p.set_defaults(func=_not_yet(name, issue))
+    return parser
+
+
+def _add(sub, name: str, help: str, func: Callable, add_args: Callable) -> None:
+    p = sub.add_parser(name, help=help, description=help)
+    add_args(p)
+    p.set_defaults(func=func)
+
+
+def _not_yet(name: str, issue: int) -> Callable:
+    def run(args: argparse.Namespace) -> None:
+        raise UserError(f"`mlpmem {name}` is not implemented yet (tracked in issue #{issue})")
+    return run
+
+
+# -- prepare -----------------------------------------------------------------------------------
+def _args_prepare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", default="wiki-summaries",
+                   help="registry name (see --list), a local .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG]")
+    p.add_argument("--out", type=Path, help="token store directory (default: runs/tokens/<corpus>)")
+    p.add_argument("--tokenizer", default="bpe",
+                   help="'bpe' trains a byte-level BPE on the train split; else a tokenizer.json or tokenizer directory")
+    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (with --tokenizer bpe)")
+    p.add_argument("--valid-fraction", type=float, default=0.05, help="share of documents in valid")
+    p.add_argument("--test-fraction", type=float, default=0.05, help="share of documents in test")
+    p.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    p.add_argument("--max-documents", type=int, help="use only the first N documents (quick experiments)")
+    p.add_argument("--num-proc", type=int, help="tokenizer processes (default: min(4, cores))")
+    p.add_argument("--list", action="store_true", help="list the registry's corpora and exit")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from .corpora import list_corpora
+    from .token_store import PrepareSettings, prepare
+
+    if args.list:
+        print("\n".join(list_corpora()))
+        return
+    settings = PrepareSettings(corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                               valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
+                               seed=args.seed, max_documents=args.max_documents)
+    out = args.out or Path("runs/tokens") / Path(args.corpus.replace(":", "_")).name
+    manifest = prepare(settings, out, num_proc=args.num_proc)
+    tokens = manifest["tokens"]
+    print(f"token store {out}: vocab {manifest['vocab_size']}, fingerprint {manifest['fingerprint']}")
+    print("  " + ", ".join(f"{k} {v:,} tokens ({manifest['documents'][k]:,} docs)" for k, v in tokens.items()))
+
+
+# -- sizes -------------------------------------------------------------------------------------
+def _args_sizes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--seq-len", type=int, default=256, help="context used in the attention FLOPs term")
+    p.add_argument("--family", default="llama", choices=["llama", "gpt2"])
+    p.add_argument("--tie", action="store_true", help="tied input embedding and output head")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+
+
+def _cmd_sizes(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .sizes import ladder_table
+
+    df = pd.DataFrame(ladder_table(args.vocab_size, args.seq_len, args.family, args.tie))
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(df.to_json(orient="records", indent=2))
+    else:
+        print(f"decoder ladder ({args.family}, vocab {args.vocab_size}, seq_len {args.seq_len}; "
+              "FLOPs per training token = 6*N_matmul + 12*n_layer*d_model*seq_len)")
+        print(df.to_string(index=False, formatters={"lr": "{:.1e}".format, "params_non_embedding": "{:,}".format,
+                                                     "params_total": "{:,}".format, "flops_per_token": "{:,}".format}))
+
+
+# -- demo --------------------------------------------------------------------------------------
+def _args_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where every artifact of the demo goes")
+    p.add_argument("--sizes", nargs="+", default=["200k", "400k", "800k"], help="decoder sizes")
+    p.add_argument("--max-tokens", type=int, default=1_000_000, help="training tokens per decoder")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, args.sizes, args.max_tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""`DecoderLM`: the decoder-only baseline as a thin LightningModule.
+
+Training is cross-entropy on the windows of ``LMDataModule`` with AdamW (weight decay
+on matrices only), linear warmup then cosine decay, and a token budget
+(``max_tokens``) that sets ``trainer.max_steps``. Evaluation accumulates the summed
+token NLL and the token count (torchmetrics), so perplexity is exp of the exact
+token-weighted mean over the split, independent of batching and of the number of GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from .decoder import build_decoder, context_length
+from .errors import UserError
+from .sizes import DEFAULT_CONTEXT, flops_per_token, get_size, non_embedding_params
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood in float32, shape of ``labels``."""
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class DecoderLM(L.LightningModule):
+    """Decoder-only causal LM on the size ladder.
+
+    Args:
+        size: ladder rung (``mlpmem sizes`` lists them).
+        family: ``llama`` (RMSNorm, SwiGLU, RoPE) or ``gpt2``.
+        vocab_size: taken from the token store when ``None``; if set, it must match it.
+        context: maximum sequence length of the positions.
+        tie_embeddings: share the input embedding and the output head.
+        lr: peak learning rate (default: the rung's).
+        weight_decay: AdamW decay, applied to matrices only.
+        betas: AdamW betas.
+        warmup_fraction: share of the steps spent warming up.
+        min_lr_ratio: final LR as a fraction of the peak.
+        max_tokens: training token budget; sets ``trainer.max_steps`` (``None``: use the trainer's).
+        compile: ``torch.compile`` the network (GPU).
+        dropout: dropout probability in the blocks.
+        data_fingerprint: token store this model belongs to (recorded at fit; checked later).
+    """
+
+    def __init__(self, size: str = "200k", family: Literal["llama", "gpt2"] = "llama", vocab_size: int | None = None,
+                 context: int = DEFAULT_CONTEXT, tie_embeddings: bool = False, lr: float | None = None,
+                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), warmup_fraction: float = 0.02,
+                 min_lr_ratio: float = 0.1, max_tokens: int | None = 2_000_000, compile: bool = False,
+                 dropout: float = 0.0, data_fingerprint: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.ladder = get_size(size)
+        self.lr = lr if lr is not None else self.ladder.lr
+        self.net = None
+        if vocab_size is not None:
+            self._build(vocab_size)
+        # float64 sums: a split of millions of tokens must not lose digits before the exp().
+        self.val_nll, self.test_nll = MeanMetric().set_dtype(torch.float64), MeanMetric().set_dtype(torch.float64)
+
+    def _build(self, vocab_size: int) -> None:
+        hp = self.hparams
+        self.net = build_decoder(self.ladder, vocab_size, hp.family, hp.context, hp.tie_embeddings, hp.dropout)
+        self.hparams["vocab_size"] = vocab_size
+
+    # -- set-up: bind the model to its data and its budget -------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if self.net is None:
+            self._build(dm.vocab_size)
+        elif self.hparams.vocab_size != dm.vocab_size:
+            raise UserError(f"the model's vocab_size is {self.hparams.vocab_size} but the token store's tokenizer has "
+                            f"{dm.vocab_size}: drop --model.vocab_size or prepare the data with the model's tokenizer")
+        self._check_data(dm)
+        if dm.seq_len > context_length(self.net):
+            raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
+                            "lower --data.seq_len or raise --model.context")
+        self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
+        self.tokens_per_step = dm.batch_size * dm.seq_len * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        if stage == "fit" and self.hparams.max_tokens is not None:
+            self.trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(self.hparams.max_tokens / self.tokens_per_step))
+        if stage == "fit" and self.hparams.compile:
+            self.net.compile()
+
+    def _check_data(self, dm) -> None:
+        have, fp = self.hparams.data_fingerprint, dm.fingerprint
+        if have is None:
+            self.hparams["data_fingerprint"] = fp
+        elif have != fp:
+            raise UserError(f"this model was trained on token store {have} but the data is {fp} ({dm.token_store}): "
+                            "pass the token store the model was trained on")
+
+    # -- steps -------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=input_ids, use_cache=False).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = token_nll(self(batch["input_ids"]), batch["labels"]).mean()
+        if not torch.isfinite(loss):
+            raise UserError(f"training loss became {loss.item()} at step {self.global_step}: lower --model.lr; "
+                            "the last good checkpoint is kept")
+        tokens = (self.global_step + 1) * self.tokens_per_step
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
+        nll = token_nll(self(batch["input_ids"]), batch["labels"])
+        metric.update(nll.mean(), weight=nll.numel())
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_nll)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_nll)
+
+    def _log_epoch(self, metric: MeanMetric, prefix: str) -> None:
+        """Token-weighted mean NLL over the whole split (synced across ranks) and its perplexity."""
+        loss = metric.compute()
+        metric.reset()
+        self.log_dict({f"{prefix}/loss": loss, f"{prefix}/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_nll, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_nll, "test")
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(self.hparams.betas),
+                                fused=self.device.type == "cuda")
+        total = max(1, self.trainer.max_steps)
+        warmup = max(1, round(self.hparams.warmup_fraction * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, warmup, total, self.hparams.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def param_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.net.parameters())
+        return {"params_total": total, "params_non_embedding": non_embedding_params(self.ladder, self.hparams.family)}
