@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from . import decoder_lm  # noqa: F401  (registers DecoderLM for --model)
 from .data import LMDataModule
+from .errors import UserError
 
 
 class MlpmemCLI(LightningCLI):
@@ -62,9 +63,23 @@ class MlpmemCLI(LightningCLI):
 
 def run_cli(argv: list[str]) -> MlpmemCLI:
     """Run one LightningCLI command in-process (used by `mlpmem`, the demo and the tests)."""
-    return MlpmemCLI(
-        LightningModule, LMDataModule, subclass_mode_model=True,
-        args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given both
-        save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mlpmem"},
-        seed_everything_default=0,
-    )
+    try:
+        return MlpmemCLI(
+            LightningModule, LMDataModule, subclass_mode_model=True,
+            args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given both
+            save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mlpmem"},
+            seed_everything_default=0,
+        )
+    except Exception as err:  # jsonargparse wraps errors raised in __init__; surface ours
+        user_error = _find_user_error(err)
+        if user_error is None:
+            raise
+        raise user_error from None
+
+
+def _find_user_error(err: BaseException | None) -> UserError | None:
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

@@ -1,0 +1,73 @@
+"""Acceptance of the decoder baseline on the embedded corpus, and fit-time bad input."""
+
+import numpy as np
+import pytest
+
+from mlpmem_lightning.errors import UserError
+from mlpmem_lightning.lightning_cli import run_cli
+from mlpmem_lightning.token_store import TokenStore
+
+from .test_cli import EXP, mlpmem
+
+STEPS, BATCH, SEQ = 300, 16, 128
+
+
+def fit_args(store, run_dir, *extra):
+    return ["fit", "--config", str(EXP / "trainer/cpu.yaml"), "--config", str(EXP / "model/decoder_200k.yaml"),
+            "--data.token_store", str(store), "--data.seq_len", str(SEQ), "--data.batch_size", str(BATCH),
+            "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false", *extra]
+
+
+def unigram_perplexity(tokens: np.ndarray, vocab: int) -> float:
+    """exp of the entropy of the split's own unigram distribution (float64)."""
+    p = np.bincount(tokens, minlength=vocab).astype(np.float64) / len(tokens)
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_smallest_decoder_learns(wiki_store, tmp_path):
+    store = TokenStore(wiki_store)
+    assert store.manifest["tokens"]["train"] > 500_000
+    cli = run_cli(fit_args(wiki_store, tmp_path / "run", "--model.max_tokens", str(STEPS * BATCH * SEQ)))
+    assert cli.trainer.global_step == STEPS
+    val_ppl = float(cli.trainer.callback_metrics["val/ppl"])
+    unigram = unigram_perplexity(np.asarray(store.split("train")), store.vocab_size)
+    print(f"valid ppl {val_ppl:.1f}, unigram ppl of train {unigram:.1f}, vocab {store.vocab_size}")
+    assert val_ppl < 0.1 * store.vocab_size
+    assert val_ppl < 0.8 * unigram
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "metrics.csv").is_file()
+
+    # valid perplexity is exp of the token-weighted mean NLL, recomputed here by brute force
+    import torch
+
+    from mlpmem_lightning.data import TokenWindows
+    from mlpmem_lightning.decoder_lm import DecoderLM, token_nll
+
+    model = DecoderLM.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").eval()
+    windows = TokenWindows(wiki_store / "valid.npy", SEQ, store.manifest["tokens"]["valid"])
+    batch = windows.__getitems__(list(range(len(windows))))
+    with torch.no_grad():
+        nll = torch.cat([token_nll(model(x), y).double().flatten()
+                         for x, y in zip(batch["input_ids"].split(64), batch["labels"].split(64))])
+    val = run_cli(["validate"] + fit_args(wiki_store, tmp_path / "run")[1:]
+                  + ["--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt")])
+    assert float(val.trainer.callback_metrics["val/loss"]) == pytest.approx(nll.mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data.seq_len", "128", "--model.context", "64"], "exceeds the model's context"),
+    (["--model.vocab_size", "100"], "vocab_size is 100"),
+    (["--data.fingerprint", "0123456789abcdef"], "fingerprint"),
+    (["--model.size", "tiny"], "unknown decoder size"),
+])
+def test_fit_bad_input(wiki_store, tmp_path, extra, message):
+    with pytest.raises(UserError, match=message):
+        run_cli(fit_args(wiki_store, tmp_path / "run", "--model.max_tokens", "2048", *extra))
+
+
+def test_fit_bad_input_exits_2_with_one_line(wiki_store, tmp_path):
+    out = mlpmem(*fit_args(wiki_store, tmp_path / "run", "--model.vocab_size", "100"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("mlpmem: error: the model's vocab_size is 100")
