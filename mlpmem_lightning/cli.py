@@ -88,7 +88,8 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
                    help="registry name (see --list), a local .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG]")
     p.add_argument("--out", type=Path, help="token store directory (default: runs/tokens/<corpus>)")
     p.add_argument("--tokenizer", default="bpe",
-                   help="'bpe' trains a byte-level BPE on the train split; else a tokenizer.json or tokenizer directory")
+                   help="'bpe' trains a byte-level BPE on the train split; "
+                        "else a tokenizer.json or tokenizer directory")
     p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (with --tokenizer bpe)")
     p.add_argument("--valid-fraction", type=float, default=0.05, help="share of documents in valid")
     p.add_argument("--test-fraction", type=float, default=0.05, help="share of documents in test")

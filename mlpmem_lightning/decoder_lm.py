@@ -88,9 +88,10 @@ class DecoderLM(L.LightningModule):
             raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
                             "lower --data.seq_len or raise --model.context")
         self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
-        self.tokens_per_step = dm.batch_size * dm.seq_len * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        t = self.trainer
+        self.tokens_per_step = dm.batch_size * dm.seq_len * t.accumulate_grad_batches * t.world_size
         if stage == "fit" and self.hparams.max_tokens is not None:
-            self.trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(self.hparams.max_tokens / self.tokens_per_step))
+            t.fit_loop.epoch_loop.max_steps = max(1, math.ceil(self.hparams.max_tokens / self.tokens_per_step))
         if stage == "fit" and self.hparams.compile:
             self.net.compile()
 

@@ -34,5 +34,6 @@ def read_results(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise UserError(f"{path} lacks required columns {', '.join(missing)}: it must follow DESIGN.md's results schema")
+        raise UserError(f"{path} lacks required columns {', '.join(missing)}: "
+                        "it must follow DESIGN.md's results schema")
     return df

@@ -123,7 +123,7 @@ def _build(settings: PrepareSettings, out: Path, num_proc: int, cache_dir: str |
         hashes[name] = artifacts.hash_file(out / f"{name}.npy")
     shutil.rmtree(work)
 
-    info = corpus_info(settings.corpus)
+    info = corpus_info(settings.corpus, cache_dir=cache_dir)
     tok_hash = artifacts.hash_file(out / TOKENIZER_FILE)
     fingerprint = artifacts.hash_json({"tokens": hashes, "tokenizer": tok_hash})
     return artifacts.write_manifest(
@@ -196,7 +196,8 @@ class TokenStore:
             raise UserError(f"unknown split {name!r}: choose one of {', '.join(SPLITS)}")
         arr = artifacts.load_npy(self.path / f"{name}.npy")
         if arr.ndim != 1 or len(arr) != self.manifest["tokens"][name]:
-            raise UserError(f"{self.path / name}.npy does not match its manifest: delete {self.path} and re-run prepare")
+            raise UserError(f"{self.path / name}.npy does not match its manifest: "
+                            f"delete {self.path} and re-run prepare")
         return arr
 
     @cached_property

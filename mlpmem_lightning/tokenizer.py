@@ -73,4 +73,5 @@ def separator_id(tok: Tokenizer) -> int:
         idx = tok.token_to_id(name)
         if idx is not None:
             return idx
-    raise UserError("the tokenizer has no end-of-text token (<|endoftext|> or </s>): add one or train a 'bpe' tokenizer")
+    raise UserError("the tokenizer has no end-of-text token (<|endoftext|> or </s>): "
+                    "add one or train a 'bpe' tokenizer")

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 from mlpmem_lightning.errors import UserError
 from mlpmem_lightning.lightning_cli import run_cli
@@ -71,3 +72,39 @@ def test_fit_bad_input_exits_2_with_one_line(wiki_store, tmp_path):
     out = mlpmem(*fit_args(wiki_store, tmp_path / "run", "--model.vocab_size", "100"), cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("mlpmem: error: the model's vocab_size is 100")
+
+
+class CrashAt(Callback):
+    """Simulates a crash: raises when training reaches ``step`` (after the checkpoint before it)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_fit_is_deterministic_and_resumes(wiki_store, tmp_path):
+    """Same seed -> bitwise-identical weights (with or without workers); a crashed fit re-run resumes
+    from last.ckpt, continues the data order and ends with the uninterrupted run's weights."""
+    import torch
+
+    budget = ["--model.max_tokens", str(12 * BATCH * SEQ), "--trainer.val_check_interval", "0.5"]
+
+    def weights(run):
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+    run_cli(fit_args(wiki_store, tmp_path / "a", *budget))
+    run_cli(fit_args(wiki_store, tmp_path / "b", *budget, "--data.num_workers", "2"))
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    crash = ["--trainer.callbacks+=tests.test_decoder_fit.CrashAt", "--trainer.callbacks.step", "8"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(fit_args(wiki_store, tmp_path / "c", *budget, *crash))
+    assert torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    resumed = run_cli(fit_args(wiki_store, tmp_path / "c", *budget))
+    assert resumed.trainer.global_step == 12
+    c = weights(tmp_path / "c")
+    assert all(torch.equal(a[k], c[k]) for k in a)

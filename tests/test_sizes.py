@@ -5,8 +5,14 @@ import torch
 
 from mlpmem_lightning.decoder import build_decoder
 from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.sizes import (LADDER, embedding_params, flops_per_token, get_size, non_embedding_params,
-                                    total_params)
+from mlpmem_lightning.sizes import (
+    LADDER,
+    embedding_params,
+    flops_per_token,
+    get_size,
+    non_embedding_params,
+    total_params,
+)
 
 V = 8192
 
