@@ -75,7 +75,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
-    _fsync_rename(tmp, path)
+    fsync_rename(tmp, path)
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
@@ -83,10 +83,10 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.save(f, array)
-    _fsync_rename(tmp, path)
+    fsync_rename(tmp, path)
 
 
-def _fsync_rename(tmp: Path, path: Path) -> None:
+def fsync_rename(tmp: Path, path: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

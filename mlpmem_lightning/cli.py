@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "prepare", "corpus -> tokenizer -> token store", _cmd_prepare, _args_prepare)
     _add(sub, "sizes", "print the size ladder with parameters and FLOPs per token", _cmd_sizes, _args_sizes)
     _add(sub, "demo", "a small end-to-end study on the embedded corpus (CPU)", _cmd_demo, _args_demo)
-    for name, what, issue in (("datastore", "decoder -> kNN datastore (keys, values, index)", 3),
-                              ("targets", "datastore -> sparse kNN target distributions", 3),
-                              ("sweep", "Optuna study over sizes -> results.csv", 5),
+    _add(sub, "datastore", "decoder + token store -> kNN datastore (keys, values, optional index)",
+         _cmd_datastore, _args_datastore)
+    _add(sub, "targets", "datastore -> sparse kNN target distributions (ids.npy, probs.npy)",
+         _cmd_targets, _args_targets)
+    for name, what, issue in (("sweep", "Optuna study over sizes -> results.csv", 5),
                               ("report", "results.csv -> power-law fits, plots, report.md", 5),
                               ("bench", "GPU and CPU benchmarks of every stage", 6)):
         p = sub.add_parser(name, help=f"{what} [not implemented yet: issue #{issue}]")
@@ -116,6 +118,73 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print("  " + ", ".join(f"{k} {v:,} tokens ({manifest['documents'][k]:,} docs)" for k, v in tokens.items()))
 
 
+# -- datastore and targets -------------------------------------------------------------------
+def _args_index(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("index (faiss; built next to the datastore when missing)")
+    g.add_argument("--nlist", type=int, help="IVF lists (default: about N/256, at most 4096)")
+    g.add_argument("--m", type=int, default=64, help="PQ sub-quantizers (ivfpq; must divide d)")
+    g.add_argument("--nbits", type=int, default=8, help="bits per PQ code (ivfpq)")
+    g.add_argument("--train-size", type=int, default=1_000_000, help="keys sampled to train the index")
+
+
+def _args_datastore(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", required=True, help="DecoderLM .ckpt, run directory, or transformers model directory")
+    p.add_argument("--data", required=True, type=Path, help="token store the decoder was trained on")
+    p.add_argument("--out", required=True, type=Path, help="datastore directory")
+    p.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    p.add_argument("--layer", type=int, default=-1, help="whose FFN input is the key (default: the last layer)")
+    p.add_argument("--seq-len", type=int, help="window length (default: the decoder's training seq_len)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--precision", default="32", choices=["32", "bf16"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--index", choices=["flat", "ivfflat", "ivfpq"], help="also build this faiss index")
+    _args_index(p)
+
+
+def _cmd_datastore(args: argparse.Namespace) -> None:
+    from .datastore import DatastoreSettings, build_datastore
+
+    settings = DatastoreSettings(split=args.split, layer=args.layer, seq_len=args.seq_len,
+                                 batch_size=args.batch_size, precision=args.precision)
+    m = build_datastore(args.decoder, args.data, args.out, settings, device=args.device)
+    if args.index:
+        from .targets import TargetSettings, ensure_index
+
+        ensure_index(args.out, TargetSettings(index=args.index, nlist=args.nlist, m=args.m, nbits=args.nbits,
+                                              train_size=args.train_size))
+    print(f"datastore {args.out}: {m['N']:,} rows x d={m['d']} (layer {m['layer']}, seq_len {m['seq_len']}), "
+          f"fingerprint {m['fingerprint']}")
+
+
+def _args_targets(p: argparse.ArgumentParser) -> None:
+    from .targets import TargetSettings
+
+    d = TargetSettings()
+    p.add_argument("--datastore", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="targets directory")
+    p.add_argument("--index", default=d.index, choices=["flat", "ivfflat", "ivfpq"], help="flat is exact search")
+    p.add_argument("--k", type=int, default=d.k, help="neighbours per row (the row itself excluded)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="T in softmax(-d/T)")
+    p.add_argument("--keep", type=int, default=d.keep, help="K: most probable tokens kept per row")
+    p.add_argument("--nprobe", type=int, default=d.nprobe, help="IVF lists scanned per query")
+    p.add_argument("--rerank", action="store_true", help="re-rank approximate candidates exactly")
+    p.add_argument("--chunk", type=int, default=d.chunk, help="rows per search batch")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"])
+    p.add_argument("--device", default="auto")
+    _args_index(p)
+
+
+def _cmd_targets(args: argparse.Namespace) -> None:
+    from .targets import TargetSettings, build_targets
+
+    settings = TargetSettings(index=args.index, k=args.k, temperature=args.temperature, keep=args.keep,
+                              nprobe=args.nprobe, rerank=args.rerank, chunk=args.chunk, nlist=args.nlist,
+                              m=args.m, nbits=args.nbits, train_size=args.train_size)
+    m = build_targets(args.datastore, args.out, settings, backend=args.backend, device=args.device)
+    print(f"targets {args.out}: {m['N']:,} rows, K={m['K']}, mass kept mean {m['mass_kept_mean']:.4f} "
+          f"min {m['mass_kept_min']:.4f}")
+
+
 # -- sizes -------------------------------------------------------------------------------------
 def _args_sizes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, default=8192)
@@ -146,7 +215,7 @@ def _cmd_sizes(args: argparse.Namespace) -> None:
 def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where every artifact of the demo goes")
     p.add_argument("--sizes", nargs="+", default=["200k", "400k", "800k"], help="decoder sizes")
-    p.add_argument("--max-tokens", type=int, default=1_000_000, help="training tokens per decoder")
+    p.add_argument("--max-tokens", type=int, default=500_000, help="training tokens per decoder")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

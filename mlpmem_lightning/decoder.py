@@ -8,8 +8,10 @@ transformers models that any later stage (datastore, memory, generation) can loa
 
 from __future__ import annotations
 
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from .errors import UserError
 from .sizes import DEFAULT_CONTEXT, DecoderSize, check_family, ffn_hidden
 
 
@@ -22,6 +24,7 @@ def decoder_config(size: DecoderSize, vocab_size: int, family: str = "llama", co
             vocab_size=vocab_size, n_positions=context, n_embd=size.d_model, n_layer=size.n_layer,
             n_head=size.n_head, n_inner=ffn_hidden(size.d_model, family), resid_pdrop=dropout,
             embd_pdrop=dropout, attn_pdrop=dropout, tie_word_embeddings=tie_embeddings,
+            bos_token_id=None, eos_token_id=None,  # GPT-2's 50256 is outside our vocabularies
         )
     return LlamaConfig(
         vocab_size=vocab_size, hidden_size=size.d_model, intermediate_size=ffn_hidden(size.d_model, family),
@@ -43,3 +46,56 @@ def context_length(model: PreTrainedModel) -> int:
     """Longest sequence the model's positions support."""
     cfg = model.config
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions"))
+
+
+def ffn_block(model: PreTrainedModel, layer: int = -1):
+    """The feed-forward block of ``layer`` (negative counts from the end).
+
+    Its *input* is the kNN-LM key of Khandelwal et al.: the hidden state after the
+    block's pre-FFN norm (Llama ``post_attention_layernorm``, GPT-2 ``ln_2``).
+    """
+    if hasattr(model, "model") and hasattr(model.model, "layers"):  # llama, mistral, qwen2, ...
+        layers = model.model.layers
+    elif hasattr(model, "transformer") and hasattr(model.transformer, "h"):  # gpt2
+        layers = model.transformer.h
+    else:
+        raise UserError(f"unsupported decoder family {model.config.model_type!r}: "
+                        "use a Llama-style or GPT-2 causal LM")
+    if not -len(layers) <= layer < len(layers):
+        raise UserError(f"layer {layer} does not exist: the decoder has {len(layers)} layers")
+    return layers[layer].mlp
+
+
+class _Stop(Exception):
+    """Raised by the key hook to skip the layers and head after the key point."""
+
+
+@torch.no_grad()
+def ffn_inputs(model: PreTrainedModel, input_ids: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Keys only: run the decoder up to ``layer``'s FFN input and stop there (no head, no later layers)."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module, args):
+        captured.append(args[0])
+        raise _Stop
+
+    handle = ffn_block(model, layer).register_forward_pre_hook(hook)
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def logits_and_ffn_inputs(model: PreTrainedModel, input_ids: torch.Tensor,
+                          layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass giving both the logits and the keys (kNN-LM and memory evaluation)."""
+    captured: list[torch.Tensor] = []
+    handle = ffn_block(model, layer).register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    try:
+        logits = model(input_ids=input_ids, use_cache=False).logits
+    finally:
+        handle.remove()
+    return logits, captured[0]

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
 
 from .decoder import build_decoder, context_length
 from .errors import UserError
+from .metrics import TokenNLL
 from .sizes import DEFAULT_CONTEXT, flops_per_token, get_size, non_embedding_params
 
 
@@ -67,8 +67,7 @@ class DecoderLM(L.LightningModule):
         self.net = None
         if vocab_size is not None:
             self._build(vocab_size)
-        # float64 sums: a split of millions of tokens must not lose digits before the exp().
-        self.val_nll, self.test_nll = MeanMetric().set_dtype(torch.float64), MeanMetric().set_dtype(torch.float64)
+        self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
 
     def _build(self, vocab_size: int) -> None:
         hp = self.hparams
@@ -117,9 +116,8 @@ class DecoderLM(L.LightningModule):
         self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
-        nll = token_nll(self(batch["input_ids"]), batch["labels"])
-        metric.update(nll.mean(), weight=nll.numel())
+    def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
+        metric.update(token_nll(self(batch["input_ids"]), batch["labels"]))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_nll)
@@ -127,9 +125,9 @@ class DecoderLM(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.test_nll)
 
-    def _log_epoch(self, metric: MeanMetric, prefix: str) -> None:
+    def _log_epoch(self, metric: TokenNLL, prefix: str) -> None:
         """Token-weighted mean NLL over the whole split (synced across ranks) and its perplexity."""
-        loss = metric.compute()
+        loss = metric.compute().reshape(-1)[0]
         metric.reset()
         self.log_dict({f"{prefix}/loss": loss, f"{prefix}/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
 

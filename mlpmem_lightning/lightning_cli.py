@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from . import decoder_lm  # noqa: F401  (registers DecoderLM for --model)
+from . import decoder_lm, knn_lm  # noqa: F401  (register DecoderLM and KNNLM for --model)
 from .data import LMDataModule
 from .errors import UserError
 

@@ -11,3 +11,24 @@ def wiki_store(tmp_path_factory):
     out = tmp_path_factory.mktemp("tokens") / "wiki-summaries"
     prepare(PrepareSettings(corpus="wiki-summaries"), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory):
+    """The first 2,000 documents of the embedded corpus: small enough for exact kNN on 2 CPU cores."""
+    out = tmp_path_factory.mktemp("tokens") / "wiki-small"
+    prepare(PrepareSettings(corpus="wiki-summaries", vocab_size=4096, max_documents=2000), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_decoder(small_store, tmp_path_factory):
+    """A 200k decoder fitted for 150 steps of 16 x 128 tokens on ``small_store``: its run directory."""
+    from mlpmem_lightning.lightning_cli import run_cli
+
+    run = tmp_path_factory.mktemp("runs") / "decoder"
+    run_cli(["fit", "--config", "experiments/trainer/cpu.yaml", "--config", "experiments/model/decoder_200k.yaml",
+             "--data.token_store", str(small_store), "--data.seq_len", "128", "--data.batch_size", "16",
+             "--model.max_tokens", str(150 * 16 * 128), "--trainer.default_root_dir", str(run),
+             "--trainer.enable_progress_bar", "false"])
+    return run

@@ -79,7 +79,9 @@ def test_model_is_chosen_by_class_name(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["prepare", "--corpus", "no-such-corpus", "--out", "x"], "wiki-summaries"),
-    (["datastore"], "issue #3"),
+    (["sweep"], "issue #5"),
+    (["targets", "--datastore", "missing", "--out", "t"], "does not exist"),
+    (["targets", "--datastore", "missing", "--out", "t", "--k", "0"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     out = mlpmem(*args, cwd=tmp_path)

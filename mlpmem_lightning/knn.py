@@ -1,0 +1,75 @@
+"""kNN distributions from neighbour lists, vectorised and sparse.
+
+Everything here works on a block of queries at once, on any device, and never builds a
+[queries x vocab] tensor: a neighbour list of k entries has at most k distinct tokens, so
+aggregation is a sort of the k values plus segment sums.
+
+p_kNN(v) = sum over neighbours i with value v of softmax(-d_i / T), d = squared L2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def drop_self(dist: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From k+1 neighbours keep k: drop the query's own row by its id, not by its rank.
+
+    With duplicate keys the query's own row need not come first (or may be missing from an
+    approximate search); where it is absent the farthest neighbour is dropped instead.
+    """
+    q, k1 = ids.shape
+    is_self = ids == rows[:, None]
+    drop = torch.where(is_self.any(1), is_self.to(torch.int8).argmax(1), torch.full_like(rows, k1 - 1))
+    keep = torch.arange(k1, device=ids.device)[None, :] != drop[:, None]
+    return dist[keep].view(q, k1 - 1), ids[keep].view(q, k1 - 1)
+
+
+def neighbour_weights(dist: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(-d/T) over the valid neighbours (ids >= 0), float64 so that tiny masses stay exact."""
+    logits = torch.where(ids >= 0, -dist.double() / temperature, float("-inf"))
+    return torch.softmax(logits, dim=1)
+
+
+def aggregate_tokens(weights: torch.Tensor, tokens: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                      torch.Tensor]:
+    """Sum weights per distinct token, keep the ``keep`` most probable, renormalise.
+
+    Returns (token ids int64 [Q, keep] with -1 pads, probabilities float64 [Q, keep] with 0 pads,
+    mass kept before renormalisation [Q]). Ties in probability go to the smaller token id.
+    """
+    q, k = tokens.shape
+    big = torch.iinfo(torch.int64).max
+    tok, order = torch.sort(torch.where(weights > 0, tokens, big), dim=1, stable=True)
+    w = weights.gather(1, order)
+    last = torch.ones_like(tok, dtype=torch.bool)
+    last[:, :-1] = tok[:, 1:] != tok[:, :-1]  # last entry of each run of equal tokens
+    csum = torch.cumsum(w, dim=1)
+    ends = torch.where(last, csum, torch.zeros_like(csum))
+    before = torch.cummax(torch.cat([torch.zeros_like(csum[:, :1]), ends[:, :-1]], dim=1), dim=1).values
+    mass = torch.where(last & (tok != big), csum - before, torch.zeros_like(csum))
+    mass, pick = torch.sort(mass, dim=1, descending=True, stable=True)  # stable: smaller id first on ties
+    mass, tok = mass[:, :keep], tok.gather(1, pick)[:, :keep]
+    if mass.shape[1] < keep:  # fewer neighbours than kept tokens: pad
+        pad = keep - mass.shape[1]
+        mass = torch.cat([mass, mass.new_zeros(q, pad)], dim=1)
+        tok = torch.cat([tok, tok.new_full((q, pad), big)], dim=1)
+    kept = mass.sum(1)
+    probs = mass / kept.clamp_min(torch.finfo(mass.dtype).tiny)[:, None]
+    return torch.where(mass > 0, tok, -1), probs, kept
+
+
+def label_log_prob(dist: torch.Tensor, ids: torch.Tensor, neighbour_tokens: torch.Tensor, labels: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """log p_kNN(label) per query (-inf when no neighbour carries the label), float64."""
+    w = neighbour_weights(dist, ids, temperature)
+    p = (w * (neighbour_tokens == labels[:, None])).sum(1)
+    return torch.log(p)
+
+
+def interpolate(lp_lm: torch.Tensor, lp_knn: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+    """log((1-λ) p_LM + λ p_kNN) for every λ: [Λ, Q]. λ=0 returns log p_LM exactly."""
+    lam = lambdas.to(lp_lm.dtype)[:, None]
+    a = torch.log1p(-lam) + lp_lm[None, :]
+    b = torch.log(lam) + lp_knn[None, :]
+    return torch.logaddexp(a, b)

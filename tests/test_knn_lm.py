@@ -1,0 +1,103 @@
+"""Datastore alignment and resumption, and the kNN-LM on the embedded corpus."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mlpmem_lightning.checkpoints import load_decoder
+from mlpmem_lightning.datastore import Datastore, DatastoreSettings, build_datastore
+from mlpmem_lightning.decoder import logits_and_ffn_inputs
+from mlpmem_lightning.errors import UserError
+from mlpmem_lightning.lightning_cli import run_cli
+from mlpmem_lightning.token_store import TokenStore
+
+SEQ = 128
+
+
+@pytest.fixture(scope="module")
+def datastore(small_decoder, small_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds") / "train"
+    build_datastore(small_decoder, small_store, out, DatastoreSettings(batch_size=16), device="cpu")
+    return out
+
+
+def test_datastore_rows_follow_the_alignment(datastore, small_decoder, small_store):
+    ds, tokens = Datastore(datastore), np.asarray(TokenStore(small_store).split("train"))
+    n_windows = (len(tokens) - 1) // SEQ
+    assert len(ds) == n_windows * SEQ and ds.keys.dtype == np.float16 and ds.values.dtype == np.int32
+    assert np.array_equal(ds.values, tokens[1:len(ds) + 1])  # row p stores token p+1
+    net = load_decoder(small_decoder).net
+    for j in (0, 7, n_windows - 1):  # the full forward's FFN input for window j is rows [jL, (j+1)L)
+        x = torch.from_numpy(tokens[j * SEQ:(j + 1) * SEQ].astype(np.int64))[None]
+        with torch.no_grad():
+            _, h = logits_and_ffn_inputs(net, x)
+        np.testing.assert_array_equal(ds.keys[j * SEQ:(j + 1) * SEQ], h[0].numpy().astype(np.float16))
+    m = ds.manifest
+    assert m["seq_len"] == SEQ and m["d"] == 64 and m["token_store_fingerprint"] == TokenStore(small_store).fingerprint
+
+
+def test_killed_datastore_resumes_byte_identical(datastore, small_decoder, small_store, tmp_path):
+    code = ("from mlpmem_lightning.datastore import *; "
+            f"build_datastore({str(small_decoder)!r}, {str(small_store)!r}, {str(tmp_path / 'ds')!r}, "
+            "DatastoreSettings(batch_size=16), device='cpu')")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    progress = tmp_path / "ds" / "progress.rank0.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["done"] >= 64):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    build_datastore(small_decoder, small_store, tmp_path / "ds", DatastoreSettings(batch_size=16), device="cpu")
+    for name in ("keys.npy", "values.npy"):
+        assert (datastore / name).read_bytes() == (tmp_path / "ds" / name).read_bytes()
+
+
+def knn_args(cmd, decoder, store, datastore, *extra):
+    return [cmd, "--model", "KNNLM", "--model.decoder", str(decoder), "--model.datastore", str(datastore),
+            "--data.token_store", str(store), "--data.seq_len", str(SEQ), "--data.batch_size", "16",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra]
+
+
+def test_knn_lm_beats_the_decoder_and_lambda0_is_the_decoder(datastore, small_decoder, small_store, tmp_path):
+    knn = run_cli(knn_args("validate", small_decoder, small_store, datastore, "--model.k", "64",
+                           "--trainer.default_root_dir", str(tmp_path / "knn")))
+    m = {k: float(v) for k, v in knn.trainer.callback_metrics.items()}
+    dec = run_cli(["validate", "--config", "experiments/model/decoder_200k.yaml",
+                   "--data.token_store", str(small_store), "--data.seq_len", str(SEQ),
+                   "--trainer.default_root_dir", str(tmp_path / "dec"), "--trainer.enable_progress_bar", "false",
+                   "--ckpt_path", str(small_decoder / "checkpoints" / "best.ckpt")])
+    assert m["val/ppl_lambda_0.00"] == float(dec.trainer.callback_metrics["val/ppl"])  # exactly
+    print(f"decoder valid ppl {m['val/decoder_ppl']:.2f}, kNN-LM best {m['val/best_ppl']:.2f} "
+          f"at λ={m['val/best_lambda']:.2f}")
+    assert m["val/best_ppl"] < m["val/decoder_ppl"] and 0 < m["val/best_lambda"] < 1
+
+
+def test_knn_lm_refuses_a_datastore_of_another_decoder(datastore, small_decoder, small_store, tmp_path):
+    ckpt = torch.load(small_decoder / "checkpoints" / "best.ckpt", weights_only=False)
+    name = next(k for k in ckpt["state_dict"] if k.endswith("embed_tokens.weight"))
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] + 1e-3  # a different decoder
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match="was built from decoder"):
+        run_cli(knn_args("validate", tmp_path / "other.ckpt", small_store, datastore,
+                         "--trainer.default_root_dir", str(tmp_path / "knn")))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model.lambdas", "[0.5, 1.5]"], "λ must lie in"),
+    (["--model.lambda_", "-0.1"], "λ must lie in"),
+    (["--model.temperature", "0"], "temperature"),
+    (["--model.k", "0"], "k=0"),
+    (["--data.seq_len", "64"], "seq_len 128"),
+])
+def test_knn_lm_bad_input(datastore, small_decoder, small_store, tmp_path, extra, message):
+    with pytest.raises(UserError, match=message):
+        run_cli(knn_args("validate", small_decoder, small_store, datastore, *extra,
+                         "--trainer.default_root_dir", str(tmp_path / "knn")))

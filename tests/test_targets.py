@@ -1,0 +1,137 @@
+"""kNN targets against an independent brute-force NumPy float64 reference."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mlpmem_lightning import artifacts
+from mlpmem_lightning.errors import UserError
+from mlpmem_lightning.knn import aggregate_tokens, drop_self, interpolate, neighbour_weights
+from mlpmem_lightning.targets import KNNTargets, TargetSettings, build_targets
+
+
+def reference_targets(keys, values, k, T, K):
+    """Row by row, float64: exact distances, self excluded by id, ties to the smaller id."""
+    x = keys.astype(np.float64)
+    ids_out, probs_out, masses = [], [], []
+    for i in range(len(x)):
+        d = ((x - x[i]) ** 2).sum(1)
+        cand = np.array([j for j in range(len(x)) if j != i])
+        order = cand[np.lexsort((cand, d[cand]))][:k]
+        w = np.exp(-(d[order] - d[order].min()) / T)
+        w /= w.sum()
+        mass = {}
+        for j, wj in zip(order, w):
+            mass[int(values[j])] = mass.get(int(values[j]), 0.0) + wj
+        masses.append(mass)
+        top = sorted(mass.items(), key=lambda t: (-t[1], t[0]))[:K]
+        kept = sum(p for _, p in top)
+        ids_out.append([t for t, _ in top] + [-1] * (K - len(top)))
+        probs_out.append([p / kept for _, p in top] + [0.0] * (K - len(top)))
+    return np.array(ids_out), np.array(probs_out), masses
+
+
+def assert_same_targets(ids, probs, ref_ids, ref_probs, masses, atol=2e-3):
+    """Same probabilities per rank; same token per rank except where two tokens tie in mass."""
+    np.testing.assert_allclose(probs.astype(np.float64), ref_probs, atol=atol)
+    for r, c in zip(*np.nonzero(ids != ref_ids)):  # a genuine tie (kept or not): either token is right
+        assert masses[r].get(int(ids[r, c]), -1.0) == pytest.approx(masses[r][int(ref_ids[r, c])], abs=1e-12), (r, c)
+    assert np.all(np.abs(probs.astype(np.float64).sum(1) - 1) < 5e-3)
+
+
+def make_datastore(path, keys, values):
+    path.mkdir(parents=True)
+    np.save(path / "keys.npy", keys.astype(np.float16))
+    np.save(path / "values.npy", values.astype(np.int32))
+    artifacts.write_manifest(path, "datastore", {"N": len(keys), "d": keys.shape[1],
+                                                 "fingerprint": artifacts.hash_json(keys.tolist())})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["random", "integer-ties"])
+def test_targets_match_the_float64_reference(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    n, d, k, T, K, vocab = 300, 8, 24, 2.0, 6, 40  # vocab > K: truncation matters
+    if kind == "random":
+        keys = rng.normal(size=(n, d))
+    else:  # integer coordinates: exact duplicates and exactly tied distances in fp16/fp32/fp64
+        keys = rng.integers(-1, 2, size=(n, d)).astype(np.float64)
+        keys[50:60] = keys[49]  # a block of duplicates of row 49
+    values = rng.integers(0, vocab, size=n)
+    ds = make_datastore(tmp_path / "ds", keys, values)
+    manifest = build_targets(ds, tmp_path / "t", TargetSettings(k=k, temperature=T, keep=K, chunk=64),
+                             backend="torch", device="cpu")
+    t = KNNTargets(tmp_path / "t")
+    ref_ids, ref_probs, masses = reference_targets(keys.astype(np.float16), values, k, T, K)
+    assert_same_targets(np.asarray(t.ids), np.asarray(t.probs), ref_ids, ref_probs, masses)
+    assert t.ids.dtype == np.int32 and t.probs.dtype == np.float16
+    assert 0 < manifest["mass_kept_min"] <= manifest["mass_kept_mean"] <= 1
+
+
+def test_drop_self_is_by_id_not_rank():
+    dist = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    ids = torch.tensor([[7, 3, 9], [4, 5, 6]])  # row 3's own id comes second (a duplicate key ties it)
+    d, i = drop_self(dist, ids, torch.tensor([3, 8]))  # row 8 is absent: the farthest goes
+    assert i.tolist() == [[7, 9], [4, 5]] and d.tolist() == [[0.0, 1.0], [0.0, 1.0]]
+
+
+def test_aggregation_pads_and_sums_duplicates():
+    w = neighbour_weights(torch.tensor([[0.0, 0.0, 0.0, 5.0]]), torch.tensor([[1, 2, 3, -1]]), 1.0)
+    tok, p, kept = aggregate_tokens(w, torch.tensor([[5, 9, 5, 0]]), keep=4)
+    assert tok.tolist() == [[5, 9, -1, -1]]
+    np.testing.assert_allclose(p.numpy(), [[2 / 3, 1 / 3, 0, 0]])
+    assert kept.item() == pytest.approx(1.0)
+
+
+def test_interpolation_edges():
+    lp_lm, lp_knn = torch.tensor([-1.5, -2.0], dtype=torch.float64), torch.tensor([-0.5, float("-inf")])
+    out = interpolate(lp_lm, lp_knn.double(), torch.tensor([0.0, 0.25, 1.0]))
+    assert torch.equal(out[0], lp_lm)  # λ = 0 is the decoder, exactly
+    assert out[1, 0].item() == pytest.approx(np.log(0.75 * np.exp(-1.5) + 0.25 * np.exp(-0.5)))
+    assert out[2, 0].item() == pytest.approx(-0.5) and out[2, 1].item() == float("-inf")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(k=0), "k=0"), (dict(k=300), "k=300"), (dict(k=10, keep=5, temperature=0.0), "temperature"),
+    (dict(keep=100, k=10), "keep"), (dict(k=10, keep=5, index="hnsw"), "unknown index"),
+])
+def test_bad_settings(tmp_path, settings, message):
+    ds = make_datastore(tmp_path / "ds", np.random.default_rng(0).normal(size=(300, 4)), np.zeros(300))
+    with pytest.raises(UserError, match=message):
+        build_targets(ds, tmp_path / "t", TargetSettings(**settings), device="cpu")
+    assert not (tmp_path / "t" / "manifest.json").exists()
+
+
+def test_incomplete_datastore_is_refused(tmp_path):
+    ds = make_datastore(tmp_path / "ds", np.zeros((10, 4)), np.zeros(10))
+    (ds / "manifest.json").unlink()
+    with pytest.raises(UserError, match="incomplete"):
+        build_targets(ds, tmp_path / "t", TargetSettings(k=3, keep=2), device="cpu")
+
+
+def test_killed_targets_resume_byte_identical(tmp_path):
+    rng = np.random.default_rng(1)
+    ds = make_datastore(tmp_path / "ds", rng.normal(size=(20000, 32)), rng.integers(0, 500, 20000))
+    s = TargetSettings(k=64, keep=16, chunk=256)
+    build_targets(ds, tmp_path / "full", s, backend="torch", device="cpu")
+    code = ("import sys; from mlpmem_lightning.targets import *; "
+            f"build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, TargetSettings(k=64, keep=16, chunk=256), "
+            "backend='torch', device='cpu')")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    progress = tmp_path / "killed" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["done"] >= 1024):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    build_targets(ds, tmp_path / "killed", s, backend="torch", device="cpu")
+    for name in ("ids.npy", "probs.npy"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
