@@ -171,6 +171,8 @@ def _args_targets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=d.chunk, help="rows per search batch")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--mass-curve", type=int, metavar="ROWS",
+                   help="only print the mass kept by K tokens, for K = 8 ... k, on ROWS sampled rows")
     _args_index(p)
 
 
@@ -180,6 +182,14 @@ def _cmd_targets(args: argparse.Namespace) -> None:
     settings = TargetSettings(index=args.index, k=args.k, temperature=args.temperature, keep=args.keep,
                               nprobe=args.nprobe, rerank=args.rerank, chunk=args.chunk, nlist=args.nlist,
                               m=args.m, nbits=args.nbits, train_size=args.train_size)
+    if args.mass_curve:
+        from .targets import mass_curve
+
+        curve = mass_curve(args.datastore, settings, args.mass_curve, backend=args.backend, device=args.device)
+        print("K\tmean mass kept\trows keeping >= 99%")
+        for K, v in curve.items():
+            print(f"{K}\t{v['mean']:.4f}\t{v['rows_ge_99']:.3f}")
+        return
     m = build_targets(args.datastore, args.out, settings, backend=args.backend, device=args.device)
     print(f"targets {args.out}: {m['N']:,} rows, K={m['K']}, mass kept mean {m['mass_kept_mean']:.4f} "
           f"min {m['mass_kept_min']:.4f}")

@@ -140,6 +140,32 @@ def _chunk(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings, sta
     return kept.cpu()
 
 
+def mass_curve(datastore: str | Path, settings: TargetSettings, rows: int = 4096, seed: int = 0,
+               backend: str = "auto", device: str = "auto") -> dict[int, dict[str, float]]:
+    """How much kNN mass the K most probable tokens keep, on a seeded sample of rows.
+
+    For K in powers of two up to k: the mean kept mass and the share of rows keeping >= 99%.
+    This is how the default K was chosen; run it on your own corpus with ``mlpmem targets --mass-curve``.
+    """
+    from .search import make_searcher
+
+    ds = Datastore(datastore)
+    check_settings(settings, len(ds))
+    ensure_index(ds.path, settings)
+    dev = pick_device(device)
+    searcher = make_searcher(ds.path, index=settings.index, backend=backend, device=str(dev),
+                             nprobe=settings.nprobe, rerank=settings.rerank)
+    sample = np.sort(np.random.default_rng(seed).choice(len(ds), size=min(rows, len(ds)), replace=False))
+    values = torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
+    queries = torch.from_numpy(np.asarray(ds.keys[sample], dtype=np.float32)).to(dev)
+    dist, nbr = drop_self(*searcher.search(queries, settings.k + 1), torch.from_numpy(sample).to(dev))
+    mass = aggregate_tokens(neighbour_weights(dist, nbr, settings.temperature), values[nbr.clamp_min(0)],
+                            settings.k)[1].cumsum(1).cpu()
+    sizes = [2 ** i for i in range(3, 11) if 2 ** i <= settings.k]
+    return {K: {"mean": float(mass[:, K - 1].mean()), "rows_ge_99": float((mass[:, K - 1] >= 0.99).double().mean())}
+            for K in sizes}
+
+
 class KNNTargets:
     """Read side: memory-mapped sparse targets of a finished run."""
 

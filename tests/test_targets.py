@@ -135,3 +135,17 @@ def test_killed_targets_resume_byte_identical(tmp_path):
     build_targets(ds, tmp_path / "killed", s, backend="torch", device="cpu")
     for name in ("ids.npy", "probs.npy"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
+
+
+def test_mass_curve_matches_the_reference(tmp_path):
+    from mlpmem_lightning.targets import mass_curve
+
+    rng = np.random.default_rng(2)
+    keys, values = rng.normal(size=(200, 6)), rng.integers(0, 30, size=200)
+    ds = make_datastore(tmp_path / "ds", keys, values)
+    curve = mass_curve(ds, TargetSettings(k=20, keep=20, temperature=1.0), rows=200, backend="torch", device="cpu")
+    _, ref_probs, _ = reference_targets(keys.astype(np.float16), values, 20, 1.0, 20)
+    cum = np.cumsum(ref_probs, axis=1)
+    for K, v in curve.items():
+        assert v["mean"] == pytest.approx(cum[:, K - 1].mean(), abs=1e-9)
+        assert v["rows_ge_99"] == pytest.approx((cum[:, K - 1] >= 0.99).mean())
