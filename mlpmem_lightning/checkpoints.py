@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from .decoder import build_decoder
 from .errors import UserError
+from .sizes import DEFAULT_CONTEXT, get_size
 
 SUPPORTED_FAMILIES = ("llama", "gpt2", "mistral", "qwen2")
 
@@ -28,6 +30,7 @@ class LoadedDecoder:
     source: str
     data_fingerprint: str | None = None  # the token store it was trained on, when known
     seq_len: int | None = None  # the window length it was trained with, when known
+    size_name: str | None = None  # its ladder rung, when it is a DecoderLM
 
 
 def weights_fingerprint(net: torch.nn.Module) -> str:
@@ -55,20 +58,28 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
     path = resolve_checkpoint(path)
     if path.is_dir():
         return _load_hf(path)
-    from .decoder_lm import DecoderLM
-
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    cls = ckpt.get("hyper_parameters", {}).get("_class_path", "") or ""
-    if "state_dict" not in ckpt or not any(k.startswith("net.") for k in ckpt["state_dict"]):
-        raise UserError(f"{path} is not a DecoderLM checkpoint {cls}: pass the decoder's checkpoint")
     try:
-        module = DecoderLM.load_from_checkpoint(path, map_location=map_location)
-    except (RuntimeError, TypeError, KeyError) as err:
-        raise UserError(f"{path} is not a DecoderLM checkpoint ({str(err).splitlines()[0]}): "
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated or foreign files fail in many ways (zip, pickle, EOF)
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): it is truncated or not a "
+                        "checkpoint; pass another one") from None
+    hp = ckpt.get("hyper_parameters") or {} if isinstance(ckpt, dict) else {}
+    state = {k[len("net."):]: v for k, v in ((ckpt.get("state_dict") if hp else None) or {}).items()
+             if k.startswith("net.")}
+    if not state or "size" not in hp or hp.get("vocab_size") is None:
+        raise UserError(f"{path} is not a DecoderLM checkpoint: pass the decoder's checkpoint")
+    # Built from the recorded hyper-parameters, not through DecoderLM: no LightningModule is
+    # constructed, so loading works inside another module's __init__ (LightningCLI's hparams context).
+    net = build_decoder(get_size(hp["size"]), hp["vocab_size"], hp.get("family", "llama"),
+                        hp.get("context", DEFAULT_CONTEXT), hp.get("tie_embeddings", False))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"{path} does not fit a {hp['size']} decoder ({str(err).splitlines()[0]}): "
                         "pass the decoder's checkpoint") from None
-    net = module.net.eval().requires_grad_(False)
+    net = net.eval().requires_grad_(False)
     seq_len = (ckpt.get("datamodule_hyper_parameters") or {}).get("seq_len")
-    return LoadedDecoder(net, weights_fingerprint(net), str(path), module.hparams.data_fingerprint, seq_len)
+    return LoadedDecoder(net, weights_fingerprint(net), str(path), hp.get("data_fingerprint"), seq_len, hp["size"])
 
 
 def _load_hf(path: Path) -> LoadedDecoder:

@@ -28,18 +28,28 @@ from .token_store import TokenStore
 
 
 class TokenWindows(Dataset):
-    """Windows of one split; fetched a whole batch at a time by fancy indexing."""
+    """Windows of one split; fetched a whole batch at a time by fancy indexing.
 
-    def __init__(self, path: Path, seq_len: int, n_tokens: int):
+    With ``extras`` (name -> .npy path of an array with one row per position, e.g. the kNN
+    targets' ``ids``/``probs`` or the datastore's ``keys``), each batch also carries those
+    rows for every position of every window, [B, L, ...], read straight from the memory
+    maps: sparse targets stay sparse.
+    """
+
+    def __init__(self, path: Path, seq_len: int, n_tokens: int, extras: dict[str, Path] | None = None):
         self.path, self.seq_len = path, seq_len
         self.n_windows = (n_tokens - 1) // seq_len
-        self._tokens: np.ndarray | None = None  # opened lazily: memmaps must not be pickled to workers
+        self.extras = dict(extras or {})
+        self._arrays: dict[str, np.ndarray] = {}  # opened lazily: memmaps must not be pickled to workers
+
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = np.load(self.extras.get(name, self.path), mmap_mode="r")
+        return self._arrays[name]
 
     @property
     def tokens(self) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = np.load(self.path, mmap_mode="r")
-        return self._tokens
+        return self._array("tokens")
 
     def __len__(self) -> int:
         return self.n_windows
@@ -51,7 +61,17 @@ class TokenWindows(Dataset):
         starts = np.asarray(idx, dtype=np.int64) * self.seq_len
         rows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int64)
         chunk = torch.from_numpy(rows)
-        return {"input_ids": chunk[:, :-1], "labels": chunk[:, 1:], "positions": torch.from_numpy(starts)}
+        batch = {"input_ids": chunk[:, :-1], "labels": chunk[:, 1:], "positions": torch.from_numpy(starts)}
+        flat = (starts[:, None] + np.arange(self.seq_len)).reshape(-1)
+        for name in self.extras:
+            arr = self._array(name)
+            part = np.asarray(arr[flat]).reshape(len(starts), self.seq_len, *arr.shape[1:])
+            batch[name] = torch.from_numpy(part.astype(_LOADED_DTYPE.get(part.dtype.kind, part.dtype)))
+        return batch
+
+
+# integers become int64 (indexing), floats float32 (fp16 storage is for disk, not for arithmetic)
+_LOADED_DTYPE = {"i": np.int64, "u": np.int64, "f": np.float32}
 
 
 def _passthrough(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,11 +139,15 @@ class LMDataModule(L.LightningDataModule):
             from this corpus with default settings.
         fingerprint: expected token-store fingerprint; a different store is refused.
         eval_windows: cap on validation/test windows (``None``: the whole split).
+        targets: kNN targets directory (``mlpmem targets``): training batches then carry ``knn_ids``
+            and ``knn_probs`` [B, L, K] for every position; set ``serve_keys`` (MemoryLM's offline mode
+            does) to also serve the datastore's stored ``keys`` [B, L, d].
     """
 
     def __init__(self, token_store: str = "runs/tokens/wiki-summaries", seq_len: int = 256, batch_size: int = 32,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 corpus: str | None = None, fingerprint: str | None = None, eval_windows: int | None = None):
+                 corpus: str | None = None, fingerprint: str | None = None, eval_windows: int | None = None,
+                 targets: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         if seq_len < 1 or batch_size < 1:
@@ -132,6 +156,8 @@ class LMDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.seed, self.corpus = num_workers, seed, corpus
         self.expected_fingerprint, self.eval_windows = fingerprint, eval_windows
+        self.targets = Path(targets) if targets else None
+        self.serve_keys = False
         self._store: TokenStore | None = None
 
     def prepare_data(self) -> None:
@@ -159,9 +185,32 @@ class LMDataModule(L.LightningDataModule):
     def fingerprint(self) -> str:
         return self.store.fingerprint
 
+    def targets_info(self) -> tuple[dict, dict]:
+        """Manifests of the targets and of their datastore, checked against this data."""
+        from .datastore import Datastore
+        from .targets import KNNTargets
+
+        targets = KNNTargets(self.targets)
+        datastore = Datastore(targets.manifest["datastore"])
+        t, d = targets.manifest, datastore.manifest
+        if t["datastore_fingerprint"] != d["fingerprint"]:
+            raise UserError(f"targets {self.targets} were built from datastore {t['datastore_fingerprint']}, but "
+                            f"{datastore.path} is {d['fingerprint']}: rebuild the targets with `mlpmem targets`")
+        if d["token_store_fingerprint"] != self.fingerprint:
+            raise UserError(f"targets {self.targets} come from token store {d['token_store_fingerprint']}, the data "
+                            f"is {self.fingerprint}: pass the matching --data.token_store")
+        if d["seq_len"] != self.seq_len:
+            raise UserError(f"targets {self.targets} use seq_len {d['seq_len']}: pass --data.seq_len {d['seq_len']}")
+        return t, d
+
     def windows(self, split: str) -> TokenWindows:
         n_tokens = self.store.manifest["tokens"][split]
-        ds = TokenWindows(self.token_store / f"{split}.npy", self.seq_len, n_tokens)
+        extras = {}
+        if self.targets is not None and split == self.targets_info()[1]["split"]:
+            extras = {"knn_ids": self.targets / "ids.npy", "knn_probs": self.targets / "probs.npy"}
+            if self.serve_keys:
+                extras["keys"] = Path(self.targets_info()[0]["datastore"]) / "keys.npy"
+        ds = TokenWindows(self.token_store / f"{split}.npy", self.seq_len, n_tokens, extras)
         if len(ds) == 0:
             raise UserError(
                 f"the {split} split has {n_tokens} tokens, fewer than one window of seq_len={self.seq_len}+1: "
@@ -171,6 +220,8 @@ class LMDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.store.split("train")  # validates the arrays against the manifest once, early
+        if self.targets is not None:
+            self.targets_info()
 
     def _loader(self, ds: TokenWindows, sampler: DistributedSampler, batch_size: int) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,

@@ -9,7 +9,6 @@ token-weighted mean over the split, independent of batching and of the number of
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning as L
@@ -20,19 +19,12 @@ from .decoder import build_decoder, context_length
 from .errors import UserError
 from .metrics import TokenNLL
 from .sizes import DEFAULT_CONTEXT, flops_per_token, get_size, non_embedding_params
+from .training import adamw_warmup_cosine, apply_token_budget
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihood in float32, shape of ``labels``."""
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, cosine decay to ``min_ratio`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class DecoderLM(L.LightningModule):
@@ -87,10 +79,7 @@ class DecoderLM(L.LightningModule):
             raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
                             "lower --data.seq_len or raise --model.context")
         self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
-        t = self.trainer
-        self.tokens_per_step = dm.batch_size * dm.seq_len * t.accumulate_grad_batches * t.world_size
-        if stage == "fit" and self.hparams.max_tokens is not None:
-            t.fit_loop.epoch_loop.max_steps = max(1, math.ceil(self.hparams.max_tokens / self.tokens_per_step))
+        self.tokens_per_step = apply_token_budget(self, self.hparams.max_tokens if stage == "fit" else None)
         if stage == "fit" and self.hparams.compile:
             self.net.compile()
 
@@ -139,18 +128,9 @@ class DecoderLM(L.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.hparams.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        opt = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(self.hparams.betas),
-                                fused=self.device.type == "cuda")
-        total = max(1, self.trainer.max_steps)
-        warmup = max(1, round(self.hparams.warmup_fraction * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, warmup, total, self.hparams.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adamw_warmup_cosine(self, list(self.parameters()), self.lr, hp.weight_decay, hp.betas,
+                                   hp.warmup_fraction, hp.min_lr_ratio)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def param_counts(self) -> dict[str, int]:

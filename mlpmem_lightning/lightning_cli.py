@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from . import decoder_lm, knn_lm  # noqa: F401  (register DecoderLM and KNNLM for --model)
+from . import decoder_lm, knn_lm, memory_lm  # noqa: F401  (register the models for --model)
 from .data import LMDataModule
 from .errors import UserError
 
@@ -37,7 +37,8 @@ class MlpmemCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if cfg.trainer.default_root_dir is None:
             model = cfg.model.class_path.rsplit(".", 1)[-1]
-            size = (cfg.model.init_args or {}).get("size", "model")
+            args = cfg.model.init_args or {}
+            size = args.get("size") or Path(str(args.get("datastore") or args.get("decoder") or "model")).name
             cfg.trainer.default_root_dir = str(
                 Path("runs") / Path(cfg.data.token_store).name / f"{model}-{size}-seed{cfg.seed_everything}")
         self.run_dir = Path(cfg.trainer.default_root_dir)

@@ -132,3 +132,122 @@ def ladder_table(vocab_size: int = 8192, seq_len: int = 256, family: str = "llam
             }
         )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# MLP Memory ladder (arXiv 2508.01832): one memory per decoder rung, matched in parameters.
+#
+# The paper matches a memory to a decoder at equal width with about 1.5x the decoder's depth
+# (a residual FFN block has no attention, so it is cheaper than a transformer block). Here the
+# depth is round(1.5 x decoder depth) and the FFN hidden size is then solved in closed form so
+# that the memory's non-embedding parameters (blocks, norms, input projection; not the vocabulary
+# head) are as close as possible to the decoder's, with the hidden size a multiple of 32. The
+# default "swiglu" block is matched to the llama decoder family, "gelu" to gpt2. Counts here are
+# torch-free; ``memory.py`` builds the modules and the tests check these against sum(p.numel()).
+# ---------------------------------------------------------------------------------------------
+
+MemoryBlock = Literal["swiglu", "gelu"]
+MEMORY_BLOCKS: tuple[str, ...] = ("swiglu", "gelu")
+MEMORY_FFN_MULTIPLE = 32
+MEMORY_DEPTH_RATIO = 1.5
+_BLOCK_FAMILY = {"swiglu": "llama", "gelu": "gpt2"}  # the decoder family a block type is matched to
+
+
+@dataclass(frozen=True)
+class MemorySize:
+    """One memory rung: named after, and matched to, a decoder rung (``mem-200k`` <-> ``200k``)."""
+
+    name: str
+    decoder: str
+    n_layer: int
+    d_model: int
+
+
+def check_block(block: str) -> None:
+    if block not in MEMORY_BLOCKS:
+        raise UserError(f"unknown memory block {block!r}: choose one of {', '.join(MEMORY_BLOCKS)}")
+
+
+def memory_layer_params(d_model: int, ffn: int, block: str = "swiglu") -> int:
+    """One residual block x + FFN(Norm(x))."""
+    d, f = d_model, ffn
+    if block == "gelu":  # LayerNorm (gain, bias), fc and proj with biases
+        return 2 * d + (d * f + f) + (f * d + d)
+    return d + 3 * d * f  # RMSNorm gain, gate/up/down without biases
+
+
+def memory_non_embedding_count(n_layer: int, d_model: int, ffn: int, input_dim: int, block: str = "swiglu") -> int:
+    """Everything but the vocabulary head: input projection (iff widths differ), blocks, final norm."""
+    check_block(block)
+    projection = input_dim * d_model if input_dim != d_model else 0
+    final_norm = 2 * d_model if block == "gelu" else d_model
+    return projection + n_layer * memory_layer_params(d_model, ffn, block) + final_norm
+
+
+def memory_flops_count(non_embedding: int, d_model: int, vocab_size: int, train: bool = True,
+                       head_trainable: bool = True) -> int:
+    """FLOPs per token, decoder convention (6N train, 2N forward; N includes the head).
+
+    No attention term: a memory sees one hidden state at a time, so its cost does not depend
+    on the context length. A frozen head (tied to the decoder's) needs no weight gradient:
+    4 FLOPs per head parameter in training instead of 6.
+    """
+    head = vocab_size * d_model
+    if not train:
+        return 2 * (non_embedding + head)
+    return 6 * non_embedding + (6 if head_trainable else 4) * head
+
+
+def _matched_depth(decoder_layers: int) -> int:
+    return int(MEMORY_DEPTH_RATIO * decoder_layers + 0.5)  # round half up
+
+
+def memory_ffn(size: MemorySize, block: str = "swiglu") -> int:
+    """Hidden size (a multiple of 32) that brings the memory's non-embedding params closest to its decoder's.
+
+    Non-embedding params are affine in the hidden size f, N(f) = a*f + b, so f* = (target - b) / a
+    and the best multiple of 32 is f* rounded to the nearest one (at least 32).
+    """
+    check_block(block)
+    target = non_embedding_params(get_size(size.decoder), _BLOCK_FAMILY[block])
+    b = memory_non_embedding_count(size.n_layer, size.d_model, 0, size.d_model, block)
+    a = memory_non_embedding_count(size.n_layer, size.d_model, 1, size.d_model, block) - b
+    m = MEMORY_FFN_MULTIPLE
+    return max(m, m * round((target - b) / a / m))
+
+
+MEMORY_LADDER: tuple[MemorySize, ...] = tuple(
+    MemorySize(f"mem-{s.name}", s.name, _matched_depth(s.n_layer), s.d_model) for s in LADDER
+)
+MEMORY_SIZES: dict[str, MemorySize] = {s.name: s for s in MEMORY_LADDER}
+
+
+def get_memory_size(name: str) -> MemorySize:
+    if name not in MEMORY_SIZES:
+        raise UserError(f"unknown memory size {name!r}: choose one of {', '.join(MEMORY_SIZES)}")
+    return MEMORY_SIZES[name]
+
+
+def matched_memory(decoder_size_name: str) -> MemorySize:
+    """The memory rung matched in parameters to a decoder rung."""
+    return MEMORY_SIZES[f"mem-{get_size(decoder_size_name).name}"]
+
+
+def memory_ladder_table(vocab_size: int = 8192, block: str = "swiglu") -> list[dict]:
+    """The memory ladder as rows (input width = the matched decoder's width, so no projection)."""
+    rows = []
+    for s in MEMORY_LADDER:
+        f = memory_ffn(s, block)
+        non_emb = memory_non_embedding_count(s.n_layer, s.d_model, f, s.d_model, block)
+        rows.append(
+            {
+                **asdict(s),
+                "block": block,
+                "ffn": f,
+                "params_non_embedding": non_emb,
+                "params_total": non_emb + vocab_size * s.d_model,
+                "flops_per_token": memory_flops_count(non_emb, s.d_model, vocab_size),
+                "ratio_to_decoder": non_emb / non_embedding_params(get_size(s.decoder), _BLOCK_FAMILY[block]),
+            }
+        )
+    return rows

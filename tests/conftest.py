@@ -32,3 +32,23 @@ def small_decoder(small_store, tmp_path_factory):
              "--model.max_tokens", str(150 * 16 * 128), "--trainer.default_root_dir", str(run),
              "--trainer.enable_progress_bar", "false"])
     return run
+
+
+@pytest.fixture(scope="session")
+def small_datastore(small_decoder, small_store, tmp_path_factory):
+    """The train-split datastore of ``small_decoder`` (seq_len 128, float16 keys, d=64)."""
+    from mlpmem_lightning.datastore import DatastoreSettings, build_datastore
+
+    out = tmp_path_factory.mktemp("ds") / "train"
+    build_datastore(small_decoder, small_store, out, DatastoreSettings(batch_size=16), device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_targets(small_datastore, tmp_path_factory):
+    """kNN targets of ``small_datastore``: IVFFlat (exact search is too slow for CI), k=64, K=32."""
+    from mlpmem_lightning.targets import TargetSettings, build_targets
+
+    out = tmp_path_factory.mktemp("targets") / "ivf"
+    build_targets(small_datastore, out, TargetSettings(index="ivfflat", k=64, keep=32, nprobe=16), device="cpu")
+    return out

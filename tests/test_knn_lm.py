@@ -21,11 +21,9 @@ from mlpmem_lightning.token_store import TokenStore
 SEQ = 128
 
 
-@pytest.fixture(scope="module")
-def datastore(small_decoder, small_store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ds") / "train"
-    build_datastore(small_decoder, small_store, out, DatastoreSettings(batch_size=16), device="cpu")
-    return out
+@pytest.fixture
+def datastore(small_datastore):
+    return small_datastore
 
 
 def test_datastore_rows_follow_the_alignment(datastore, small_decoder, small_store):

@@ -1,0 +1,43 @@
+"""Optimisation shared by every trained module: token budgets, AdamW, warmup + cosine.
+
+Decoders and memories are trained the same way so that their scaling curves differ by
+architecture, not by recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def apply_token_budget(module: L.LightningModule, max_tokens: int | None) -> int:
+    """Set ``trainer.max_steps`` from a token budget; returns the tokens of one optimizer step."""
+    t, dm = module.trainer, module.trainer.datamodule
+    tokens_per_step = dm.batch_size * dm.seq_len * t.accumulate_grad_batches * t.world_size
+    if max_tokens is not None:
+        t.fit_loop.epoch_loop.max_steps = max(1, math.ceil(max_tokens / tokens_per_step))
+    return tokens_per_step
+
+
+def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                        betas: tuple[float, float], warmup_fraction: float, min_lr_ratio: float) -> dict[str, Any]:
+    """AdamW with decay on matrices only (not norms or biases), stepped per optimizer step."""
+    params = [p for p in params if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=module.device.type == "cuda")
+    total = max(1, module.trainer.max_steps)
+    warmup = max(1, round(warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_lr_ratio))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

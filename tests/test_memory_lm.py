@@ -1,0 +1,96 @@
+"""MemoryLM: targets served sparsely, online = offline keys, λ edges, and the memory helping the decoder."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mlpmem_lightning.checkpoints import load_decoder
+from mlpmem_lightning.data import LMDataModule
+from mlpmem_lightning.decoder import ffn_inputs
+from mlpmem_lightning.errors import UserError
+from mlpmem_lightning.lightning_cli import run_cli
+from mlpmem_lightning.targets import KNNTargets
+
+SEQ = 128
+
+
+def test_batches_carry_sparse_targets_and_stored_keys(small_targets, small_decoder, small_store, small_datastore):
+    dm = LMDataModule(str(small_store), seq_len=SEQ, batch_size=4, targets=str(small_targets))
+    dm.setup("fit")
+    dm.serve_keys = True
+    batch = dm.windows("train").__getitems__([0, 5, 17])
+    t = KNNTargets(small_targets)
+    rows = batch["positions"][:, None].numpy() + np.arange(SEQ)  # row p <-> input position p
+    assert np.array_equal(batch["knn_ids"].numpy(), t.ids[rows]) and batch["knn_ids"].dtype == torch.int64
+    assert np.array_equal(batch["knn_probs"].numpy(), t.probs[rows].astype(np.float32))
+    # online (recomputed by the frozen decoder) and offline (stored) keys are the same rows
+    online = ffn_inputs(load_decoder(small_decoder).net, batch["input_ids"]).numpy().astype(np.float16)
+    assert np.array_equal(online, batch["keys"].numpy().astype(np.float16))
+
+
+def mem_args(cmd, decoder, store, targets, run, *extra):
+    return [cmd, "--config", "experiments/trainer/cpu.yaml", "--model", "MemoryLM",
+            "--model.decoder", str(decoder), "--data.token_store", str(store), "--data.targets", str(targets),
+            "--data.seq_len", str(SEQ), "--data.batch_size", "16", "--trainer.default_root_dir", str(run),
+            "--trainer.enable_progress_bar", "false", *extra]
+
+
+@pytest.fixture(scope="module")
+def memory_run(small_targets, small_decoder, small_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("mem") / "run"
+    run_cli(mem_args("fit", small_decoder, small_store, small_targets, run, "--model.max_tokens", str(200 * 16 * SEQ)))
+    return run
+
+
+def test_memory_helps_and_lambda_edges_are_exact(memory_run, small_targets, small_decoder, small_store, tmp_path):
+    ckpt = memory_run / "checkpoints" / "best.ckpt"
+    val = run_cli(mem_args("validate", small_decoder, small_store, small_targets, memory_run, "--ckpt_path", str(ckpt)))
+    m = {k: float(v) for k, v in val.trainer.callback_metrics.items()}
+    dec = run_cli(["validate", "--config", "experiments/model/decoder_200k.yaml", "--data.token_store",
+                   str(small_store), "--data.seq_len", str(SEQ), "--trainer.default_root_dir", str(tmp_path / "d"),
+                   "--trainer.enable_progress_bar", "false", "--ckpt_path",
+                   str(small_decoder / "checkpoints" / "best.ckpt")])
+    assert m["val/ppl_lambda_0.00"] == float(dec.trainer.callback_metrics["val/ppl"])  # λ=0: the decoder, exactly
+
+    # λ=1: the memory alone, recomputed by brute force in float64
+    from mlpmem_lightning.memory_lm import MemoryLM
+
+    model = MemoryLM.load_from_checkpoint(ckpt).eval()
+    windows = LMDataModule(str(small_store), seq_len=SEQ).windows("valid")
+    batch = windows.__getitems__(list(range(len(windows))))
+    with torch.no_grad():
+        keys = ffn_inputs(model.decoder, batch["input_ids"], model.layer)
+        logp = torch.log_softmax(model.memory(keys.float()).double(), -1)
+    nll = -logp.gather(-1, batch["labels"][..., None]).mean().item()
+    assert m["val/ppl_lambda_1.00"] == pytest.approx(math.exp(nll), rel=1e-6)
+    print(f"decoder {m['val/decoder_ppl']:.2f}, memory alone {m['val/ppl_lambda_1.00']:.2f}, "
+          f"decoder+memory {m['val/best_ppl']:.2f} at λ={m['val/best_lambda']:.2f}")
+    assert m["val/best_ppl"] < m["val/decoder_ppl"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model.alpha", "1.5"], "alpha"),
+    (["--model.lambdas", "[0.0, 2.0]"], "λ must lie in"),
+    (["--model.size", "mem-huge"], "unknown memory size"),
+])
+def test_memory_bad_input(small_targets, small_decoder, small_store, tmp_path, extra, message):
+    with pytest.raises(UserError, match=message):
+        run_cli(mem_args("fit", small_decoder, small_store, small_targets, tmp_path / "r", *extra))
+
+
+def test_memory_refuses_targets_of_another_decoder(small_targets, small_decoder, small_store, tmp_path):
+    ckpt = torch.load(small_decoder / "checkpoints" / "best.ckpt", weights_only=False)
+    name = next(k for k in ckpt["state_dict"] if k.endswith("embed_tokens.weight"))
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] * 1.01
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match="targets come from decoder"):
+        run_cli(mem_args("fit", tmp_path / "other.ckpt", small_store, small_targets, tmp_path / "r"))
+
+
+def test_fit_without_targets_is_refused(small_decoder, small_store, tmp_path):
+    args = mem_args("fit", small_decoder, small_store, "x", tmp_path / "r")
+    i = args.index("--data.targets")
+    with pytest.raises(UserError, match="needs kNN targets"):
+        run_cli(args[:i] + args[i + 2:])
