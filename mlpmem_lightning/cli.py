@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
          _cmd_datastore, _args_datastore)
     _add(sub, "targets", "datastore -> sparse kNN target distributions (ids.npy, probs.npy)",
          _cmd_targets, _args_targets)
+    _add(sub, "generate", "prompt -> text: decoder alone, + MLP Memory (--memory) or kNN-LM (--datastore)",
+         _cmd_generate, _args_generate)
+    _add(sub, "export", "MemoryLM checkpoint -> memory directory (config.json + model.safetensors)",
+         _cmd_export, _args_export)
     for name, what, issue in (("sweep", "Optuna study over sizes -> results.csv", 5),
                               ("report", "results.csv -> power-law fits, plots, report.md", 5),
                               ("bench", "GPU and CPU benchmarks of every stage", 6)):
@@ -195,30 +199,76 @@ def _cmd_targets(args: argparse.Namespace) -> None:
           f"min {m['mass_kept_min']:.4f}")
 
 
+# -- generate and export ---------------------------------------------------------------------
+def _args_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", required=True, help="DecoderLM .ckpt or run directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--memory", help="MemoryLM checkpoint or exported memory directory")
+    p.add_argument("--datastore", help="datastore directory: generate with the kNN-LM")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.25, help="weight of the memory / kNN distribution")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampling temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--k", type=int, default=1024, help="kNN-LM neighbours")
+    p.add_argument("--knn-temperature", type=float, default=16.0, help="kNN-LM T in softmax(-d/T)")
+    p.add_argument("--index", default="flat", choices=["flat", "ivfflat", "ivfpq"])
+    p.add_argument("--tokenizer", help="token store or tokenizer.json (default: the decoder's token store)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from .generate import run_generate
+
+    print(run_generate(args.decoder, args.prompt, args.max_new_tokens, args.memory, args.datastore, args.lam,
+                       args.temperature, args.top_p, args.k, args.knn_temperature, args.index, args.tokenizer,
+                       args.device, args.seed))
+
+
+def _args_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="MemoryLM checkpoint (.ckpt)")
+    p.add_argument("--out", required=True, type=Path)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .memory_lm import MemoryLM
+
+    out = MemoryLM.load_from_checkpoint(args.checkpoint, map_location="cpu").export(args.out)
+    print(f"memory exported to {out}")
+
+
 # -- sizes -------------------------------------------------------------------------------------
 def _args_sizes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--seq-len", type=int, default=256, help="context used in the attention FLOPs term")
     p.add_argument("--family", default="llama", choices=["llama", "gpt2"])
     p.add_argument("--tie", action="store_true", help="tied input embedding and output head")
+    p.add_argument("--ladder", default="both", choices=["both", "decoder", "memory"],
+                   help="which ladder (csv and json print one: decoder unless memory is asked for)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
 
 
 def _cmd_sizes(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .sizes import ladder_table
+    from .sizes import ladder_table, memory_ladder_table
 
-    df = pd.DataFrame(ladder_table(args.vocab_size, args.seq_len, args.family, args.tie))
-    if args.format == "csv":
-        print(df.to_csv(index=False), end="")
-    elif args.format == "json":
-        print(df.to_json(orient="records", indent=2))
-    else:
+    block = "gelu" if args.family == "gpt2" else "swiglu"
+    tables = {"decoder": pd.DataFrame(ladder_table(args.vocab_size, args.seq_len, args.family, args.tie)),
+              "memory": pd.DataFrame(memory_ladder_table(args.vocab_size, block))}
+    if args.format != "table":
+        df = tables["memory" if args.ladder == "memory" else "decoder"]
+        print(df.to_csv(index=False) if args.format == "csv" else df.to_json(orient="records", indent=2), end="")
+        return
+    counts = {c: "{:,}".format for c in ("params_non_embedding", "params_total", "flops_per_token")}
+    if args.ladder in ("both", "decoder"):
         print(f"decoder ladder ({args.family}, vocab {args.vocab_size}, seq_len {args.seq_len}; "
               "FLOPs per training token = 6*N_matmul + 12*n_layer*d_model*seq_len)")
-        print(df.to_string(index=False, formatters={"lr": "{:.1e}".format, "params_non_embedding": "{:,}".format,
-                                                     "params_total": "{:,}".format, "flops_per_token": "{:,}".format}))
+        print(tables["decoder"].to_string(index=False, formatters={"lr": "{:.1e}".format, **counts}))
+    if args.ladder in ("both", "memory"):
+        print(f"\nmemory ladder ({block}, vocab {args.vocab_size}; matched to the decoder rung in non-embedding "
+              "parameters at 1.5x its depth; FLOPs per training token = 6*N)")
+        print(tables["memory"].to_string(index=False, formatters={"ratio_to_decoder": "{:.3f}".format, **counts}))
 
 
 # -- demo --------------------------------------------------------------------------------------

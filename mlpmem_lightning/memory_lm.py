@@ -13,6 +13,7 @@ The frozen decoder is kept out of the checkpoint: it is reloaded from ``decoder`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -24,7 +25,7 @@ from .decoder_lm import token_nll
 from .errors import UserError
 from .knn import interpolate
 from .knn_lm import DEFAULT_LAMBDAS, check_lambdas, log_lambda_grid
-from .memory import build_memory
+from .memory import build_memory, save_memory
 from .memory_loss import memory_loss
 from .metrics import TokenNLL
 from .sizes import get_memory_size, get_size, matched_memory
@@ -151,6 +152,12 @@ class MemoryLM(L.LightningModule):
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
         return self.memory(keys)
+
+    def export(self, out: str | Path) -> Path:
+        """The memory alone (config.json + model.safetensors), reloadable with ``memory.load_memory``."""
+        extra = {"decoder": self.hparams.decoder, "decoder_fingerprint": self.decoder_fingerprint,
+                 "layer": self.layer, "alpha": self.hparams.alpha, "size": self.hparams.size}
+        return save_memory(self.memory, self.memory.cfg, out, extra)
 
 
 def _need_size(decoder: str) -> str:

@@ -94,3 +94,47 @@ def test_fit_without_targets_is_refused(small_decoder, small_store, tmp_path):
     i = args.index("--data.targets")
     with pytest.raises(UserError, match="needs kNN targets"):
         run_cli(args[:i] + args[i + 2:])
+
+
+def test_export_reloads_without_lightning(memory_run, tmp_path):
+    from mlpmem_lightning.memory import load_memory
+    from mlpmem_lightning.memory_lm import MemoryLM
+
+    module = MemoryLM.load_from_checkpoint(memory_run / "checkpoints" / "best.ckpt").eval()
+    module.export(tmp_path / "mem")
+    mem, extra = load_memory(tmp_path / "mem")
+    x = torch.randn(5, 64)
+    assert torch.equal(mem(x), module.memory(x))
+    assert extra["decoder_fingerprint"] == module.decoder_fingerprint and extra["layer"] == module.layer
+
+
+@pytest.mark.parametrize("other", ["none", "memory", "knn"])
+def test_cached_generation_equals_full_recomputation(memory_run, small_decoder, small_datastore, other):
+    """Greedy decoding with the KV cache and one hooked key per step == re-running the whole prefix."""
+    from mlpmem_lightning.decoder import logits_and_ffn_inputs
+    from mlpmem_lightning.generate import generate, knn_logprobs, memory_logprobs
+    from mlpmem_lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.search import make_searcher
+
+    net = load_decoder(small_decoder).net
+    fn = None
+    if other == "memory":
+        fn = memory_logprobs(MemoryLM.load_from_checkpoint(memory_run / "checkpoints" / "best.ckpt").memory.eval())
+    elif other == "knn":
+        from mlpmem_lightning.datastore import Datastore
+
+        values = torch.from_numpy(np.asarray(Datastore(small_datastore).values, dtype=np.int64))
+        fn = knn_logprobs(make_searcher(small_datastore, "flat", backend="torch"), values, net.config.vocab_size,
+                          8, 16.0)
+    lam = 0.0 if fn is None else 0.4
+    prompt = torch.tensor([[5, 17, 99, 3, 250, 11]])
+    out = generate(net, prompt, 8, fn, lam)
+    ref = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            logits, keys = logits_and_ffn_inputs(net, ref)
+            logp = torch.log_softmax(logits[:, -1].double(), -1)
+            if fn is not None:
+                logp = torch.logaddexp(np.log(1 - lam) + logp, np.log(lam) + fn(keys[:, -1]).double())
+            ref = torch.cat([ref, logp.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, ref)
