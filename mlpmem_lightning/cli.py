@@ -141,6 +141,8 @@ def _args_datastore(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes, one per GPU (NCCL) or CPU processes (gloo), each writing its own rows")
     p.add_argument("--index", choices=["flat", "ivfflat", "ivfpq"], help="also build this faiss index")
     _args_index(p)
 
@@ -150,7 +152,14 @@ def _cmd_datastore(args: argparse.Namespace) -> None:
 
     settings = DatastoreSettings(split=args.split, layer=args.layer, seq_len=args.seq_len,
                                  batch_size=args.batch_size, precision=args.precision)
-    m = build_datastore(args.decoder, args.data, args.out, settings, device=args.device)
+    if args.devices > 1:
+        from .artifacts import read_manifest
+        from .datastore import KIND, build_datastore_spawn
+
+        build_datastore_spawn(args.decoder, args.data, args.out, settings, args.devices)
+        m = read_manifest(args.out, KIND)
+    else:
+        m = build_datastore(args.decoder, args.data, args.out, settings, device=args.device)
     if args.index:
         from .targets import TargetSettings, ensure_index
 

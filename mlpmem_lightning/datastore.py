@@ -79,7 +79,7 @@ def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, sett
     tokens = store.split(settings.split)
     n_windows = (len(tokens) - 1) // seq_len
     n_rows, d = n_windows * seq_len, dec.net.config.hidden_size
-    with artifacts.artifact_lock(out) if world_size == 1 else nullcontext(out):
+    with artifacts.artifact_lock(out) if rank == 0 else nullcontext(out):
         keys = _open_arrays(out, identity, n_rows, d, tokens, rank, barrier)
         lo, hi = _shard(n_windows, rank, world_size)
         _fill(dec.net, tokens, keys, out, identity, settings, lo, hi, pick_device(device), rank)
@@ -154,6 +154,34 @@ def _fill(net, tokens: np.ndarray, keys: np.ndarray, out: Path, identity: dict, 
             keys.flush()
             artifacts.atomic_write_text(progress, json.dumps({"identity": identity, "done": stop}))
             bar.update(stop - start)
+
+
+def build_datastore_spawn(decoder: str | Path, data: str | Path, out: str | Path, settings: DatastoreSettings,
+                          devices: int, port: int = 29517) -> None:
+    """One process per device (CUDA: NCCL, one GPU each; CPU: gloo), each filling its own windows.
+
+    The result is byte-identical to a single-process run: windows are computed in the same batches.
+    """
+    import torch.multiprocessing as mp
+
+    mp.spawn(_spawned, args=(devices, str(decoder), str(data), str(out), settings, port), nprocs=devices)
+
+
+def _spawned(rank: int, world: int, decoder: str, data: str, out: str, settings: DatastoreSettings,
+             port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    try:
+        build_datastore(decoder, data, out, settings, device=f"cuda:{rank}" if cuda else "cpu", rank=rank,
+                        world_size=world, barrier=dist.barrier)
+    finally:
+        dist.destroy_process_group()
 
 
 class Datastore:

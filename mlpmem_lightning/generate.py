@@ -97,6 +97,9 @@ def run_generate(decoder: str, prompt: str, max_new_tokens: int = 50, memory: st
     other, layer = None, -1
     if memory:
         mem, layer = _load_memory(memory, dec.fingerprint)
+        if mem.cfg.input_dim != net.config.hidden_size:
+            raise UserError(f"memory {memory} reads {mem.cfg.input_dim}-wide keys but the decoder's hidden size is "
+                            f"{net.config.hidden_size}: pass the memory trained on this decoder")
         other = memory_logprobs(mem.to(dev).eval())
     elif datastore:
         from .search import make_searcher

@@ -24,6 +24,9 @@ from .data import LMDataModule
 from .errors import UserError
 
 
+EVAL_ONLY = ("lambdas", "lambda_")
+
+
 class MlpmemCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -32,6 +35,15 @@ class MlpmemCLI(LightningCLI):
             "checkpoint.save_last": True, "checkpoint.filename": "best",
             "checkpoint.auto_insert_metric_name": False, "checkpoint.enable_version_counter": False,
         })
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning applies a checkpoint's hparams over the command line; evaluation settings (the λ grid
+        and the λ chosen on valid) are not the model's, so the command line keeps them."""
+        args = self.config[self.config.subcommand].model.get("init_args") if self.config.get("subcommand") else None
+        keep = {k: args[k] for k in EVAL_ONLY if args is not None and k in args}
+        super()._parse_ckpt_path()
+        for key, value in keep.items():
+            self.config[self.config.subcommand].model.init_args[key] = value
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]

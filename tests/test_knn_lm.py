@@ -99,3 +99,13 @@ def test_knn_lm_bad_input(datastore, small_decoder, small_store, tmp_path, extra
     with pytest.raises(UserError, match=message):
         run_cli(knn_args("validate", small_decoder, small_store, datastore, *extra,
                          "--trainer.default_root_dir", str(tmp_path / "knn")))
+
+
+def test_two_process_datastore_is_identical(datastore, small_decoder, small_store, tmp_path):
+    """Rank-sharded (2 gloo processes, each its own window range) == the single-process datastore."""
+    from mlpmem_lightning.datastore import build_datastore_spawn
+
+    build_datastore_spawn(small_decoder, small_store, tmp_path / "ds2", DatastoreSettings(batch_size=16), devices=2)
+    for name in ("keys.npy", "values.npy"):
+        assert (datastore / name).read_bytes() == (tmp_path / "ds2" / name).read_bytes()
+    assert Datastore(tmp_path / "ds2").fingerprint == Datastore(datastore).fingerprint

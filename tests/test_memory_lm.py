@@ -138,3 +138,12 @@ def test_cached_generation_equals_full_recomputation(memory_run, small_decoder, 
                 logp = torch.logaddexp(np.log(1 - lam) + logp, np.log(lam) + fn(keys[:, -1]).double())
             ref = torch.cat([ref, logp.argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, ref)
+
+
+def test_command_line_lambda_beats_the_checkpoint(memory_run, small_targets, small_decoder, small_store):
+    """LightningCLI applies a checkpoint's hparams over the command line; λ chosen on valid must still apply."""
+    ckpt = str(memory_run / "checkpoints" / "best.ckpt")
+    cli = run_cli(mem_args("test", small_decoder, small_store, small_targets, memory_run, "--ckpt_path", ckpt,
+                           "--model.lambda_", "0.35"))
+    m = cli.trainer.callback_metrics
+    assert float(m["test/lambda"]) == pytest.approx(0.35) and float(m["test/ppl"]) == float(m["test/ppl_lambda_0.35"])
