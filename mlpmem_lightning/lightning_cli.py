@@ -23,7 +23,6 @@ from . import decoder_lm, knn_lm, memory_lm  # noqa: F401  (register the models 
 from .data import LMDataModule
 from .errors import UserError
 
-
 EVAL_ONLY = ("lambdas", "lambda_")
 
 
