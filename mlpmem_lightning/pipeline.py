@@ -1,0 +1,124 @@
+"""One trial of a study: decoder -> datastore -> targets -> memory -> evaluation of all three.
+
+Every stage goes through the same commands a user runs (LightningCLI for fit/validate/test,
+the datastore and targets builders), into directories keyed by what they depend on, so a
+second trial with the same decoder reuses its checkpoint, datastore and targets, and a
+re-run after a crash resumes each stage.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .flops import datastore_flops, decoder_train_flops, memory_train_flops, search_flops
+from .sizes import forward_flops_per_token, get_size, total_params
+from .token_store import PrepareSettings, TokenStore, prepare
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def prepare_tokens(spec) -> Path:
+    store = Path(spec.token_store or spec.out_dir / "tokens")
+    prepare(PrepareSettings(corpus=spec.corpus, **spec.prepare), store)
+    return store
+
+
+def _cli(args: list[str]):
+    from .lightning_cli import run_cli
+
+    return run_cli(args)
+
+
+def _common(spec, store: Path, run_dir: Path, seed: int) -> list[str]:
+    args = ["--config", str(EXPERIMENTS / "trainer" / f"{spec.trainer}.yaml"), "--data.token_store", str(store),
+            "--data.seq_len", str(spec.seq_len), "--data.batch_size", str(spec.batch_size),
+            "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+            "--seed_everything", str(seed)]
+    return args + (["--trainer.callbacks+=mlpmem_lightning.sweep.OptunaPruning"] if spec.prune else [])
+
+
+def _metrics(cli) -> dict[str, float]:
+    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+
+
+def _evaluate(model_args: list[str], lambda_fixed: float | None, ckpt: Path | None = None) -> tuple[dict, dict]:
+    """Validate over the λ grid, pick λ there (unless fixed), test at that λ."""
+    extra = ["--ckpt_path", str(ckpt)] if ckpt else []
+    valid = _metrics(_cli(["validate", *model_args, *extra]))
+    lam = lambda_fixed if lambda_fixed is not None else valid["val/best_lambda"]
+    test = _metrics(_cli(["test", *model_args, *extra, "--model.lambda_", str(lam)]))
+    return valid, test
+
+
+def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[list[dict], dict[str, Any]]:
+    """Rows of the results table for this trial, and its attributes (sizes, tokens, FLOPs per stage)."""
+    from .datastore import Datastore, DatastoreSettings, build_datastore
+    from .memory import memory_config, memory_flops_per_token, memory_params
+    from .targets import TargetSettings, build_targets, default_nlist
+
+    out, store = spec.out_dir, prepare_tokens(spec)
+    vocab, dec, L = TokenStore(store).vocab_size, get_size(decoder_size), spec.seq_len
+    tag = f"{decoder_size}-seed{seed}"
+    run = out / "decoders" / tag
+    _cli(["fit", "--config", str(EXPERIMENTS / "model" / f"decoder_{decoder_size}.yaml"),
+          *_common(spec, store, run, seed), "--model.max_tokens", str(spec.decoder_tokens)])
+    ds_dir, tg_dir = out / "datastores" / tag, out / "targets" / tag
+    build_datastore(run, store, ds_dir, DatastoreSettings(seq_len=L))
+    knn = TargetSettings(**spec.knn)
+    build_targets(ds_dir, tg_dir, knn)
+    n_rows = len(Datastore(ds_dir))
+
+    knn_args = ["--model", "KNNLM", "--model.decoder", str(run), "--model.datastore", str(ds_dir),
+                "--model.index", spec.knn_eval_index or knn.index, "--model.k", str(knn.k),
+                "--model.temperature", str(knn.temperature), "--model.nprobe", str(knn.nprobe),
+                *_common(spec, store, out / "knnlm" / tag, seed)]
+    knn_valid, knn_test = _evaluate(knn_args, spec.lambda_)
+
+    mem_run = out / "memories" / f"{memory_size}-on-{tag}"
+    mem_args = ["--model", "MemoryLM", "--model.decoder", str(run), "--model.size", memory_size,
+                "--model.alpha", str(spec.alpha), "--model.mode", spec.memory_mode,
+                "--data.targets", str(tg_dir), *_common(spec, store, mem_run, seed)]
+    _cli(["fit", *mem_args, "--model.max_tokens", str(spec.memory_tokens)])
+    mem_valid, mem_test = _evaluate(mem_args, spec.lambda_, mem_run / "checkpoints" / "best.ckpt")
+
+    step = spec.batch_size * L
+    dec_tokens = math.ceil(spec.decoder_tokens / step) * step
+    mem_tokens = math.ceil(spec.memory_tokens / step) * step
+    mcfg = memory_config(memory_size, dec.d_model, vocab)
+    nlist = knn.nlist or default_nlist(n_rows)
+    flops = {
+        "flops_decoder_train": decoder_train_flops(dec, vocab, L, dec_tokens),
+        "flops_datastore": datastore_flops(dec, vocab, L, n_rows),
+        "flops_search": search_flops(n_rows, n_rows, dec.d_model, knn.index, nlist, knn.nprobe),
+        "flops_memory_train": memory_train_flops(
+            memory_flops_per_token(mcfg, train=True), mem_tokens,
+            forward_flops_per_token(dec, vocab, L) if spec.memory_mode == "online" else 0),
+    }
+    p_dec, p_mem = total_params(dec, vocab), memory_params(mcfg)
+    base = {"study": spec.study, "decoder_size": decoder_size, "params_decoder": p_dec, "seed": seed,
+            "datastore_rows": n_rows}
+    arch = {
+        "decoder": {"memory_size": "", "params_memory": 0, "params_total": p_dec, "train_tokens": dec_tokens,
+                    "flops_train_total": flops["flops_decoder_train"]},
+        "knn_lm": {"memory_size": "", "params_memory": 0, "params_total": p_dec, "train_tokens": dec_tokens,
+                   "flops_train_total": flops["flops_decoder_train"] + flops["flops_datastore"]},
+        "mlp_memory": {"memory_size": memory_size, "params_memory": p_mem, "params_total": p_dec + p_mem,
+                       "train_tokens": dec_tokens + mem_tokens, "flops_train_total": sum(flops.values())},
+    }
+    rows = []
+    for split, knn_m, mem_m, pre in (("valid", knn_valid, mem_valid, "val"), ("test", knn_test, mem_test, "test")):
+        def grid(m: dict[str, float]) -> dict[str, float]:
+            return {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(f"{pre}/ppl_lambda_")}
+
+        dec_loss = math.log(knn_m[f"{pre}/decoder_ppl"])
+        for name, loss, lam, extra in (("decoder", dec_loss, 0.0, {}),
+                                       ("knn_lm", knn_m[f"{pre}/loss"], knn_m[f"{pre}/lambda"], grid(knn_m)),
+                                       ("mlp_memory", mem_m[f"{pre}/loss"], mem_m[f"{pre}/lambda"], grid(mem_m))):
+            rows.append({**base, **arch[name], "arch": name, "lambda": lam, "split": split, "loss": loss,
+                         "ppl": math.exp(loss), **(extra if split == "valid" else {})})
+    attrs = {**flops, "params_decoder": p_dec, "params_memory": p_mem, "decoder_tokens": dec_tokens,
+             "memory_tokens": mem_tokens, "datastore_rows": n_rows,
+             **{f"{r['arch']}_{r['split']}_ppl": r["ppl"] for r in rows}}
+    return rows, attrs

@@ -1,0 +1,247 @@
+"""`mlpmem sweep --config sweeps/NAME.yaml`: an Optuna study over decoder and memory sizes.
+
+Each trial runs the whole pipeline for its (decoder size, memory size, seed): fit the
+decoder -> datastore -> targets -> fit the memory -> evaluate decoder, kNN-LM and
+decoder + memory, with λ picked on valid over the grid (or fixed by the spec) and test
+reported at that λ. Artifacts live under ``out/`` keyed by what they depend on, so trials
+that share a decoder reuse its checkpoint, datastore and targets, and an interrupted trial
+resumes its stages. The study lives in Optuna storage (SQLite by default, a journal file
+for shared file systems, or any RDB URL); a restarted sweep re-runs only unfinished grid
+points. Every trial stores its rows as a user attribute; ``results.csv`` is rebuilt from
+the storage after every trial.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from .errors import UserError
+from .results import write_results
+
+log = logging.getLogger(__name__)
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+_ACTIVE_TRIAL = None  # the Optuna trial whose training runs now (read by OptunaPruning)
+
+
+@dataclass
+class SweepSpec:
+    """A sweep specification (the YAML's keys; unknown keys are refused)."""
+
+    study: str
+    decoder_sizes: list[str]
+    memory_sizes: list[str] | str = "matched"  # "matched": the memory rung matched to each decoder
+    seeds: list[int] = field(default_factory=lambda: [0])
+    extra_points: list[dict[str, Any]] = field(default_factory=list)  # more (decoder_size, memory_size, seed)
+    out: str | None = None  # default runs/sweeps/<study>
+    storage: str | None = None  # default sqlite:///<out>/optuna.db; "journal:PATH"; any RDB URL
+    sampler: str = "grid"  # grid | random | tpe
+    n_trials: int | None = None  # for random/tpe (grid: the whole grid)
+    corpus: str = "wiki-summaries"
+    token_store: str | None = None  # default <out>/tokens
+    prepare: dict[str, Any] = field(default_factory=dict)  # PrepareSettings overrides
+    trainer: str = "cpu"  # experiments/trainer/<name>.yaml
+    seq_len: int = 128
+    batch_size: int = 16
+    decoder_tokens: int = 1_000_000
+    memory_tokens: int = 1_000_000
+    memory_mode: str = "online"
+    alpha: float = 0.5
+    knn: dict[str, Any] = field(default_factory=dict)  # TargetSettings overrides (index, k, temperature, keep, ...)
+    knn_eval_index: str | None = None  # index for kNN-LM evaluation (default: knn.index)
+    lambda_: float | None = None  # YAML key "lambda": fix λ instead of choosing it on valid
+    prune: bool = False
+
+    @classmethod
+    def load(cls, path: str | Path) -> SweepSpec:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"sweep spec {path} does not exist: see sweeps/ for examples")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if "lambda" in raw:
+            raw["lambda_"] = raw.pop("lambda")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise UserError(f"{path}: unknown keys {', '.join(unknown)}; valid keys: "
+                            f"{', '.join(sorted(known - {'lambda_'}) + ['lambda'])}")
+        missing = [k for k in ("study", "decoder_sizes") if k not in raw]
+        if missing:
+            raise UserError(f"{path}: missing required keys {', '.join(missing)}")
+        spec = cls(**raw)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        from .sizes import get_memory_size, get_size
+        from .targets import TargetSettings
+
+        for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
+            get_size(s)
+        if self.memory_sizes != "matched":
+            for s in self.memory_sizes:
+                get_memory_size(s)
+        if self.sampler not in ("grid", "random", "tpe"):
+            raise UserError(f"sampler {self.sampler!r}: choose grid, random or tpe")
+        if not 0 <= self.alpha <= 1 or (self.lambda_ is not None and not 0 <= self.lambda_ <= 1):
+            raise UserError("alpha and lambda must lie in [0, 1]")
+        bad = sorted(set(self.knn) - {f.name for f in fields(TargetSettings)})
+        if bad:
+            raise UserError(f"unknown knn keys {', '.join(bad)}: see `mlpmem targets --help`")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/sweeps/{self.study}")
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every (decoder size, memory size, seed) point of the study."""
+        from .sizes import matched_memory
+
+        points = []
+        for dec, seed in itertools.product(self.decoder_sizes, self.seeds):
+            mems = [matched_memory(dec).name] if self.memory_sizes == "matched" else self.memory_sizes
+            points += [{"decoder_size": dec, "memory_size": m, "seed": seed} for m in mems]
+        for p in self.extra_points:
+            point = {"decoder_size": p["decoder_size"], "memory_size": p.get("memory_size")
+                     or matched_memory(p["decoder_size"]).name, "seed": int(p.get("seed", 0))}
+            if point not in points:
+                points.append(point)
+        return points
+
+
+class OptunaPruning(Callback):
+    """Reports val/loss to the active trial at each validation (by global step) and prunes when told."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        import optuna
+
+        trial = _ACTIVE_TRIAL
+        loss = trainer.callback_metrics.get("val/loss")
+        if trial is None or loss is None or trainer.sanity_checking:
+            return
+        trial.report(float(loss), step=trainer.global_step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {trainer.global_step}")
+
+
+# -- storage and study ------------------------------------------------------------------------------
+def open_storage(spec: SweepSpec):
+    import optuna
+
+    url = spec.storage or f"sqlite:///{spec.out_dir / 'optuna.db'}"
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
+                                          if url.startswith("sqlite") else {})
+    except Exception as err:  # sqlalchemy, file-system and lock errors come in many types
+        raise UserError(f"cannot open sweep storage {url} ({type(err).__name__}: {str(err).splitlines()[0]}): "
+                        "check the path/URL and that no other process holds a lock on it") from None
+
+
+def make_sampler(spec: SweepSpec, seed: int = 0):
+    import optuna
+
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return None  # grid: points are enqueued explicitly
+
+
+def run_sweep(spec_path: str | Path) -> Path:
+    """Run (or resume) the study; returns the path of ``results.csv``."""
+    import optuna
+
+    spec = SweepSpec.load(spec_path)
+    storage = open_storage(spec)
+    study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
+                                direction="minimize", sampler=make_sampler(spec))
+    _fail_interrupted(study)
+    from .pipeline import prepare_tokens
+
+    prepare_tokens(spec)
+    if spec.sampler == "grid":
+        done = {_key(t.user_attrs) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+        todo = [p for p in spec.grid() if _key(p) not in done]
+        log.info("study %s: %d of %d grid points to run", spec.study, len(todo), len(spec.grid()))
+        for point in todo:
+            study.enqueue_trial({k: v for k, v in point.items()
+                                 if k != "memory_size" or spec.memory_sizes != "matched"})
+        n_trials = len(todo)
+    else:
+        n_trials = spec.n_trials or len(spec.grid())
+    study.optimize(lambda t: objective(t, spec), n_trials=n_trials, catch=(Exception,))
+    return collect_results(study, spec)
+
+
+def _key(point: dict[str, Any]) -> tuple:
+    return point.get("decoder_size"), point.get("memory_size"), int(point.get("seed", -1))
+
+
+def _fail_interrupted(study) -> None:
+    """Trials left RUNNING by a killed process are marked failed, so their grid points run again."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (process killed)")
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def collect_results(study, spec: SweepSpec) -> Path:
+    import optuna
+
+    rows = [r for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+            for r in json.loads(t.user_attrs.get("rows", "[]"))]
+    path = spec.out_dir / "results.csv"
+    unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"]): r for r in rows}
+    if unique:
+        write_results(list(unique.values()), path)
+    return path
+
+
+# -- one trial ---------------------------------------------------------------------------------------
+def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
+    """The trial's (decoder size, memory size, seed); enqueued grid points come back as enqueued."""
+    from .sizes import matched_memory
+
+    dec = trial.suggest_categorical("decoder_size", spec.decoder_sizes)
+    seed = trial.suggest_categorical("seed", spec.seeds)
+    if spec.memory_sizes == "matched":
+        mem = matched_memory(dec).name
+    else:
+        mem = trial.suggest_categorical("memory_size", spec.memory_sizes)
+    return {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}
+
+
+def objective(trial, spec: SweepSpec) -> float:
+    from .pipeline import run_pipeline
+
+    global _ACTIVE_TRIAL
+    point = suggest_point(trial, spec)
+    _ACTIVE_TRIAL = trial if spec.prune else None
+    try:
+        rows, attrs = run_pipeline(spec, **point)
+    except Exception as err:
+        trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+        log.error("trial %d %s failed: %s", trial.number, point, err)
+        raise
+    finally:
+        _ACTIVE_TRIAL = None
+    for row in rows:
+        row["trial"] = trial.number
+    for key, value in {**point, **attrs}.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("rows", json.dumps(rows))
+    collect_results(trial.study, spec)
+    return next(r["loss"] for r in rows if r["arch"] == "mlp_memory" and r["split"] == "valid")
