@@ -68,11 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
          _cmd_generate, _args_generate)
     _add(sub, "export", "MemoryLM checkpoint -> memory directory (config.json + model.safetensors)",
          _cmd_export, _args_export)
-    for name, what, issue in (("sweep", "Optuna study over sizes -> results.csv", 5),
-                              ("report", "results.csv -> power-law fits, plots, report.md", 5),
-                              ("bench", "GPU and CPU benchmarks of every stage", 6)):
-        p = sub.add_parser(name, help=f"{what} [not implemented yet: issue #{issue}]")
-        p.set_defaults(func=_not_yet(name, issue))
+    _add(sub, "sweep", "Optuna study over decoder and memory sizes -> results.csv", _cmd_sweep, _args_sweep)
+    _add(sub, "report", "results.csv -> power-law fits, plots, report.md", _cmd_report, _args_report)
+    p = sub.add_parser("bench", help="GPU and CPU benchmarks of every stage [not implemented yet: issue #6]")
+    p.set_defaults(func=_not_yet("bench", 6))
     return parser
 
 
@@ -280,17 +279,38 @@ def _cmd_sizes(args: argparse.Namespace) -> None:
         print(tables["memory"].to_string(index=False, formatters={"ratio_to_decoder": "{:.3f}".format, **counts}))
 
 
+# -- sweep and report -----------------------------------------------------------------------------
+def _args_sweep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, help="sweep specification (see sweeps/)")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import run_sweep
+
+    print(f"results: {run_sweep(args.config)}")
+
+
+def _args_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", required=True, type=Path, help="results.csv (DESIGN.md schema)")
+    p.add_argument("--out", required=True, type=Path, help="report directory")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(f"report: {write_report(args.results, args.out)}")
+
+
 # -- demo --------------------------------------------------------------------------------------
 def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where every artifact of the demo goes")
-    p.add_argument("--sizes", nargs="+", default=["200k", "400k", "800k"], help="decoder sizes")
-    p.add_argument("--max-tokens", type=int, default=500_000, help="training tokens per decoder")
+    p.add_argument("--config", type=Path, help="sweep spec to run instead of sweeps/demo.yaml")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .demo import SPEC, run_demo
 
-    run_demo(args.out, args.sizes, args.max_tokens)
+    run_demo(args.out, args.config or SPEC)
 
 
 if __name__ == "__main__":

@@ -159,11 +159,13 @@ def make_sampler(spec: SweepSpec, seed: int = 0):
     return None  # grid: points are enqueued explicitly
 
 
-def run_sweep(spec_path: str | Path) -> Path:
-    """Run (or resume) the study; returns the path of ``results.csv``."""
+def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
+    """Run (or resume) the study (``out`` overrides the spec's); returns the path of ``results.csv``."""
     import optuna
 
     spec = SweepSpec.load(spec_path)
+    if out is not None:
+        spec.out, spec.storage, spec.token_store = str(out), None, None
     storage = open_storage(spec)
     study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
                                 direction="minimize", sampler=make_sampler(spec))
@@ -181,7 +183,9 @@ def run_sweep(spec_path: str | Path) -> Path:
         n_trials = len(todo)
     else:
         n_trials = spec.n_trials or len(spec.grid())
-    study.optimize(lambda t: objective(t, spec), n_trials=n_trials, catch=(Exception,))
+    # the callback runs once the trial is finalised: results.csv always holds every completed trial
+    study.optimize(lambda t: objective(t, spec), n_trials=n_trials, catch=(Exception,),
+                   callbacks=[lambda study, trial: collect_results(study, spec)])
     return collect_results(study, spec)
 
 
@@ -215,12 +219,13 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
     """The trial's (decoder size, memory size, seed); enqueued grid points come back as enqueued."""
     from .sizes import matched_memory
 
-    dec = trial.suggest_categorical("decoder_size", spec.decoder_sizes)
-    seed = trial.suggest_categorical("seed", spec.seeds)
+    grid = spec.grid()
+    dec = trial.suggest_categorical("decoder_size", sorted({p["decoder_size"] for p in grid}))
+    seed = trial.suggest_categorical("seed", sorted({p["seed"] for p in grid}))
     if spec.memory_sizes == "matched":
         mem = matched_memory(dec).name
     else:
-        mem = trial.suggest_categorical("memory_size", spec.memory_sizes)
+        mem = trial.suggest_categorical("memory_size", sorted({p["memory_size"] for p in grid}))
     return {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}
 
 
@@ -243,5 +248,4 @@ def objective(trial, spec: SweepSpec) -> float:
     for key, value in {**point, **attrs}.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("rows", json.dumps(rows))
-    collect_results(trial.study, spec)
     return next(r["loss"] for r in rows if r["arch"] == "mlp_memory" and r["split"] == "valid")

@@ -80,7 +80,9 @@ def test_model_is_chosen_by_class_name(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["prepare", "--corpus", "no-such-corpus", "--out", "x"], "wiki-summaries"),
-    (["sweep"], "issue #5"),
+    (["bench"], "issue #6"),
+    (["sweep", "--config", "no-such-spec.yaml"], "does not exist"),
+    (["report", "--results", "missing.csv", "--out", "r"], "does not exist"),
     (["targets", "--datastore", "missing", "--out", "t"], "does not exist"),
     (["targets", "--datastore", "missing", "--out", "t", "--k", "0"], "does not exist"),
 ])

@@ -96,7 +96,7 @@ def test_fit_is_deterministic_and_resumes(wiki_store, tmp_path):
         return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
 
     run_cli(fit_args(wiki_store, tmp_path / "a", *budget))
-    run_cli(fit_args(wiki_store, tmp_path / "b", *budget, "--data.num_workers", "2"))
+    run_cli(fit_args(wiki_store, tmp_path / "b", *budget, "--data.num_workers", "1"))
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

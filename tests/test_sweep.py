@@ -1,0 +1,76 @@
+"""The sweep: spec validation, and a study killed mid-trial that resumes without rerunning finished trials."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from mlpmem_lightning.errors import UserError
+from mlpmem_lightning.results import COLUMNS
+from mlpmem_lightning.sweep import SweepSpec, run_sweep
+
+TINY = {"study": "tiny", "decoder_sizes": ["200k", "400k"], "corpus": "wiki-summaries",
+        "prepare": {"vocab_size": 1024, "max_documents": 400}, "seq_len": 64, "batch_size": 8,
+        "decoder_tokens": 8192, "memory_tokens": 8192,
+        "knn": {"index": "flat", "k": 16, "keep": 8, "chunk": 2048}}
+
+
+def write_spec(path, **overrides):
+    spec = {**TINY, "out": str(path.parent / "study"), **overrides}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"bogus": 1}, "unknown keys bogus"),
+    ({"decoder_sizes": ["tiny"]}, "unknown decoder size"),
+    ({"memory_sizes": ["mem-x"]}, "unknown memory size"),
+    ({"sampler": "cmaes"}, "sampler"),
+    ({"knn": {"kk": 3}}, "unknown knn keys"),
+    ({"lambda": 1.5}, "must lie in"),
+])
+def test_bad_specs(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        SweepSpec.load(write_spec(tmp_path / "spec.yaml", **overrides))
+
+
+def test_unopenable_storage(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", storage="sqlite:////nonexistent-dir/x/optuna.db")
+    with pytest.raises(UserError, match="cannot open sweep storage"):
+        run_sweep(spec)
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml")
+    out = tmp_path / "study"
+    proc = subprocess.Popen([sys.executable, "-m", "mlpmem_lightning.cli", "sweep", "--config", str(spec)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "decoders" / "200k-seed0" / "checkpoints" / "last.ckpt"
+    second = out / "decoders" / "400k-seed0" / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline and not second.exists():  # trial 0 done, trial 1 under way
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.is_file() and (out / "results.csv").is_file()
+    finished = first.stat().st_mtime_ns
+
+    results = pd.read_csv(run_sweep(spec))
+    assert first.stat().st_mtime_ns == finished  # the finished decoder was not retrained
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1  # the killed trial is marked failed
+    complete = [t.user_attrs["decoder_size"] for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == ["200k", "400k"]
+    assert set(COLUMNS) <= set(results.columns) and len(results) == 2 * 3 * 2
+    assert set(results["arch"]) == {"decoder", "knn_lm", "mlp_memory"}
+    mem = results[(results.arch == "mlp_memory") & (results.split == "valid")]
+    dec = results[(results.arch == "decoder") & (results.split == "valid")]
+    assert (mem["flops_train_total"].values > dec["flops_train_total"].values).all()
+    assert (mem["params_total"].values > dec["params_total"].values).all()
