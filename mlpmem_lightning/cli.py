@@ -293,12 +293,14 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def _args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True, type=Path, help="results.csv (DESIGN.md schema)")
     p.add_argument("--out", required=True, type=Path, help="report directory")
+    p.add_argument("--split", default="test", choices=["valid", "test"], help="split whose losses are fitted")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    print(f"report: {write_report(args.results, args.out)}")
+    print(f"report: {write_report(args.results, args.out, split=args.split, bootstrap=args.bootstrap)}")
 
 
 # -- demo --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def run_demo(out: Path, spec: Path = SPEC) -> Path:
 
     start = time.time()
     results = run_sweep(spec, out=out)
-    report = write_report(results, out / "report")
+    report = write_report(results, out / "report", bootstrap=300)  # 300 resamples: seconds, not a minute
     df = read_results(results)
     table = df.pivot_table(index=["decoder_size", "arch"], columns="split", values="ppl").round(2)
     print(table.to_string())

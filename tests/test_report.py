@@ -1,0 +1,211 @@
+"""`report.write_report`: every file, fits.json's structure, honest conclusions, one-line errors.
+
+``tests/data/results_small.csv`` (also the notebooks' default input) is made by
+:func:`synthetic_results`; ``python -m tests.test_report`` rewrites it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlpmem_lightning.errors import UserError
+from mlpmem_lightning.report import write_report
+from mlpmem_lightning.results import ARCHS, COLUMNS, write_results
+
+DATA = Path(__file__).resolve().parent / "data" / "results_small.csv"
+FILES = ("fits.json", "loss_vs_params.png", "loss_vs_flops.png", "lambda_curves.png", "gap_memory_vs_knn.png",
+         "report.md")
+B = 20  # bootstrap resamples in these tests: enough to exercise the intervals, fast on 2 cores
+
+# Ladder rungs as `mlpmem sizes` prints them (vocab 8192, seq_len 256): params_total and training FLOPs
+# per token of each decoder, and of its matched memory.
+DECODERS = {"200k": (1_262_144, 5_213_568), "800k": (2_950_272, 12_983_040), "3m": (6_687_936, 35_409_024),
+            "12m": (17_947_200, 101_784_960), "50m": (60_060_800, 348_568_320)}
+MEMORIES = {"200k": (745_920, 4_475_520), "800k": (1_934_208, 11_605_248), "3m": (5_114_304, 30_685_824),
+            "12m": (15_528_960, 93_173_760), "50m": (55_019_520, 330_117_120)}
+LAMBDAS = np.round(np.arange(21) * 0.05, 2)
+TOKENS, ROWS = 2_000_000, 1_066_554  # decoder/memory training tokens, datastore rows
+
+
+def _lambda_losses(base: float, gain: float, best: float) -> np.ndarray:
+    """A mixed model's loss over the λ grid: the decoder at λ=0, lowest (base − gain) at ``best``."""
+    u = LAMBDAS / best
+    return base - gain * (2 * u - u**2)
+
+
+def synthetic_results(seed: int = 0) -> pd.DataFrame:
+    """A small study shaped like a sweep's output: 5 decoder sizes x 2 seeds x 3 archs x valid/test.
+
+    Decoder-only loss follows 2.0 + 300·P^−0.35 with 1% multiplicative noise. The kNN-LM gains
+    0.12 nats on its own decoder (λ* = 0.25); decoder+memory gains 0.06 on the smallest decoder
+    rising by 0.02 per rung (λ* = 0.20), so it crosses the kNN-LM mid-ladder. Gains carry ±0.005 noise.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for trial, (size, (p_dec, fpt)) in enumerate(DECODERS.items()):
+        p_mem, mem_fpt = MEMORIES[size]
+        f_dec = TOKENS * fpt
+        f_knn = f_dec + ROWS * (fpt // 3)
+        f_mem = f_knn + 2 * 64 * ROWS * (1024 + 32 * ROWS / 1024) + TOKENS * mem_fpt
+        for s in (0, 1):
+            test = (2.0 + 300 * p_dec**-0.35) * math.exp(0.01 * rng.standard_normal())
+            valid = test * 1.01
+            base = {"study": "synthetic", "trial": trial, "decoder_size": size, "params_decoder": p_dec, "seed": s}
+            archs = {"decoder": ("", 0, TOKENS, f_dec, 0.0, 0.0),
+                     "knn_lm": ("", 0, TOKENS, f_knn, 0.12, 0.25),
+                     "mlp_memory": (f"mem-{size}", p_mem, 2 * TOKENS, f_mem, 0.06 + 0.02 * trial, 0.20)}
+            for arch, (mem, pm, tokens, flops, gain, lam) in archs.items():
+                gain += 0.005 * rng.standard_normal() if gain else 0.0
+                common = {**base, "arch": arch, "memory_size": mem, "params_memory": pm, "params_total": p_dec + pm,
+                          "train_tokens": tokens, "flops_train_total": int(flops), "lambda": lam}
+                grid = {} if arch == "decoder" else {
+                    f"ppl_lambda_{x:.2f}": math.exp(v) for x, v in zip(LAMBDAS, _lambda_losses(valid, gain, lam))}
+                for split, loss in (("valid", valid - gain), ("test", test - gain)):
+                    extra = grid if split == "valid" else {}
+                    rows.append({**common, "split": split, "loss": loss, "ppl": math.exp(loss), **extra})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    write_report(DATA, out, bootstrap=B)
+    return out
+
+
+def test_small_results_csv_is_the_generators_output():
+    assert list(pd.read_csv(DATA).columns[:len(COLUMNS)]) == list(COLUMNS)
+    pd.testing.assert_frame_equal(pd.read_csv(DATA), synthetic_results().pipe(_roundtrip), check_exact=False)
+
+
+def _roundtrip(df: pd.DataFrame) -> pd.DataFrame:
+    import io
+
+    df = df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
+    return pd.read_csv(io.StringIO(df.to_csv(index=False)))
+
+
+def test_report_writes_every_file(report_dir):
+    for name in FILES:
+        path = report_dir / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    for name in FILES:
+        if name.endswith(".png"):
+            assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(report_dir.glob("*.tmp"))
+
+
+def test_fits_json_structure(report_dir):
+    fits = json.loads((report_dir / "fits.json").read_text())
+    assert set(fits) == set(ARCHS)
+    for arch in ARCHS:
+        assert set(fits[arch]) == {"params_total", "flops_train_total"}
+        for axis, f in fits[arch].items():
+            for p in ("E", "A", "alpha"):
+                lo, hi = f[f"{p}_ci"]
+                assert f[p] > 0 and lo <= hi, (arch, axis, p)
+            assert f["n"] == 10 and f["n_bootstrap"] <= B and f["ci_level"] == 0.95
+
+
+def test_fits_json_matches_an_independent_least_squares_fit(report_dir):
+    """The decoder's α vs params agrees with a plain least-squares fit of the same model (the data are smooth)."""
+    from scipy.optimize import curve_fit
+
+    df = pd.read_csv(DATA)
+    d = df[(df["arch"] == "decoder") & (df["split"] == "test")]
+    (E, A, alpha), _ = curve_fit(lambda x, E, A, a: E + A * x ** (-a), d["params_total"], d["loss"],
+                                 p0=(2.0, 300.0, 0.35), maxfev=20000)
+    f = json.loads((report_dir / "fits.json").read_text())["decoder"]["params_total"]
+    assert f["alpha"] == pytest.approx(alpha, abs=0.1)
+    assert f["alpha_ci"][0] - 0.05 <= 0.35 <= f["alpha_ci"][1] + 0.05
+
+
+def test_report_md_stands_on_its_own(report_dir):
+    md = (report_dir / "report.md").read_text()
+    for section in ("## What was run", "## Conclusions", "## Power-law fits", "## Matched parameters",
+                    "## Matched compute", "## Decoder+memory vs kNN-LM", "## Interpolation weight λ"):
+        assert section in md
+    for name in FILES:
+        if name.endswith(".png"):
+            assert f"]({name})" in md
+    assert "`synthetic`" in md and "200k" in md and "mem-50m" in md
+
+
+def test_conclusions_follow_the_numbers(report_dir):
+    """Statements checked against the CSV itself, not against the code's own tables."""
+    md = (report_dir / "report.md").read_text()
+    df = pd.read_csv(DATA)
+    test = df[df["split"] == "test"].set_index(["arch", "decoder_size", "seed"])["loss"]
+    knn_delta = (test["knn_lm"] - test["decoder"]).groupby("decoder_size").mean()
+    lower = int((knn_delta < 0).sum())
+    assert f"Measured at equal parameters: kNN-LM is lower than decoder-only in {lower} of 5 pairs" in md
+    gap = test["mlp_memory"] - test["knn_lm"]
+    assert (f"decoder+memory is below the kNN-LM on the same decoder in {int((gap < 0).sum())} of {len(gap)} runs "
+            f"(mean gap {gap.mean():+.3f} nats/token)") in md
+    valid = df[(df["split"] == "valid") & (df["arch"] != "decoder")]
+    cols = [c for c in df.columns if c.startswith("ppl_lambda_")]
+    for arch, label in (("knn_lm", "kNN-LM"), ("mlp_memory", "decoder+memory")):
+        means = valid[valid["arch"] == arch].groupby("decoder_size")[cols].mean()
+        best = {float(means.loc[size].idxmin()[len("ppl_lambda_"):]) for size in means.index}
+        assert len(best) == 1  # one best λ across sizes in this table
+        assert f"{label}: best λ on valid (seed-mean curves) is {best.pop():.2f} across 5 sizes." in md
+
+
+def test_thin_architecture_is_skipped_with_a_note(tmp_path):
+    df = pd.read_csv(DATA)
+    keep = ~((df["arch"] == "mlp_memory") & ~df["decoder_size"].isin(["200k", "800k"]))
+    write_results(df[keep].to_dict("records"), tmp_path / "r.csv")
+    write_report(tmp_path / "r.csv", tmp_path / "out", bootstrap=5)
+    fits = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert set(fits) == {"decoder", "knn_lm"}
+    assert "decoder+memory vs parameters (total) not fitted: need at least 3 points" in \
+        (tmp_path / "out" / "report.md").read_text()
+
+
+def test_decoder_only_results_get_a_report(tmp_path):
+    """What `mlpmem demo` writes today: decoder rows only, three sizes. Every file, and the caveats said."""
+    df = pd.read_csv(DATA)
+    df = df[(df["arch"] == "decoder") & (df["seed"] == 0) & df["decoder_size"].isin(["200k", "800k", "3m"])]
+    df.drop(columns=[c for c in df.columns if c.startswith("ppl_lambda_")]).to_csv(tmp_path / "r.csv", index=False)
+    md = write_report(tmp_path / "r.csv", tmp_path / "out", bootstrap=5).read_text()
+    assert all((tmp_path / "out" / name).is_file() for name in FILES)
+    assert set(json.loads((tmp_path / "out" / "fits.json").read_text())) == {"decoder"}
+    assert "Only decoder-only could be fitted" in md and "Fits on fewer than 5 sizes" in md
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        write_report(tmp_path / "nope.csv", tmp_path / "out")
+
+
+def test_missing_columns_are_a_user_error(tmp_path):
+    pd.read_csv(DATA).drop(columns=["flops_train_total"]).to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(UserError, match="lacks required columns flops_train_total"):
+        write_report(tmp_path / "r.csv", tmp_path / "out")
+
+
+def test_nothing_fittable_is_a_user_error(tmp_path):
+    df = pd.read_csv(DATA)
+    df[df["decoder_size"].isin(["200k", "800k"])].to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(UserError, match="no architecture can be fitted.*need at least 3 points"):
+        write_report(tmp_path / "r.csv", tmp_path / "out")
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_no_rows_on_the_split_is_a_user_error(tmp_path):
+    df = pd.read_csv(DATA)
+    df[df["split"] == "valid"].to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(UserError, match="no rows with split 'test'"):
+        write_report(tmp_path / "r.csv", tmp_path / "out")
+
+
+if __name__ == "__main__":
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    write_results(synthetic_results().to_dict("records"), DATA)
+    print(f"wrote {DATA}")
