@@ -196,20 +196,18 @@ class LMDataModule(L.LightningDataModule):
         if t["datastore_fingerprint"] != d["fingerprint"]:
             raise UserError(f"targets {self.targets} were built from datastore {t['datastore_fingerprint']}, but "
                             f"{datastore.path} is {d['fingerprint']}: rebuild the targets with `mlpmem targets`")
-        if d["token_store_fingerprint"] != self.fingerprint:
-            raise UserError(f"targets {self.targets} come from token store {d['token_store_fingerprint']}, the data "
-                            f"is {self.fingerprint}: pass the matching --data.token_store")
-        if d["seq_len"] != self.seq_len:
-            raise UserError(f"targets {self.targets} use seq_len {d['seq_len']}: pass --data.seq_len {d['seq_len']}")
+        datastore.check_data(self.fingerprint, self.seq_len, what="the datastore of the targets")
         return t, d
 
     def windows(self, split: str) -> TokenWindows:
         n_tokens = self.store.manifest["tokens"][split]
         extras = {}
-        if self.targets is not None and split == self.targets_info()[1]["split"]:
-            extras = {"knn_ids": self.targets / "ids.npy", "knn_probs": self.targets / "probs.npy"}
-            if self.serve_keys:
-                extras["keys"] = Path(self.targets_info()[0]["datastore"]) / "keys.npy"
+        if self.targets is not None:
+            targets, datastore = self.targets_info()
+            if split == datastore["split"]:
+                extras = {"knn_ids": self.targets / "ids.npy", "knn_probs": self.targets / "probs.npy"}
+                if self.serve_keys:
+                    extras["keys"] = Path(targets["datastore"]) / "keys.npy"
         ds = TokenWindows(self.token_store / f"{split}.npy", self.seq_len, n_tokens, extras)
         if len(ds) == 0:
             raise UserError(

@@ -203,3 +203,12 @@ class Datastore:
 
     def __len__(self) -> int:
         return int(self.manifest["N"])
+
+    def check_data(self, token_store_fingerprint: str, seq_len: int, what: str = "datastore") -> None:
+        """Refuse data this datastore was not built on: another token store, or another window cut."""
+        m = self.manifest
+        if m["token_store_fingerprint"] != token_store_fingerprint:
+            raise UserError(f"{what} {self.path} comes from token store {m['token_store_fingerprint']}, the data "
+                            f"is {token_store_fingerprint}: pass the matching --data.token_store")
+        if m["seq_len"] != seq_len:
+            raise UserError(f"{what} {self.path} uses seq_len {m['seq_len']}: pass --data.seq_len {m['seq_len']}")

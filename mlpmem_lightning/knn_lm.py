@@ -44,7 +44,24 @@ def log_lambda_grid(module: L.LightningModule, metric: TokenNLL, lambdas: torch.
                      f"{prefix}/ppl": torch.exp(loss[pick])}, prog_bar=False)
 
 
-class KNNLM(L.LightningModule):
+class LambdaGridEvaluation:
+    """Validation/test hooks shared by KNNLM and MemoryLM: ``_eval_step`` accumulates the NLL of every λ
+    into ``val_nll``/``test_nll``; the epoch ends log the grid (``log_lambda_grid``)."""
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_nll)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_nll)
+
+    def on_validation_epoch_end(self) -> None:
+        log_lambda_grid(self, self.val_nll, self.lambdas, "val", self.hparams.lambda_)
+
+    def on_test_epoch_end(self) -> None:
+        log_lambda_grid(self, self.test_nll, self.lambdas, "test", self.hparams.lambda_)
+
+
+class KNNLM(LambdaGridEvaluation, L.LightningModule):
     """A decoder mixed with its kNN datastore: log p = logaddexp(log(1-λ) + log p_LM, log λ + log p_kNN).
 
     Args:
@@ -83,11 +100,7 @@ class KNNLM(L.LightningModule):
         if m["decoder_fingerprint"] != dec.fingerprint:
             raise UserError(f"datastore {hp.datastore} was built from decoder {m['decoder_fingerprint']}, "
                             f"not {dec.fingerprint} ({hp.decoder}): rebuild it with `mlpmem datastore`")
-        if m["token_store_fingerprint"] != dm.fingerprint:
-            raise UserError(f"datastore {hp.datastore} was built on token store {m['token_store_fingerprint']}, "
-                            f"the data is {dm.fingerprint}: pass the matching --data.token_store")
-        if m["seq_len"] != dm.seq_len:
-            raise UserError(f"the datastore was built with seq_len {m['seq_len']}: pass --data.seq_len {m['seq_len']}")
+        store.check_data(dm.fingerprint, dm.seq_len)
         if not 0 < hp.k < len(store):
             raise UserError(f"k={hp.k} must be in [1, {len(store) - 1}] for a datastore of {len(store)} rows")
         self.net, self.layer = dec.net, m["layer"]
@@ -96,6 +109,7 @@ class KNNLM(L.LightningModule):
                                       nprobe=hp.nprobe, rerank=hp.rerank)
         self.register_buffer("values", torch.from_numpy(np.asarray(store.values, dtype=np.int64)), persistent=False)
 
+    @torch.no_grad()
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
         labels = batch["labels"].flatten()
         logits, keys = logits_and_ffn_inputs(self.net, batch["input_ids"], self.layer)
@@ -103,17 +117,3 @@ class KNNLM(L.LightningModule):
         dist, ids = self.searcher.search(keys.reshape(labels.numel(), -1).float(), self.hparams.k)
         lp_knn = label_log_prob(dist, ids, self.values[ids.clamp_min(0)], labels, self.hparams.temperature)
         metric.update(-interpolate(lp_lm, lp_knn, self.lambdas))
-
-    @torch.no_grad()
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_nll)
-
-    @torch.no_grad()
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_nll)
-
-    def on_validation_epoch_end(self) -> None:
-        log_lambda_grid(self, self.val_nll, self.lambdas, "val", self.hparams.lambda_)
-
-    def on_test_epoch_end(self) -> None:
-        log_lambda_grid(self, self.test_nll, self.lambdas, "test", self.hparams.lambda_)

@@ -24,7 +24,7 @@ from .decoder import ffn_inputs, logits_and_ffn_inputs
 from .decoder_lm import token_nll
 from .errors import UserError
 from .knn import interpolate
-from .knn_lm import DEFAULT_LAMBDAS, check_lambdas, log_lambda_grid
+from .knn_lm import DEFAULT_LAMBDAS, LambdaGridEvaluation, check_lambdas
 from .memory import build_memory, save_memory
 from .memory_loss import memory_loss
 from .metrics import TokenNLL
@@ -32,7 +32,7 @@ from .sizes import get_memory_size, get_size, matched_memory
 from .training import adamw_warmup_cosine, apply_token_budget
 
 
-class MemoryLM(L.LightningModule):
+class MemoryLM(LambdaGridEvaluation, L.LightningModule):
     """MLP Memory on top of a frozen decoder.
 
     Args:
@@ -137,18 +137,6 @@ class MemoryLM(L.LightningModule):
         lp_lm = -token_nll(logits, batch["labels"]).double().flatten()
         lp_mem = -token_nll(self.memory(keys.float()), batch["labels"]).double().flatten()
         metric.update(-interpolate(lp_lm, lp_mem, self.lambdas))
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_nll)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_nll)
-
-    def on_validation_epoch_end(self) -> None:
-        log_lambda_grid(self, self.val_nll, self.lambdas, "val", self.hparams.lambda_)
-
-    def on_test_epoch_end(self) -> None:
-        log_lambda_grid(self, self.test_nll, self.lambdas, "test", self.hparams.lambda_)
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
         return self.memory(keys)

@@ -1,11 +1,5 @@
 """Datastore alignment and resumption, and the kNN-LM on the embedded corpus."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +11,8 @@ from mlpmem_lightning.decoder import logits_and_ffn_inputs
 from mlpmem_lightning.errors import UserError
 from mlpmem_lightning.lightning_cli import run_cli
 from mlpmem_lightning.token_store import TokenStore
+
+from .killing import kill_after_progress
 
 SEQ = 128
 
@@ -45,13 +41,7 @@ def test_killed_datastore_resumes_byte_identical(datastore, small_decoder, small
     code = ("from mlpmem_lightning.datastore import *; "
             f"build_datastore({str(small_decoder)!r}, {str(small_store)!r}, {str(tmp_path / 'ds')!r}, "
             "DatastoreSettings(batch_size=16), device='cpu')")
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    progress = tmp_path / "ds" / "progress.rank0.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["done"] >= 64):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_progress(code, tmp_path / "ds" / "progress.rank0.json", done_at=64)
     assert not (tmp_path / "ds" / "manifest.json").exists()
     build_datastore(small_decoder, small_store, tmp_path / "ds", DatastoreSettings(batch_size=16), device="cpu")
     for name in ("keys.npy", "values.npy"):

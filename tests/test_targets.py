@@ -1,11 +1,5 @@
 """kNN targets against an independent brute-force NumPy float64 reference."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +9,8 @@ from mlpmem_lightning import artifacts
 from mlpmem_lightning.errors import UserError
 from mlpmem_lightning.knn import aggregate_tokens, drop_self, interpolate, neighbour_weights
 from mlpmem_lightning.targets import KNNTargets, TargetSettings, build_targets
+
+from .killing import kill_after_progress
 
 
 def reference_targets(keys, values, k, T, K):
@@ -124,13 +120,7 @@ def test_killed_targets_resume_byte_identical(tmp_path):
     code = ("import sys; from mlpmem_lightning.targets import *; "
             f"build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, TargetSettings(k=64, keep=16, chunk=256), "
             "backend='torch', device='cpu')")
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    progress = tmp_path / "killed" / "progress.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["done"] >= 1024):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_progress(code, tmp_path / "killed" / "progress.json", done_at=1024)
     assert not (tmp_path / "killed" / "manifest.json").exists()
     build_targets(ds, tmp_path / "killed", s, backend="torch", device="cpu")
     for name in ("ids.npy", "probs.npy"):
