@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +114,13 @@ def artifact_lock(path: str | Path) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)
+
+
+def clear_partial(path: str | Path) -> None:
+    """Empty an artifact directory left incomplete by a crashed run, keeping the writer's lock file."""
+    for p in Path(path).iterdir():
+        if p.name != LOCK:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def load_npy(path: str | Path, mmap: bool = True) -> np.ndarray:

@@ -122,9 +122,7 @@ def _open_arrays(out: Path, identity: dict, n_rows: int, d: int, tokens: np.ndar
     progress = _progress_path(out, rank)
     same = progress.is_file() and json.loads(progress.read_text())["identity"] == identity
     if not same and rank == 0:
-        for p in out.glob("*"):
-            if p.name != artifacts.LOCK:
-                p.unlink()
+        artifacts.clear_partial(out)
         np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.float16, shape=(n_rows, d)).flush()
         artifacts.atomic_save_npy(out / "values.npy", np.asarray(tokens[1:n_rows + 1], dtype=np.int32))
     barrier()

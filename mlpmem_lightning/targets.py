@@ -114,9 +114,7 @@ def _open(out: Path, identity: dict, n: int, keep: int) -> tuple[np.ndarray, np.
     progress = out / "progress.json"
     state = json.loads(progress.read_text()) if progress.is_file() else None
     if state is None or state["identity"] != identity:
-        for p in out.glob("*"):
-            if p.name != artifacts.LOCK:
-                p.unlink()
+        artifacts.clear_partial(out)
         np.lib.format.open_memmap(out / "ids.npy", mode="w+", dtype=np.int32, shape=(n, keep)).flush()
         np.lib.format.open_memmap(out / "probs.npy", mode="w+", dtype=np.float16, shape=(n, keep)).flush()
         state = {"identity": identity, "done": 0, "mass_sum": 0.0, "mass_min": 1.0}

@@ -81,19 +81,12 @@ def prepare(
         log.info("reusing token store %s (fingerprint %s)", out, manifest["fingerprint"])
         return manifest
     with artifacts.artifact_lock(out):
-        _clear_partial(out)
+        artifacts.clear_partial(out)  # a store without a manifest is a crashed run: start from nothing
         return _build(settings, out, num_proc or min(4, os.cpu_count() or 1), cache_dir)
 
 
 def _diff(have: dict, want: dict) -> str:
     return ", ".join(f"{k}: {have.get(k)!r} != {want.get(k)!r}" for k in want if have.get(k) != want.get(k))
-
-
-def _clear_partial(out: Path) -> None:
-    """A store without a manifest is a crashed run: start it again from nothing."""
-    for p in out.iterdir():
-        if p.name != artifacts.LOCK:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _build(settings: PrepareSettings, out: Path, num_proc: int, cache_dir: str | Path | None) -> dict[str, Any]:
