@@ -181,8 +181,12 @@ def _args_targets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nprobe", type=int, default=d.nprobe, help="IVF lists scanned per query")
     p.add_argument("--rerank", action="store_true", help="re-rank approximate candidates exactly")
     p.add_argument("--chunk", type=int, default=d.chunk, help="rows per search batch")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "clustered", "faiss"],
+                   help="auto: torch exact (flat) or clustered IVF on CUDA, faiss on CPU")
     p.add_argument("--device", default="auto")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes, one per GPU (NCCL) or CPU (gloo), each taking a share of the IVF lists "
+                        "(clustered backend); the files are identical to a one-device run")
     p.add_argument("--mass-curve", type=int, metavar="ROWS",
                    help="only print the mass kept by K tokens, for K = 8 ... k, on ROWS sampled rows")
     _args_index(p)
@@ -202,7 +206,16 @@ def _cmd_targets(args: argparse.Namespace) -> None:
         for K, v in curve.items():
             print(f"{K}\t{v['mean']:.4f}\t{v['rows_ge_99']:.3f}")
         return
-    m = build_targets(args.datastore, args.out, settings, backend=args.backend, device=args.device)
+    if args.devices > 1:
+        from .artifacts import read_manifest
+        from .ranks import spawn
+        from .targets import KIND
+
+        spawn(build_targets, args.devices, datastore=str(args.datastore), out=str(args.out), settings=settings,
+              backend=args.backend)
+        m = read_manifest(args.out, KIND)
+    else:
+        m = build_targets(args.datastore, args.out, settings, backend=args.backend, device=args.device)
     print(f"targets {args.out}: {m['N']:,} rows, K={m['K']}, mass kept mean {m['mass_kept_mean']:.4f} "
           f"min {m['mass_kept_min']:.4f}")
 

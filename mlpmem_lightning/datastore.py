@@ -5,8 +5,8 @@ chosen layer's feed-forward block, after its norm) and the value (token p+1), fo
 position the windows of the alignment convention cover. The forward pass stops at the
 key point, so neither later layers nor the vocabulary head are computed.
 
-The arrays are pre-allocated and filled in whole batches of windows; after each chunk
-``progress.json`` records how many windows are done, so a killed run resumes at the
+The arrays are pre-allocated and filled in whole batches of windows; about every
+``SAVE_ROWS`` rows ``progress.rank<r>.json`` records how many windows are done, so a killed run resumes at the
 next chunk and, the batches being the same, ends with byte-identical files. Rows can be
 split across ranks (``rank``/``world_size``): each rank fills its own contiguous range.
 """
@@ -33,6 +33,7 @@ from .token_store import TokenStore
 
 log = logging.getLogger(__name__)
 KIND = "datastore"
+SAVE_ROWS = 1 << 20  # rows between progress records (flush + fsync)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def _fill(net, tokens: np.ndarray, keys: np.ndarray, out: Path, identity: dict, 
     net.to(device)
     L, B = s.seq_len, s.batch_size
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16")
+    saved = done
     with tqdm(total=hi - lo, initial=done - lo, desc=f"datastore rank {rank}", unit="win") as bar:
         for start in range(done, hi, B):
             stop = min(start + B, hi)
@@ -149,37 +151,22 @@ def _fill(net, tokens: np.ndarray, keys: np.ndarray, out: Path, identity: dict, 
                 raise UserError(f"the decoder produced NaN/inf hidden states in windows {start}-{stop}: "
                                 "the checkpoint is broken; retrain or pick another checkpoint")
             keys[start * L:stop * L] = h.reshape(-1, h.shape[-1]).cpu().numpy().astype(np.float16)
-            keys.flush()
-            artifacts.atomic_write_text(progress, json.dumps({"identity": identity, "done": stop}))
+            if (stop - saved) * L >= SAVE_ROWS or stop == hi:  # an fsync per batch would dominate on a GPU
+                keys.flush()
+                artifacts.atomic_write_text(progress, json.dumps({"identity": identity, "done": stop}))
+                saved = stop
             bar.update(stop - start)
 
 
 def build_datastore_spawn(decoder: str | Path, data: str | Path, out: str | Path, settings: DatastoreSettings,
                           devices: int, port: int = 29517) -> None:
-    """One process per device (CUDA: NCCL, one GPU each; CPU: gloo), each filling its own windows.
+    """One process per device (``ranks.spawn``), each filling its own windows.
 
     The result is byte-identical to a single-process run: windows are computed in the same batches.
     """
-    import torch.multiprocessing as mp
+    from .ranks import spawn
 
-    mp.spawn(_spawned, args=(devices, str(decoder), str(data), str(out), settings, port), nprocs=devices)
-
-
-def _spawned(rank: int, world: int, decoder: str, data: str, out: str, settings: DatastoreSettings,
-             port: int) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
-    try:
-        build_datastore(decoder, data, out, settings, device=f"cuda:{rank}" if cuda else "cpu", rank=rank,
-                        world_size=world, barrier=dist.barrier)
-    finally:
-        dist.destroy_process_group()
+    spawn(build_datastore, devices, port, decoder=str(decoder), data=str(data), out=str(out), settings=settings)
 
 
 class Datastore:

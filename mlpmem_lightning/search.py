@@ -22,6 +22,8 @@ Backends:
 - ``TorchIVF``: coarse lists from a faiss IVF index's quantizer (or ``faiss.Kmeans`` centroids), keys
   grouped by list; a query searches its ``nprobe`` nearest lists exactly (same expansion, re-rank,
   certificate and fallback, restricted to those lists), so nprobe = nlist is exact search.
+- ``ClusteredIVF`` (``clustered_search.py``): IVF where the queries of one list share its probe set,
+  one GEMM per list; the fast path for bulk GPU search (targets, kNN-LM evaluation).
 - ``FaissSearcher``: a faiss index (CPU; GPU only if this faiss has GPU support), optional exact
   re-rank of ``k * rerank_factor`` candidates against the stored keys.
 
@@ -364,24 +366,44 @@ class FaissSearcher(Searcher):
         return torch.cat(out)
 
 
-def make_searcher(datastore_dir: str | Path, index: str = "flat", backend: str = "auto", device: str = "cpu",
-                  nprobe: int = 32, rerank: bool = False, chunk: int = 65536, rerank_factor: int = 4) -> Searcher:
-    """The searcher for a datastore: ``flat`` is exact search, ``ivfflat``/``ivfpq`` approximate.
+BACKENDS = ("auto", "torch", "clustered", "faiss")
 
-    ``auto`` picks torch for flat/ivfflat on CUDA (faiss-gpu is usually missing there) and faiss
-    otherwise. With backend torch, ``ivfflat`` and ``ivfpq`` both become a ``TorchIVF`` over the
-    stored index's coarse quantizer with exact scans of the probed lists (PQ codes are not used,
-    so torch+ivfpq has IVFFlat recall and memory); ``rerank`` only applies to faiss.
-    """
+
+def resolve_backend(index: str, backend: str, device: str | torch.device) -> str:
+    """``auto``: torch exact for flat and ``clustered`` for IVF on CUDA (faiss-gpu is usually missing
+    there, and per-query probing is too slow at 10M rows), faiss on CPU."""
     if index not in ix.KINDS:
         raise UserError(f"unknown index {index!r}: choose one of {', '.join(ix.KINDS)}")
-    if backend not in ("auto", "torch", "faiss"):
-        raise UserError(f"unknown search backend {backend!r}: choose auto, torch or faiss")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown search backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "clustered" and index == "flat":
+        raise UserError("the clustered backend is an IVF search: use --index ivfflat (or backend torch for flat)")
+    if backend != "auto":
+        return backend
+    if torch.device(device).type != "cuda":
+        return "faiss"
+    return "torch" if index == "flat" else "clustered"
+
+
+def make_searcher(datastore_dir: str | Path, index: str = "flat", backend: str = "auto", device: str = "cpu",
+                  nprobe: int = 32, rerank: bool = False, chunk: int = 65536, rerank_factor: int = 4,
+                  nlist: int | None = None) -> Searcher:
+    """The searcher for a datastore: ``flat`` is exact search, ``ivfflat``/``ivfpq`` approximate.
+
+    Backends (``auto``: see ``resolve_backend``): ``torch`` is ``TorchExact`` for flat and, for
+    ivfflat/ivfpq, a ``TorchIVF`` over the stored faiss index's coarse quantizer with certified exact
+    scans of each query's probed lists (PQ codes unused); ``clustered`` is ``ClusteredIVF`` (its own
+    seeded k-means with ``nlist`` lists, default about N/256 up to 4096; no faiss index needed);
+    ``faiss`` is the stored index, with optional ``rerank``.
+    """
     dev = torch.device(device)
-    if backend == "auto":
-        backend = "torch" if dev.type == "cuda" and index != "ivfpq" else "faiss"
+    backend = resolve_backend(index, backend, dev)
     manifest, keys = ix.open_keys(datastore_dir)
     log.info("search: %s index, %s backend on %s over %d keys", index, backend, dev, len(keys))
+    if backend == "clustered":
+        from .clustered_search import ClusteredIVF, default_nlist
+
+        return ClusteredIVF(keys, nlist or default_nlist(len(keys)), nprobe, dev)
     if backend == "torch":
         if index == "flat":
             return TorchExact(keys, dev, chunk)

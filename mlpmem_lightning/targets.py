@@ -14,6 +14,8 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -23,10 +25,12 @@ from tqdm.auto import tqdm
 from . import artifacts
 from .datastore import Datastore, pick_device
 from .errors import UserError
+from .clustered_search import default_nlist
 from .knn import aggregate_tokens, drop_self, neighbour_weights
 
 log = logging.getLogger(__name__)
 KIND = "knn_targets"
+SAVE_ROWS = 1 << 18  # rows between progress records on the list-by-list path
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,6 @@ class TargetSettings:
     m: int = 64  # PQ sub-quantizers
     nbits: int = 8  # bits per PQ code
     train_size: int = 1_000_000  # keys sampled to train the index
-
-
-def default_nlist(n_rows: int) -> int:
-    """About 256 keys per list (faiss wants at least 39 per centroid), capped at the paper's 4096."""
-    return int(min(4096, max(1, n_rows // 256)))
 
 
 def ensure_index(datastore: str | Path, s: TargetSettings) -> None:
@@ -72,70 +71,127 @@ def check_settings(s: TargetSettings, n_rows: int) -> None:
 
 
 def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettings, backend: str = "auto",
-                  device: str = "auto") -> dict[str, Any]:
-    """Build (resume, or reuse) the kNN targets of every row of ``datastore``."""
-    from .search import make_searcher
+                  device: str = "auto", rank: int = 0, world_size: int = 1,
+                  barrier: Callable[[], None] = lambda: None) -> dict[str, Any] | None:
+    """Build (resume, or reuse) the kNN targets of every row of ``datastore``.
+
+    Returns the manifest (rank 0) or None. With the ``clustered`` backend the rows are done list by
+    list, and several ranks (``world_size``) split the lists; the others go in row chunks.
+    """
+    from .search import make_searcher, resolve_backend
 
     ds, out = Datastore(datastore), Path(out)
     check_settings(settings, len(ds))
-    identity = {"settings": asdict(settings), "datastore_fingerprint": ds.fingerprint}
+    dev = pick_device(device)
+    backend = resolve_backend(settings.index, backend, dev)
+    if world_size > 1 and backend != "clustered":
+        raise UserError("several devices need the clustered backend: pass --index ivfflat --backend clustered")
+    identity = {"settings": asdict(settings), "datastore_fingerprint": ds.fingerprint, "backend": backend}
     if artifacts.is_complete(out):
         manifest = artifacts.read_manifest(out, KIND)
         if {k: manifest.get(k) for k in identity} != identity:
-            raise UserError(f"{out} holds targets of another datastore or settings: choose another --out or delete it")
+            raise UserError(f"{out} holds targets of another datastore, settings or backend: "
+                            "choose another --out or delete it")
         log.info("reusing targets %s", out)
         return manifest
-    ensure_index(ds.path, settings)  # takes the datastore's lock itself: before ours
-    dev = pick_device(device)
-    with artifacts.artifact_lock(out):
-        ids, probs, state = _open(out, identity, len(ds), settings.keep)
+    if backend != "clustered":
+        ensure_index(ds.path, settings)  # takes the datastore's lock itself: before ours
+    with artifacts.artifact_lock(out) if rank == 0 else nullcontext(out):
+        ids, probs, state = _open(out, identity, len(ds), settings.keep, rank, barrier)
         searcher = make_searcher(ds.path, index=settings.index, backend=backend, device=str(dev),
-                                 nprobe=settings.nprobe, rerank=settings.rerank)
+                                 nprobe=settings.nprobe, rerank=settings.rerank, nlist=settings.nlist)
         values = torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
-        n, step = len(ds), settings.chunk
-        with tqdm(total=n, initial=state["done"], desc="targets", unit="row") as bar:
-            for start in range(state["done"], n, step):
-                stop = min(start + step, n)
-                kept = _chunk(ds, searcher, values, settings, start, stop, ids, probs, dev)
-                state = {"identity": identity, "done": stop, "mass_sum": state["mass_sum"] + float(kept.sum()),
-                         "mass_min": min(state["mass_min"], float(kept.min()))}
-                artifacts.atomic_write_text(out / "progress.json", json.dumps(state))
-                bar.update(stop - start)
+        fill = _fill_lists if backend == "clustered" else _fill_rows
+        fill(ds, searcher, values, settings, ids, probs, out, identity, state, rank, world_size)
+        barrier()
+        if rank != 0:
+            return None
+        done = [json.loads(_progress_path(out, r).read_text()) for r in range(world_size)]
         return artifacts.write_manifest(out, KIND, {
-            **identity, "datastore": str(datastore), "N": n, "k": settings.k, "temperature": settings.temperature,
-            "K": settings.keep, "index": settings.index, "backend": type(searcher).__name__,
-            "mass_kept_mean": state["mass_sum"] / n, "mass_kept_min": state["mass_min"],
+            **identity, "datastore": str(datastore), "N": len(ds), "k": settings.k, "temperature": settings.temperature,
+            "K": settings.keep, "index": settings.index, "searcher": type(searcher).__name__,
+            "mass_kept_mean": sum(p["mass_sum"] for p in done) / len(ds),
+            "mass_kept_min": min(p["mass_min"] for p in done),
             "fingerprint": artifacts.hash_json({**identity, "ids": artifacts.hash_file(out / "ids.npy")}),
         })
 
 
-def _open(out: Path, identity: dict, n: int, keep: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Resume a run with the same identity, or allocate fresh arrays."""
-    progress = out / "progress.json"
-    state = json.loads(progress.read_text()) if progress.is_file() else None
-    if state is None or state["identity"] != identity:
+def _progress_path(out: Path, rank: int) -> Path:
+    return out / f"progress.rank{rank}.json"
+
+
+def _open(out: Path, identity: dict, n: int, keep: int, rank: int, barrier: Callable[[], None]
+          ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Resume this rank's part of a run with the same identity, or (rank 0) allocate fresh arrays."""
+    def state() -> dict | None:
+        path = _progress_path(out, rank)
+        got = json.loads(path.read_text()) if path.is_file() else None
+        return got if got is not None and got["identity"] == identity else None
+
+    if rank == 0 and state() is None:
         artifacts.clear_partial(out)
         np.lib.format.open_memmap(out / "ids.npy", mode="w+", dtype=np.int32, shape=(n, keep)).flush()
         np.lib.format.open_memmap(out / "probs.npy", mode="w+", dtype=np.float16, shape=(n, keep)).flush()
-        state = {"identity": identity, "done": 0, "mass_sum": 0.0, "mass_min": 1.0}
-    return np.load(out / "ids.npy", mmap_mode="r+"), np.load(out / "probs.npy", mmap_mode="r+"), state
+    barrier()
+    fresh = {"identity": identity, "done": None, "mass_sum": 0.0, "mass_min": 1.0}
+    return np.load(out / "ids.npy", mmap_mode="r+"), np.load(out / "probs.npy", mmap_mode="r+"), state() or fresh
 
 
-def _chunk(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings, start: int, stop: int,
-           ids: np.ndarray, probs: np.ndarray, dev: torch.device) -> torch.Tensor:
-    """Targets of rows [start, stop); returns the mass each row kept before renormalisation."""
-    rows = torch.arange(start, stop, device=dev)
-    queries = torch.from_numpy(np.asarray(ds.keys[start:stop], dtype=np.float32)).to(dev)
-    dist, nbr = searcher.search(queries, s.k + 1)
+def _save(out: Path, rank: int, state: dict, arrays: tuple[np.ndarray, ...]) -> None:
+    for a in arrays:
+        a.flush()
+    artifacts.atomic_write_text(_progress_path(out, rank), json.dumps(state))
+
+
+def _targets(s: TargetSettings, values: torch.Tensor, rows: torch.Tensor, dist: torch.Tensor, nbr: torch.Tensor
+             ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(ids int32, probs float16, mass kept) of rows from their k+1 neighbours."""
     dist, nbr = drop_self(dist, nbr, rows)
-    weights = neighbour_weights(dist, nbr, s.temperature)
-    tokens = values[nbr.clamp_min(0)]
-    tok, p, kept = aggregate_tokens(weights, tokens, s.keep)
-    ids[start:stop] = tok.to(torch.int32).cpu().numpy()
-    probs[start:stop] = p.to(torch.float16).cpu().numpy()
-    ids.flush()
-    probs.flush()
-    return kept.cpu()
+    tok, p, kept = aggregate_tokens(neighbour_weights(dist, nbr, s.temperature), values[nbr.clamp_min(0)], s.keep)
+    return tok.to(torch.int32).cpu().numpy(), p.to(torch.float16).cpu().numpy(), kept.cpu()
+
+
+def _fill_rows(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings, ids: np.ndarray, probs: np.ndarray,
+               out: Path, identity: dict, state: dict, rank: int, world_size: int) -> None:
+    """Rows in fixed chunks of ``s.chunk`` (part of the byte-identity contract), progress after each."""
+    n, dev = len(ds), values.device
+    first = state["done"] or 0
+    with tqdm(total=n, initial=first, desc="targets", unit="row") as bar:
+        for start in range(first, n, s.chunk):
+            stop = min(start + s.chunk, n)
+            queries = torch.from_numpy(np.asarray(ds.keys[start:stop], dtype=np.float32)).to(dev)
+            rows = torch.arange(start, stop, device=dev)
+            ids[start:stop], probs[start:stop], kept = _targets(s, values, rows, *searcher.search(queries, s.k + 1))
+            state = {**state, "done": stop, "mass_sum": state["mass_sum"] + float(kept.sum()),
+                     "mass_min": min(state["mass_min"], float(kept.min()))}
+            _save(out, rank, state, (ids, probs))
+            bar.update(stop - start)
+
+
+def _fill_lists(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings, ids: np.ndarray,
+                probs: np.ndarray, out: Path, identity: dict, state: dict, rank: int, world_size: int) -> None:
+    """This rank's share of the IVF lists, list by list; progress about every ``SAVE_ROWS`` rows."""
+    bounds = np.linspace(0, searcher.nlist, world_size + 1).astype(int)
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    first = lo if state["done"] is None else state["done"]
+    sizes = searcher.counts.cpu().numpy()
+    pending = 0
+    with tqdm(total=int(sizes[lo:hi].sum()), initial=int(sizes[lo:first].sum()), desc=f"targets rank {rank}",
+              unit="row") as bar:
+        for lst, rows, dist, nbr in searcher.self_search(s.k + 1, first, hi):
+            if len(rows):
+                where = rows.cpu().numpy()
+                ids[where], probs[where], kept = _targets(s, values, rows, dist, nbr)
+                state = {**state, "mass_sum": state["mass_sum"] + float(kept.sum()),
+                         "mass_min": min(state["mass_min"], float(kept.min()))}
+            pending += len(rows)
+            if pending >= SAVE_ROWS or lst == hi - 1:
+                state = {**state, "done": lst + 1}
+                _save(out, rank, state, (ids, probs))
+                pending = 0
+            bar.update(len(rows))
+    if first >= hi:  # nothing left (or an empty share): still leave a record for the manifest
+        _save(out, rank, {**state, "done": hi}, (ids, probs))
 
 
 def mass_curve(datastore: str | Path, settings: TargetSettings, rows: int = 4096, seed: int = 0,

@@ -38,7 +38,7 @@ def test_datastore_rows_follow_the_alignment(datastore, small_decoder, small_sto
 
 
 def test_killed_datastore_resumes_byte_identical(datastore, small_decoder, small_store, tmp_path):
-    code = ("from mlpmem_lightning.datastore import *; "
+    code = ("from mlpmem_lightning.datastore import *; import mlpmem_lightning.datastore as m; m.SAVE_ROWS = 512; "
             f"build_datastore({str(small_decoder)!r}, {str(small_store)!r}, {str(tmp_path / 'ds')!r}, "
             "DatastoreSettings(batch_size=16), device='cpu')")
     kill_after_progress(code, tmp_path / "ds" / "progress.rank0.json", done_at=64)

@@ -120,7 +120,7 @@ def test_killed_targets_resume_byte_identical(tmp_path):
     code = ("import sys; from mlpmem_lightning.targets import *; "
             f"build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, TargetSettings(k=64, keep=16, chunk=256), "
             "backend='torch', device='cpu')")
-    kill_after_progress(code, tmp_path / "killed" / "progress.json", done_at=1024)
+    kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=1024)
     assert not (tmp_path / "killed" / "manifest.json").exists()
     build_targets(ds, tmp_path / "killed", s, backend="torch", device="cpu")
     for name in ("ids.npy", "probs.npy"):

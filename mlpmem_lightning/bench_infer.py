@@ -1,0 +1,210 @@
+"""Speed benchmarks behind `mlpmem bench` (issue #6): generation and MLP Memory training steps.
+
+Randomly initialised networks throughout: speed depends on shapes, not on weights, so a
+benchmark needs no trained artifact and can be run at any rung of the ladder. Both functions
+time the framework's own code (``generate.generate`` with its helpers; ``MemoryLM.training_step``)
+rather than re-implementations, so the numbers describe what a user actually runs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from .decoder import build_decoder, context_length
+from .errors import UserError
+from .generate import generate, knn_logprobs, memory_logprobs
+from .memory import build_memory
+from .sizes import get_size, matched_memory
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _seconds(fn: Callable[[], object], dev: torch.device) -> float:
+    """Wall time of ``fn`` with the device drained before and after (CUDA launches are asynchronous)."""
+    _sync(dev)
+    start = time.perf_counter()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - start
+
+
+def _info(dev: torch.device, dtype: torch.dtype) -> dict:
+    cuda = dev.type == "cuda"
+    return {"gpu": torch.cuda.get_device_name(dev) if cuda else "cpu",
+            "dtype": str(dtype).removeprefix("torch.") if cuda else "float32"}
+
+
+def synthetic_datastore(rows: int, dim: int, vocab: int, device: torch.device, seed: int = 0,
+                        chunk: int = 1 << 18) -> tuple[np.ndarray, torch.Tensor]:
+    """float16 keys [rows, dim] on the host (what searchers load) and int64 values on ``device``.
+
+    A Gaussian mixture (about 256 keys per component, at most 4096) rather than one Gaussian, so
+    that IVF lists have the uneven, clustered occupancy of real hidden states. Drawn in chunks on
+    ``device`` (fast on a GPU even for tens of millions of rows).
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
+    centres = torch.randn(max(1, min(4096, rows // 256)), dim, generator=g, device=device)
+    keys = np.empty((rows, dim), dtype=np.float16)
+    for s in range(0, rows, chunk):
+        m = min(chunk, rows - s)
+        c = torch.randint(0, len(centres), (m,), generator=g, device=device)
+        x = centres[c] + 0.5 * torch.randn(m, dim, generator=g, device=device)
+        keys[s:s + m] = x.half().cpu().numpy()
+    return keys, torch.randint(0, vocab, (rows,), generator=g, device=device)
+
+
+def _exact_fp32(fn: Callable[[torch.Tensor], torch.Tensor], dev: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Run a kNN search outside autocast: autocast would turn the torch searchers' float32 matmuls
+    into bf16 ones, voiding their error certificate (every row then falls back to a full scan)."""
+    def wrapped(keys: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(dev.type, enabled=False):
+            return fn(keys.float())
+    return wrapped
+
+
+def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: str, batches: tuple[int, ...] = (1, 32),
+                   prompt_len: int = 256, new_tokens: int = 256, k: int = 1024, temperature: float = 16.0,
+                   nlist: int | None = None, nprobe: int = 32, dtype: torch.dtype = torch.bfloat16, repeats: int = 3,
+                   seed: int = 0, trace: dict | None = None) -> list[dict]:
+    """Greedy generation speed of decoder, decoder + matched MLP Memory (λ 0.5) and kNN-LM (λ 0.25).
+
+    ``generate`` has no hook between prefill and decoding, so time to first token is timed as a
+    separate ``max_new_tokens=1`` call (prefill + one mixture + argmax) and throughput as
+    batch·new_tokens over the full call (prefill included); each is a median over ``repeats`` after
+    one full warm-up call. Searchers are built one at a time (build not timed) and freed after
+    their rows, so the device holds one copy of the keys. The IVF row needs
+    ``clustered_search.ClusteredIVF``; it is skipped if that module is missing. ``trace``, if given,
+    receives the network, memory, prompts and last generated tokens per (mode, batch), for checks.
+    """
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    size, mem_name = get_size(decoder_size), matched_memory(decoder_size).name
+    net = build_decoder(size, vocab).to(dev).eval().requires_grad_(False)
+    if prompt_len + new_tokens > context_length(net):
+        raise UserError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the decoder's context "
+                        f"{context_length(net)}")
+    mem = build_memory(mem_name, size.d_model, vocab).to(dev).eval().requires_grad_(False)
+    keys, values = synthetic_datastore(datastore_rows, size.d_model, vocab, dev, seed)
+    prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
+    prompts = {b: prompt.repeat(b, 1).to(dev) for b in batches}
+
+    def knn(search: str):
+        if search == "exact":
+            from .search import TorchExact
+            searcher = TorchExact(keys, dev)
+        else:
+            try:
+                from .clustered_search import ClusteredIVF
+            except ImportError:
+                return None
+            n_lists = nlist or max(1, min(int(4 * math.sqrt(datastore_rows)), datastore_rows // 39))
+            searcher = ClusteredIVF(keys, nlist=n_lists, nprobe=min(nprobe, n_lists), device=str(dev))
+        return _exact_fp32(knn_logprobs(searcher, values, vocab, k, temperature), dev), searcher
+
+    modes = [("decoder", "", lambda: (None, None)), ("memory", "", lambda: (memory_logprobs(mem), None)),
+             ("knn", "exact", lambda: knn("exact")), ("knn", "ivf", lambda: knn("ivf"))]
+    lams = {"decoder": 0.0, "memory": 0.5, "knn": 0.25}
+    if trace is not None:
+        trace.update(net=net, memory=mem, prompts=prompts, tokens={})
+    rows, base = [], {}
+    for mode, search, make in modes:
+        built = make()
+        if built is None:
+            warnings.warn("mlpmem_lightning.clustered_search.ClusteredIVF is not importable: no IVF row")
+            continue
+        other, searcher = built
+        for b in batches:
+            out: list[torch.Tensor] = []
+
+            def call(n: int) -> None:
+                with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
+                    out[:] = [generate(net, prompts[b], n, other, lams[mode])]
+
+            call(new_tokens)  # warm-up: kernels, allocator, cuBLAS workspaces
+            ttft = statistics.median(_seconds(lambda: call(1), dev) for _ in range(repeats))
+            total = statistics.median(_seconds(lambda: call(new_tokens), dev) for _ in range(repeats))
+            tps = b * new_tokens / total
+            base.setdefault(b, tps)  # the decoder rows come first
+            if trace is not None:
+                trace["tokens"][(mode if not search else f"{mode}-{search}", b)] = out[0].cpu()
+            rows.append({"bench": "generate", **_info(dev, dtype), "decoder_size": decoder_size, "mode": mode,
+                         "memory_size": mem_name if mode == "memory" else "",
+                         "datastore_rows": datastore_rows if mode == "knn" else 0, "search": search,
+                         "search_fallback_rows": getattr(searcher, "stats", {}).get("fallback_rows", 0),
+                         "batch": b, "prompt_len": prompt_len, "new_tokens": new_tokens, "ttft_ms": 1e3 * ttft,
+                         "tokens_per_s": tps, "total_s": total, "speed_vs_decoder": tps / base[b]})
+        del other, searcher, built
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def bench_memory_training(decoder_size: str, vocab: int, device: str, batch: int = 64, seq_len: int = 256,
+                          steps: int = 30, warmup: int = 5, keep: int = 128, dtype: torch.dtype = torch.bfloat16,
+                          seed: int = 0) -> list[dict]:
+    """Tokens/s of one MLP Memory optimizer step, ``online`` and ``offline``, as ``mlpmem fit`` runs it.
+
+    The step is ``MemoryLM.training_step`` itself (its ``keys``: frozen decoder up to the tapped FFN
+    input, or the given keys; the memory; ``memory_loss``) under autocast as with ``bf16-mixed``,
+    then backward, AdamW step and LR-schedule step as Lightning's automatic optimisation does.
+    Outside a Trainer: ``MemoryLM`` needs a decoder on disk (a random one is saved to a temporary
+    directory), ``tokens_per_step`` is set by hand (normally ``setup``), its ``self.log`` calls are
+    no-ops (supported by Lightning for trainer-less steps), and ``configure_optimizers`` is called
+    with a stand-in carrying ``trainer.max_steps``. Offline keys are on the device already (disk
+    and host-to-device time not counted). ``step_ms`` is the median over ``steps`` after ``warmup``.
+    """
+    from .memory_lm import MemoryLM
+
+    if keep > vocab:
+        raise UserError(f"keep {keep} exceeds the vocabulary {vocab}")
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    size, mem_name = get_size(decoder_size), matched_memory(decoder_size).name
+    g = torch.Generator(device=dev).manual_seed(seed)
+    ids = torch.randint(0, vocab + 1 - keep, (batch, seq_len, 1), generator=g, device=dev)
+    data = {"input_ids": torch.randint(0, vocab, (batch, seq_len), generator=g, device=dev),
+            "labels": torch.randint(0, vocab, (batch, seq_len), generator=g, device=dev),
+            "keys": torch.randn(batch, seq_len, size.d_model, generator=g, device=dev),
+            "knn_ids": ids + torch.arange(keep, device=dev),  # distinct within a row, as targets.py stores them
+            "knn_probs": torch.softmax(torch.randn(batch, seq_len, keep, generator=g, device=dev), -1)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        build_decoder(size, vocab).save_pretrained(tmp)
+        for mode in ("online", "offline"):
+            module = MemoryLM(tmp, size=mem_name, mode=mode).to(dev).train()
+            module.decoder.to(dev)  # not a submodule: moved by MemoryLM.setup in a real run
+            module.tokens_per_step = batch * seq_len
+            stand_in = SimpleNamespace(hparams=module.hparams, lr=module.lr, memory=module.memory, device=dev,
+                                       trainer=SimpleNamespace(max_steps=warmup + steps))
+            opt_cfg = MemoryLM.configure_optimizers(stand_in)
+            opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+
+            def step(i: int) -> None:
+                with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
+                    loss = module.training_step(data, i)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*self.log.*")
+                times = [_seconds(lambda: step(i), dev) for i in range(warmup + steps)][warmup:]
+            ms = 1e3 * statistics.median(times)
+            rows.append({"bench": "memory_train", **_info(dev, dtype), "decoder_size": decoder_size,
+                         "memory_size": mem_name, "mode": mode, "batch": batch, "seq_len": seq_len, "keep": keep,
+                         "tokens_per_s": batch * seq_len / (ms / 1e3), "step_ms": ms})
+            del module, opt, sched
+    return rows

@@ -1,0 +1,90 @@
+"""ClusteredIVF against a NumPy float64 brute force; its targets path: reference, kill-and-resume, ranks."""
+
+import numpy as np
+import torch
+
+from mlpmem_lightning.clustered_search import ClusteredIVF, train_centroids
+from mlpmem_lightning.ranks import spawn
+from mlpmem_lightning.targets import KNNTargets, TargetSettings, build_targets
+
+from .killing import kill_after_progress
+from .test_search import clustered, reference
+from .test_targets import assert_same_targets, make_datastore, reference_targets
+
+
+def recall(ids: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ids, exact)]))
+
+
+def test_all_lists_probed_is_exact_search():
+    keys = clustered(3000, 16, 12, seed=0)
+    q = np.random.default_rng(1).standard_normal((200, 16)).astype(np.float32) * 3
+    dist, ids = ClusteredIVF(keys, nlist=16, nprobe=16).search(torch.from_numpy(q), 40)
+    ref_d, ref_i = reference(q, keys, 40)
+    np.testing.assert_allclose(dist.numpy(), ref_d, rtol=1e-4, atol=1e-4)
+    differ = ids.numpy() != ref_i  # only where two keys are (near-)tied in distance
+    assert np.all(np.abs(dist.numpy()[differ] - ref_d[differ]) <= 1e-4 * (1 + ref_d[differ]))
+    assert differ.mean() < 0.01
+
+
+def test_few_lists_keep_high_recall_and_list_results_do_not_depend_on_the_call():
+    keys = clustered(6000, 16, 30, seed=2)
+    s = ClusteredIVF(keys, nlist=32, nprobe=6)
+    q = torch.from_numpy(keys[:500].astype(np.float32))
+    d, i = s.search(q, 20)
+    assert recall(i.numpy(), reference(q.numpy(), keys, 20)[1]) > 0.95
+    alone = torch.cat([s.search(q[j:j + 1], 20)[1] for j in range(0, 500, 50)])
+    assert torch.equal(alone, i[::50])  # a query's result is the same whatever shares its call
+    parts = [*s.self_search(20, 0, 10), *s.self_search(20, 10)]
+    rows = torch.cat([p[1] for p in parts])
+    ids = torch.cat([p[3] for p in parts])[torch.argsort(rows)]
+    assert torch.equal(rows.sort().values, torch.arange(6000))
+    assert torch.equal(ids, s.search(torch.from_numpy(keys.astype(np.float32)), 20)[1])
+
+
+def test_centroids_are_seeded():
+    keys = clustered(2000, 8, 5, seed=3)
+    np.testing.assert_array_equal(train_centroids(keys, 8, seed=4), train_centroids(keys, 8, seed=4))
+
+
+def _ds(tmp_path, n=1500, d=8, vocab=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return make_datastore(tmp_path / "ds", rng.normal(size=(n, d)), rng.integers(0, vocab, size=n))
+
+
+def test_clustered_targets_match_the_reference_when_every_list_is_probed(tmp_path):
+    ds = _ds(tmp_path, n=300)
+    s = TargetSettings(index="ivfflat", k=24, temperature=2.0, keep=6, nlist=4, nprobe=4)
+    m = build_targets(ds, tmp_path / "t", s, backend="clustered", device="cpu")
+    t = KNNTargets(tmp_path / "t")
+    keys, values = np.load(ds / "keys.npy"), np.load(ds / "values.npy")
+    ref = reference_targets(keys, values, 24, 2.0, 6)
+    assert_same_targets(np.asarray(t.ids), np.asarray(t.probs), *ref)
+    assert m["backend"] == "clustered" and m["searcher"] == "ClusteredIVF"
+
+
+def test_killed_clustered_targets_resume_byte_identical(tmp_path):
+    ds = _ds(tmp_path, n=20000, d=16)
+    s = TargetSettings(index="ivfflat", k=64, keep=16, nlist=64, nprobe=8)
+    build_targets(ds, tmp_path / "full", s, backend="clustered", device="cpu")
+    code = ("import mlpmem_lightning.targets as m; m.SAVE_ROWS = 256; "
+            f"m.build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, m.TargetSettings(index='ivfflat', k=64, "
+            "keep=16, nlist=64, nprobe=8), backend='clustered', device='cpu')")
+    kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=8)
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    build_targets(ds, tmp_path / "killed", s, backend="clustered", device="cpu")
+    for name in ("ids.npy", "probs.npy"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
+
+
+def test_two_ranks_write_the_same_bytes_as_one(tmp_path):
+    ds = _ds(tmp_path, n=3000, d=8)
+    s = TargetSettings(index="ivfflat", k=32, keep=8, nlist=16, nprobe=4)
+    one = build_targets(ds, tmp_path / "one", s, backend="clustered", device="cpu")
+    spawn(build_targets, 2, port=29533, datastore=str(ds), out=str(tmp_path / "two"), settings=s,
+          backend="clustered")
+    two = KNNTargets(tmp_path / "two").manifest
+    for name in ("ids.npy", "probs.npy"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert two["fingerprint"] == one["fingerprint"]
+    assert abs(two["mass_kept_mean"] - one["mass_kept_mean"]) < 1e-9
