@@ -8,7 +8,6 @@ rather than re-implementations, so the numbers describe what a user actually run
 
 from __future__ import annotations
 
-import math
 import statistics
 import tempfile
 import time
@@ -21,7 +20,7 @@ import torch
 
 from .decoder import build_decoder, context_length
 from .errors import UserError
-from .generate import generate, knn_logprobs, memory_logprobs
+from .generate import LogProbFn, generate, knn_logprobs, memory_logprobs
 from .memory import build_memory
 from .sizes import get_size, matched_memory
 
@@ -65,7 +64,7 @@ def synthetic_datastore(rows: int, dim: int, vocab: int, device: torch.device, s
     return keys, torch.randint(0, vocab, (rows,), generator=g, device=device)
 
 
-def _exact_fp32(fn: Callable[[torch.Tensor], torch.Tensor], dev: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def _exact_fp32(fn: LogProbFn, dev: torch.device) -> LogProbFn:
     """Run a kNN search outside autocast: autocast would turn the torch searchers' float32 matmuls
     into bf16 ones, voiding their error certificate (every row then falls back to a full scan)."""
     def wrapped(keys: torch.Tensor) -> torch.Tensor:
@@ -109,7 +108,8 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
                 from .clustered_search import ClusteredIVF
             except ImportError:
                 return None
-            n_lists = nlist or max(1, min(int(4 * math.sqrt(datastore_rows)), datastore_rows // 39))
+            from .clustered_search import default_nlist
+            n_lists = nlist or default_nlist(datastore_rows)
             searcher = ClusteredIVF(keys, nlist=n_lists, nprobe=min(nprobe, n_lists), device=str(dev))
         return _exact_fp32(knn_logprobs(searcher, values, vocab, k, temperature), dev), searcher
 

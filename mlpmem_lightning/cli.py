@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
          _cmd_export, _args_export)
     _add(sub, "sweep", "Optuna study over decoder and memory sizes -> results.csv", _cmd_sweep, _args_sweep)
     _add(sub, "report", "results.csv -> power-law fits, plots, report.md", _cmd_report, _args_report)
-    p = sub.add_parser("bench", help="GPU and CPU benchmarks of every stage [not implemented yet: issue #6]")
-    p.set_defaults(func=_not_yet("bench", 6))
+    _add(sub, "bench", "throughput of every stage (train, targets, generate, memory) -> CSVs + bench.md",
+         _cmd_bench, _args_bench)
     return parser
 
 
@@ -81,10 +81,37 @@ def _add(sub, name: str, help: str, func: Callable, add_args: Callable) -> None:
     p.set_defaults(func=func)
 
 
-def _not_yet(name: str, issue: int) -> Callable:
-    def run(args: argparse.Namespace) -> None:
-        raise UserError(f"`mlpmem {name}` is not implemented yet (tracked in issue #{issue})")
-    return run
+# -- bench ------------------------------------------------------------------------------------
+SECTIONS = ("train", "targets", "generate", "memory")
+
+
+def _args_bench(p: argparse.ArgumentParser) -> None:
+    csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--sections", type=csv, default=list(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    p.add_argument("--out", type=Path, default=Path("analysis/bench"), help="CSV + bench.md directory")
+    p.add_argument("--data", default="runs/tokens/wiki-summaries", help="token store for the training sections")
+    p.add_argument("--sizes", type=csv, default=["1.6m", "6m", "12m", "25m", "50m", "100m", "150m"],
+                   help="decoder sizes for train (and memory)")
+    p.add_argument("--compile-sizes", type=csv, default=["100m", "150m"], help="also train these with torch.compile")
+    p.add_argument("--rows", type=lambda s: [int(float(x)) for x in s.split(",")], default=[1_000_000, 3_000_000,
+                   10_000_000], help="datastore sizes for targets (e.g. 1e6,3e6,1e7)")
+    p.add_argument("--generate-sizes", type=csv, default=["12m"], help="decoder sizes for generate")
+    p.add_argument("--datastore-rows", type=int, default=10_000_000, help="kNN-LM datastore keys for generate")
+    p.add_argument("--memory-sizes", type=csv, default=["6m", "12m"], help="decoder sizes for memory training")
+    p.add_argument("--work", type=Path, default=Path("runs/bench"), help="scratch space (synthetic datastores)")
+    p.add_argument("--profile", action="store_true", help="also write torch-profiler tables into --out")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import run_bench
+
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"unknown bench sections {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    run_bench(args.sections, args.out, args.data, args.sizes, args.rows, args.work, args.compile_sizes,
+              profile=args.profile, generate_sizes=args.generate_sizes, datastore_rows=args.datastore_rows,
+              memory_sizes=args.memory_sizes)
+    print(f"bench: {', '.join(args.sections)} -> {args.out / 'bench.md'}")
 
 
 # -- prepare -----------------------------------------------------------------------------------

@@ -68,10 +68,11 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
         decoder: the decoder (``.ckpt``, run directory, or transformers directory).
         datastore: datastore directory built from that decoder (``mlpmem datastore``).
         index: ``flat`` (exact), ``ivfflat`` or ``ivfpq``.
-        backend: ``auto``, ``torch`` or ``faiss``.
+        backend: ``auto``, ``torch``, ``clustered`` or ``faiss`` (``search.make_searcher``).
         k: neighbours per query.
         temperature: T of softmax(-d/T), d the squared L2 distance.
         nprobe: IVF lists scanned per query.
+        nlist: IVF lists of the clustered backend (default about N/256, at most 4096).
         rerank: re-rank approximate candidates with exact distances from the stored keys.
         lambdas: the λ grid evaluated in one pass (default 0, 0.05, ..., 1; include 0 for ``decoder_ppl``).
         lambda_: λ of the headline ``loss``/``ppl`` (e.g. chosen on valid); best of the grid if unset.
@@ -79,7 +80,7 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
 
     def __init__(self, decoder: str, datastore: str, index: str = "flat", backend: str = "auto", k: int = 1024,
                  temperature: float = 16.0, nprobe: int = 32, rerank: bool = False,
-                 lambdas: list[float] | None = None, lambda_: float | None = None):
+                 nlist: int | None = None, lambdas: list[float] | None = None, lambda_: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         lambdas = list(DEFAULT_LAMBDAS) if lambdas is None else lambdas
@@ -106,7 +107,7 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
         self.net, self.layer = dec.net, m["layer"]
         device = self.trainer.strategy.root_device
         self.searcher = make_searcher(store.path, index=hp.index, backend=hp.backend, device=str(device),
-                                      nprobe=hp.nprobe, rerank=hp.rerank)
+                                      nprobe=hp.nprobe, rerank=hp.rerank, nlist=hp.nlist)
         self.register_buffer("values", torch.from_numpy(np.asarray(store.values, dtype=np.int64)), persistent=False)
 
     @torch.no_grad()

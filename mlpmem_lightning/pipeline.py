@@ -9,6 +9,10 @@ re-run after a crash resumes each stage.
 from __future__ import annotations
 
 import math
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +35,16 @@ def _cli(args: list[str]):
     return run_cli(args)
 
 
+@contextmanager
+def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
+    """Wall seconds of a stage, recorded as the trial attribute ``time_<stage>_s``."""
+    start = time.perf_counter()
+    yield
+    times[f"time_{stage}_s"] = round(time.perf_counter() - start, 2)
+
+
 def _common(spec, store: Path, run_dir: Path, seed: int) -> list[str]:
-    args = ["--config", str(EXPERIMENTS / "trainer" / f"{spec.trainer}.yaml"), "--data.token_store", str(store),
+    args = ["--data.num_workers", str(spec.num_workers), "--config", str(EXPERIMENTS / "trainer" / f"{spec.trainer}.yaml"), "--data.token_store", str(store),
             "--data.seq_len", str(spec.seq_len), "--data.batch_size", str(spec.batch_size),
             "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
             "--seed_everything", str(seed)]
@@ -60,28 +72,37 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
 
     out, store = spec.out_dir, prepare_tokens(spec)
     vocab, dec, L = TokenStore(store).vocab_size, get_size(decoder_size), spec.seq_len
-    tag = f"{decoder_size}-seed{seed}"
+    tag, times = f"{decoder_size}-seed{seed}", {}
     run = out / "decoders" / tag
-    _cli(["fit", "--config", str(EXPERIMENTS / "model" / f"decoder_{decoder_size}.yaml"),
-          *_common(spec, store, run, seed), "--model.max_tokens", str(spec.decoder_tokens)])
+    with _timed(times, "decoder_fit"):
+        _cli(["fit", "--config", str(EXPERIMENTS / "model" / f"decoder_{decoder_size}.yaml"),
+              *_common(spec, store, run, seed), "--model.max_tokens", str(spec.decoder_tokens)])
     ds_dir, tg_dir = out / "datastores" / tag, out / "targets" / tag
-    build_datastore(run, store, ds_dir, DatastoreSettings(seq_len=L))
+    with _timed(times, "datastore"):
+        build_datastore(run, store, ds_dir, DatastoreSettings(seq_len=L, **spec.datastore))
     knn = TargetSettings(**spec.knn)
-    build_targets(ds_dir, tg_dir, knn)
+    with _timed(times, "targets"):
+        targets_manifest = build_targets(ds_dir, tg_dir, knn, backend=spec.knn_backend)
     n_rows = len(Datastore(ds_dir))
 
     knn_args = ["--model", "KNNLM", "--model.decoder", str(run), "--model.datastore", str(ds_dir),
                 "--model.index", spec.knn_eval_index or knn.index, "--model.k", str(knn.k),
                 "--model.temperature", str(knn.temperature), "--model.nprobe", str(knn.nprobe),
-                *_common(spec, store, out / "knnlm" / tag, seed)]
-    knn_valid, knn_test = _evaluate(knn_args, spec.lambda_)
+                "--model.backend", spec.knn_backend, *(["--model.nlist", str(knn.nlist)] if knn.nlist else []), *_common(spec, store, out / "knnlm" / tag, seed)]
+    with _timed(times, "knn_lm_eval"):
+        knn_valid, knn_test = _evaluate(knn_args, spec.lambda_)
 
     mem_run = out / "memories" / f"{memory_size}-on-{tag}"
     mem_args = ["--model", "MemoryLM", "--model.decoder", str(run), "--model.size", memory_size,
                 "--model.alpha", str(spec.alpha), "--model.mode", spec.memory_mode,
                 "--data.targets", str(tg_dir), *_common(spec, store, mem_run, seed)]
-    _cli(["fit", *mem_args, "--model.max_tokens", str(spec.memory_tokens)])
-    mem_valid, mem_test = _evaluate(mem_args, spec.lambda_, mem_run / "checkpoints" / "best.ckpt")
+    with _timed(times, "memory_fit"):
+        _cli(["fit", *mem_args, "--model.max_tokens", str(spec.memory_tokens)])
+    with _timed(times, "memory_eval"):
+        mem_valid, mem_test = _evaluate(mem_args, spec.lambda_, mem_run / "checkpoints" / "best.ckpt")
+    if spec.cleanup:  # the datastore and targets are rebuilt from the checkpoint if ever needed again
+        shutil.rmtree(ds_dir)
+        shutil.rmtree(tg_dir)
 
     step = spec.batch_size * L
     dec_tokens = math.ceil(spec.decoder_tokens / step) * step
@@ -119,6 +140,7 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
             rows.append({**base, **arch[name], "arch": name, "lambda": lam, "split": split, "loss": loss,
                          "ppl": math.exp(loss), **(extra if split == "valid" else {})})
     attrs = {**flops, "params_decoder": p_dec, "params_memory": p_mem, "decoder_tokens": dec_tokens,
-             "memory_tokens": mem_tokens, "datastore_rows": n_rows,
+             "memory_tokens": mem_tokens, "datastore_rows": n_rows, **times,
+             "targets_mass_kept_mean": targets_manifest["mass_kept_mean"],
              **{f"{r['arch']}_{r['split']}_ppl": r["ppl"] for r in rows}}
     return rows, attrs

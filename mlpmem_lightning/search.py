@@ -127,7 +127,8 @@ class Searcher(ABC):
             raise ValueError(f"k must be >= 1, got {k}")
         if not bool(torch.isfinite(queries).all()):
             raise ValueError("queries contain NaN/inf")
-        dist, ids = self._search(queries.to(self.device, torch.float32), k)
+        with torch.autocast(self.device.type, enabled=False):  # bf16-mixed evaluation would run our matmuls in bf16
+            dist, ids = self._search(queries.to(self.device, torch.float32), k)
         return dist.to(queries.device), ids.to(queries.device)
 
     @abstractmethod

@@ -7,8 +7,9 @@ reported at that λ. Artifacts live under ``out/`` keyed by what they depend on,
 that share a decoder reuse its checkpoint, datastore and targets, and an interrupted trial
 resumes its stages. The study lives in Optuna storage (SQLite by default, a journal file
 for shared file systems, or any RDB URL); a restarted sweep re-runs only unfinished grid
-points. Every trial stores its rows as a user attribute; ``results.csv`` is rebuilt from
-the storage after every trial.
+points. Every trial stores its rows as a user attribute; ``results.csv`` (the results table)
+and ``trials.csv`` (one row per trial: sizes, FLOPs and wall seconds per stage) are rebuilt
+from the storage after every trial.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+import pandas as pd
+
+from . import artifacts
 from .errors import UserError
 from .results import write_results
 
@@ -58,6 +62,10 @@ class SweepSpec:
     knn_eval_index: str | None = None  # index for kNN-LM evaluation (default: knn.index)
     lambda_: float | None = None  # YAML key "lambda": fix λ instead of choosing it on valid
     prune: bool = False
+    num_workers: int = 0  # DataLoader workers per fit/evaluation
+    datastore: dict[str, Any] = field(default_factory=dict)  # DatastoreSettings overrides (batch_size, precision)
+    knn_backend: str = "auto"  # search backend for targets and the kNN-LM (auto: clustered IVF / exact on CUDA)
+    cleanup: bool = False  # delete each trial's datastore and targets once it is evaluated (disk-bound studies)
 
     @classmethod
     def load(cls, path: str | Path) -> SweepSpec:
@@ -95,6 +103,15 @@ class SweepSpec:
         bad = sorted(set(self.knn) - {f.name for f in fields(TargetSettings)})
         if bad:
             raise UserError(f"unknown knn keys {', '.join(bad)}: see `mlpmem targets --help`")
+        from .datastore import DatastoreSettings
+        from .search import BACKENDS
+
+        bad = sorted(set(self.datastore) - {"batch_size", "precision", "layer"})
+        if bad:
+            raise UserError(f"unknown datastore keys {', '.join(bad)}: use batch_size, precision or layer")
+        if self.knn_backend not in BACKENDS:
+            raise UserError(f"knn_backend {self.knn_backend!r}: choose one of {', '.join(BACKENDS)}")
+        DatastoreSettings(**self.datastore)
 
     @property
     def out_dir(self) -> Path:
@@ -211,6 +228,9 @@ def collect_results(study, spec: SweepSpec) -> Path:
     unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"]): r for r in rows}
     if unique:
         write_results(list(unique.values()), path)
+        trials = [{"trial": t.number, **{k: v for k, v in t.user_attrs.items() if k != "rows"}}
+                  for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        artifacts.atomic_write_text(spec.out_dir / "trials.csv", pd.DataFrame(trials).to_csv(index=False))
     return path
 
 

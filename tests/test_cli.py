@@ -80,7 +80,7 @@ def test_model_is_chosen_by_class_name(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["prepare", "--corpus", "no-such-corpus", "--out", "x"], "wiki-summaries"),
-    (["bench"], "issue #6"),
+    (["bench", "--sections", "nope"], "unknown bench sections"),
     (["sweep", "--config", "no-such-spec.yaml"], "does not exist"),
     (["report", "--results", "missing.csv", "--out", "r"], "does not exist"),
     (["targets", "--datastore", "missing", "--out", "t"], "does not exist"),

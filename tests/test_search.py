@@ -287,3 +287,15 @@ def test_fp32_matmul_precision_restored():
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = old
+
+
+def test_search_under_autocast_stays_float32():
+    """Lightning's bf16-mixed evaluation wraps the kNN-LM step in autocast: results must not change."""
+    keys = clustered(4000, 64, 10, seed=5)
+    q = torch.from_numpy(keys[:64].astype(np.float32)) + 0.01
+    s = TorchExact(keys)
+    plain = s.search(q, 50)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = s.search(q, 50)
+    assert torch.equal(plain[1], mixed[1]) and torch.equal(plain[0], mixed[0])
+    np.testing.assert_array_equal(plain[1].numpy(), reference(q.numpy(), keys, 50)[1])

@@ -1,0 +1,302 @@
+"""`mlpmem bench`: throughput of every stage, one CSV per section plus a markdown table.
+
+Sections (each row names the GPU, dtype, sizes and batch):
+- ``train``: decoder training tokens/s and MFU through the real path (``DecoderLM`` in a Lightning
+  ``Trainer``, bf16-mixed), timed by CUDA events at every batch end after a warm-up, so data loading
+  and the optimizer step are included. MFU = ``sizes.flops_per_token`` x tokens/s over the chip's
+  dense bf16 peak.
+- ``targets``: rows/s of the kNN search + aggregation of ``mlpmem targets`` (k=1024) on synthetic
+  clustered keys at several datastore sizes: the clustered IVF (whole run through ``build_targets``),
+  and, on a sample of queries, exact torch search, per-query-probe ``TorchIVF`` (the "before") and
+  faiss-cpu IVFPQ on the host's cores. Recall@k of the approximate ones against exact search.
+- ``generate`` and ``memory``: see ``bench_infer``.
+A ``--profile`` run also writes torch-profiler tables of one decoder training window and one
+clustered-search list, which is how the stage's dominant kernels were found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import artifacts
+
+log = logging.getLogger(__name__)
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s (datasheets)
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def peak_flops(name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+# -- decoder training ---------------------------------------------------------------------------
+def _step_timer(warmup: int):
+    import lightning as L
+
+    class StepTimer(L.Callback):
+        """CUDA events at each batch end; per-step times are the gaps after ``warmup`` steps."""
+
+        def __init__(self) -> None:
+            self.events: list[Any] = []
+            self.wall: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if torch.cuda.is_available():
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                self.events.append(ev)
+            self.wall.append(time.perf_counter())
+
+        def step_seconds(self) -> list[float]:
+            if self.events:
+                torch.cuda.synchronize()
+                ms = [a.elapsed_time(b) for a, b in zip(self.events[warmup:], self.events[warmup + 1:])]
+                return [m / 1e3 for m in ms]
+            return [b - a for a, b in zip(self.wall[warmup:], self.wall[warmup + 1:])]
+
+    return StepTimer()
+
+
+def bench_train(sizes: list[str], token_store: str, seq_len: int = 256, batch: int = 64, steps: int = 30,
+                warmup: int = 10, compile: bool = False, num_workers: int = 4,
+                profile_dir: Path | None = None) -> list[dict]:
+    """tokens/s and MFU of ``DecoderLM`` training at each size (one Lightning fit of warmup + steps)."""
+    import lightning as L
+
+    from .data import LMDataModule
+    from .decoder_lm import DecoderLM
+    from .sizes import flops_per_token, get_size, total_params
+
+    rows, gpu = [], gpu_name()
+    for size in sizes:
+        dm = LMDataModule(token_store, seq_len=seq_len, batch_size=batch, num_workers=num_workers)
+        model = DecoderLM(size=size, max_tokens=None, compile=compile)
+        timer = _step_timer(warmup)
+        trainer = L.Trainer(accelerator="auto", devices=1, precision="bf16-mixed" if gpu != "cpu" else "32",
+                            max_steps=warmup + steps + 1, limit_val_batches=0, num_sanity_val_steps=0,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[timer], gradient_clip_val=1.0)
+        trainer.fit(model, dm)
+        step = statistics.median(timer.step_seconds())
+        vocab = dm.vocab_size
+        tps = batch * seq_len / step
+        fpt = flops_per_token(get_size(size), vocab, seq_len)
+        peak = peak_flops(gpu)
+        rows.append({"bench": "train", "gpu": gpu, "dtype": "bf16-mixed" if gpu != "cpu" else "fp32",
+                     "decoder_size": size, "params_total": total_params(get_size(size), vocab), "vocab": vocab,
+                     "batch": batch, "seq_len": seq_len, "compile": compile, "step_ms": round(step * 1e3, 3),
+                     "tokens_per_s": round(tps), "model_tflops": round(fpt * tps / 1e12, 2),
+                     "mfu": round(fpt * tps / peak, 4) if peak else None})
+        log.info("train %s", rows[-1])
+        if profile_dir is not None and size == sizes[-1]:
+            _profile_train(model, dm, profile_dir / f"profile_train_{size}{'_compiled' if compile else ''}.txt")
+    return rows
+
+
+def _profile_train(model, dm, path: Path, steps: int = 5) -> None:
+    """Profiler table (CUDA time) of a few training steps of an already fitted module."""
+    from torch.profiler import ProfilerActivity, profile
+
+    net, dev = model.net, next(model.net.parameters()).device
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=dev.type == "cuda")
+    batch = next(iter(dm.train_dataloader()))
+    x = batch["input_ids"].to(dev)
+    y = batch["labels"].to(dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                loss = torch.nn.functional.cross_entropy(net(input_ids=x).logits.float().flatten(0, 1), y.flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=25))
+
+
+# -- kNN targets ----------------------------------------------------------------------------------
+def synthetic_datastore(path: Path, n: int, d: int, vocab: int, seed: int = 0, per_centre: int = 1024) -> Path:
+    """A datastore of ``n`` Gaussian-mixture keys (about ``per_centre`` keys per component, so a query's
+    k=1024 neighbours mostly share its component, as with real hidden states) and Zipf tokens."""
+    g = torch.Generator().manual_seed(seed)
+    centres = max(1, n // per_centre)
+    path.mkdir(parents=True, exist_ok=True)
+    keys = np.lib.format.open_memmap(path / "keys.npy", mode="w+", dtype=np.float16, shape=(n, d))
+    means = torch.randn(centres, d, generator=g) * 2
+    for s in range(0, n, 1 << 20):
+        m = min(1 << 20, n - s)
+        which = torch.randint(0, centres, (m,), generator=g)
+        keys[s:s + m] = (means[which] + torch.randn(m, d, generator=g)).numpy().astype(np.float16)
+    keys.flush()
+    ranks = np.random.default_rng(seed).zipf(1.2, size=n) % vocab
+    np.save(path / "values.npy", ranks.astype(np.int32))
+    artifacts.write_manifest(path, "datastore", {"N": n, "d": d, "fingerprint": f"synthetic-{n}-{d}-{seed}",
+                                                 "layer": -1, "seq_len": 256})
+    return path
+
+
+def _rate(fn, queries: int) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return queries / (time.perf_counter() - t), out
+
+
+def _recall(ids: torch.Tensor, exact: torch.Tensor) -> float:
+    a, b = ids.cpu().numpy(), exact.cpu().numpy()
+    return float(np.mean([len(np.intersect1d(x[x >= 0], y)) / len(y) for x, y in zip(a, b)]))
+
+
+def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep: int = 128, vocab: int = 16384,
+                  nprobe: int = 32, sample: int = 2048, pq_m: int = 64, faiss_threads: int | None = None,
+                  profile_dir: Path | None = None) -> list[dict]:
+    """rows/s of each search backend at each datastore size (see the module docstring)."""
+    import faiss
+
+    from .clustered_search import ClusteredIVF, default_nlist
+    from .search import FaissSearcher, TorchExact, TorchIVF
+    from .targets import TargetSettings, build_targets
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu, out = gpu_name(), []
+    if faiss_threads:
+        faiss.omp_set_num_threads(faiss_threads)
+    for n in rows:
+        ds = synthetic_datastore(work / f"ds-{n}", n, d, vocab)
+        keys = np.load(ds / "keys.npy", mmap_mode="r")
+        nlist = default_nlist(n)
+        base = {"bench": "targets", "gpu": gpu, "dtype": "fp32 (keys fp16)", "rows": n, "d": d, "k": k,
+                "keep": keep, "nlist": nlist, "nprobe": nprobe}
+        pick = np.sort(np.random.default_rng(1).choice(n, size=sample, replace=False))
+        q = torch.from_numpy(np.asarray(keys[pick], dtype=np.float32)).to(dev)
+
+        exact = TorchExact(keys, dev)
+        rate, (_, exact_ids) = _rate(lambda: exact.search(q, k + 1), sample)
+        out.append({**base, "backend": "torch exact", "queries": sample, "rows_per_s": round(rate),
+                    "recall": 1.0, "projected_full_s": round(n / rate, 1)})
+        del exact
+
+        settings = TargetSettings(index="ivfflat", k=k, keep=keep, nprobe=nprobe, nlist=nlist)
+        t0 = time.perf_counter()
+        m = build_targets(ds, work / f"targets-{n}", settings, backend="clustered", device=dev)
+        full = time.perf_counter() - t0
+        ivf = ClusteredIVF(keys, nlist, nprobe, dev)
+        _, ivf_ids = ivf.search(q, k + 1)
+        out.append({**base, "backend": "clustered IVF (whole targets run)", "queries": n,
+                    "rows_per_s": round(n / full), "recall": round(_recall(ivf_ids, exact_ids), 4),
+                    "projected_full_s": round(full, 1), "mass_kept_mean": round(m["mass_kept_mean"], 4)})
+        if profile_dir is not None and n == rows[-1]:
+            _profile_search(ivf, profile_dir / f"profile_clustered_{n}.txt", k + 1)
+        lists = TorchIVF(keys, ivf.centroids.cpu().numpy(), dev, nprobe)
+        del ivf
+        few = q[:512]
+        rate, (_, lst_ids) = _rate(lambda: lists.search(few, k + 1), len(few))
+        out.append({**base, "backend": "torch IVF per-query probes (before)", "queries": len(few),
+                    "rows_per_s": round(rate), "recall": round(_recall(lst_ids, exact_ids[:512]), 4),
+                    "projected_full_s": round(n / rate, 1)})
+        del lists
+
+        from .index import build_index, load_index
+
+        t0 = time.perf_counter()
+        build_index(ds, "ivfpq", nlist=nlist, m=pq_m, nbits=8, train_size=min(n, 256 * nlist))
+        built = time.perf_counter() - t0
+        pq = FaissSearcher(load_index(ds, "ivfpq"), nprobe=nprobe)
+        rate, (_, pq_ids) = _rate(lambda: pq.search(q.cpu(), k + 1), sample)
+        out.append({**base, "backend": f"faiss-cpu IVFPQ m={pq_m} ({faiss.omp_get_max_threads()} threads)",
+                    "queries": sample, "rows_per_s": round(rate), "recall": round(_recall(pq_ids, exact_ids), 4),
+                    "projected_full_s": round(built + n / rate, 1), "index_build_s": round(built, 1)})
+        log.info("targets %s", out[-4:])
+        import shutil
+
+        shutil.rmtree(work / f"targets-{n}", ignore_errors=True)
+        shutil.rmtree(ds, ignore_errors=True)
+    return out
+
+
+def _profile_search(ivf, path: Path, k: int, lists: int = 8) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ivf.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in zip(range(lists), ivf.self_search(k)):
+            pass
+        if ivf.device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if ivf.device.type == "cuda" else "cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=20))
+
+
+# -- files -----------------------------------------------------------------------------------------
+def write_section(out: Path, section: str, rows: list[dict]) -> Path:
+    """``<out>/<section>.csv`` (rows of the same GPU replaced) and the regenerated ``bench.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{section}.csv"
+    new = pd.DataFrame(rows)
+    if path.is_file():
+        old = pd.read_csv(path)
+        new = pd.concat([old[~old["gpu"].isin(new["gpu"].unique())], new], ignore_index=True)
+    artifacts.atomic_write_text(path, new.to_csv(index=False))
+    write_markdown(out)
+    return path
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub table (pandas' own needs the optional ``tabulate``)."""
+    cells = df.astype(object).where(df.notna(), "").astype(str)
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells.itertuples(index=False)])
+
+
+def write_markdown(out: Path) -> Path:
+    parts = ["# Benchmarks (`mlpmem bench`)\n", "Generated from the CSVs beside this file; see NOTES.md for how "
+             "each number was measured and what changed between versions.\n"]
+    for path in sorted(out.glob("*.csv")):
+        parts += [f"\n## {path.stem}\n", markdown_table(pd.read_csv(path)), ""]
+    md = out / "bench.md"
+    artifacts.atomic_write_text(md, "\n".join(parts) + "\n")
+    return md
+
+
+def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str], rows: list[int],
+              work: Path, compile_sizes: list[str], profile: bool = False, **kw: Any) -> None:
+    """Run the chosen sections, writing each section's CSV as soon as it is done."""
+    prof = out if profile else None
+    if "train" in sections:
+        res = bench_train(sizes, token_store, profile_dir=prof)
+        if compile_sizes:
+            res += bench_train(compile_sizes, token_store, compile=True, profile_dir=prof)
+        write_section(out, "train", res)
+    if "targets" in sections:
+        write_section(out, "targets", bench_targets(rows, work, profile_dir=prof))
+    if "generate" in sections:
+        from .bench_infer import bench_generate
+
+        res = [r for s in kw.get("generate_sizes", ["12m"]) for r in
+               bench_generate(s, kw.get("vocab", 16384), kw.get("datastore_rows", 10_000_000),
+                              "cuda" if torch.cuda.is_available() else "cpu")]
+        write_section(out, "generate", res)
+    if "memory" in sections:
+        from .bench_infer import bench_memory_training
+
+        res = [r for s in kw.get("memory_sizes", sizes) for r in
+               bench_memory_training(s, kw.get("vocab", 16384), "cuda" if torch.cuda.is_available() else "cpu")]
+        write_section(out, "memory", res)
+    log.info("bench: %s", json.dumps(sections))

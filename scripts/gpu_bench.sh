@@ -1,0 +1,10 @@
+#!/bin/bash
+# `mlpmem bench` on a GPU machine: bash scripts/gpu_bench.sh SECTIONS [extra mlpmem bench args]
+# Results go to analysis/bench (CSV + bench.md + profiler tables), copied to $OUT.
+set -u
+source scripts/gpu_setup.sh
+store=runs/tokens/mixed-english
+[ -d $store ] || { mkdir -p runs/tokens && cp -r .carry/mixed-english $store; }
+sections=${1:-train,targets,generate,memory}; shift || true
+$MLPMEM bench --sections "$sections" --data $store --profile "$@" 2>&1 | grep -v -E "Warning|warn\(|^\s*$" | tail -40
+tar czf "$OUT/bench.tgz" -C analysis bench; ls -la "$OUT"

@@ -1,0 +1,42 @@
+"""`mlpmem bench` at toy sizes on CPU: every section's rows, the MFU arithmetic, recall, the files."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mlpmem_lightning.bench import _recall, bench_targets, bench_train, write_section
+from mlpmem_lightning.sizes import flops_per_token, get_size
+
+
+def test_train_rows_report_consistent_rates(small_store):
+    rows = bench_train(["200k"], str(small_store), seq_len=32, batch=4, steps=3, warmup=1, num_workers=0)
+    (r,) = rows
+    assert r["tokens_per_s"] == round(4 * 32 / (r["step_ms"] / 1e3)) or abs(
+        r["tokens_per_s"] - 4 * 32 / (r["step_ms"] / 1e3)) <= 1
+    fpt = flops_per_token(get_size("200k"), r["vocab"], 32)
+    assert abs(r["model_tflops"] - fpt * r["tokens_per_s"] / 1e12) < 0.01
+    assert r["gpu"] == "cpu" and r["mfu"] is None  # no peak known for a CPU
+
+
+def test_targets_rows_and_recall(tmp_path):
+    rows = bench_targets([4000], tmp_path, d=16, k=32, keep=8, vocab=100, nprobe=8, sample=64, pq_m=8)
+    by = {r["backend"].split(" (")[0]: r for r in rows}
+    assert set(by) >= {"torch exact", "clustered IVF", "torch IVF per-query probes", "faiss-cpu IVFPQ m=8"}
+    assert by["torch exact"]["recall"] == 1.0 and all(r["rows_per_s"] > 0 for r in rows)
+    assert by["clustered IVF"]["recall"] > 0.8 and by["clustered IVF"]["queries"] == 4000
+    assert not (tmp_path / "ds-4000").exists()  # scratch removed
+
+
+def test_recall_counts_shared_ids():
+    ids = torch.tensor([[1, 2, 3, -1], [4, 5, 6, 7]])
+    exact = torch.tensor([[1, 2, 9, 8], [7, 6, 5, 4]])
+    assert _recall(ids, exact) == np.mean([2 / 4, 4 / 4])
+
+
+def test_sections_replace_rows_of_the_same_gpu(tmp_path):
+    write_section(tmp_path, "train", [{"gpu": "A", "x": 1}, {"gpu": "B", "x": 2}])
+    write_section(tmp_path, "train", [{"gpu": "A", "x": 3}])
+    df = pd.read_csv(tmp_path / "train.csv")
+    assert sorted(zip(df.gpu, df.x)) == [("A", 3), ("B", 2)]
+    md = (tmp_path / "bench.md").read_text()
+    assert "## train" in md and "| gpu | x |" in md
