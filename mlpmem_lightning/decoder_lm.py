@@ -19,7 +19,7 @@ from .decoder import build_decoder, context_length
 from .errors import UserError
 from .metrics import TokenNLL
 from .sizes import DEFAULT_CONTEXT, flops_per_token, get_size, non_embedding_params
-from .training import adamw_warmup_cosine, apply_token_budget
+from .training import ClipGradients, adamw_warmup_cosine, apply_token_budget
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
 
 
-class DecoderLM(L.LightningModule):
+class DecoderLM(ClipGradients, L.LightningModule):
     """Decoder-only causal LM on the size ladder.
 
     Args:

@@ -29,10 +29,10 @@ from .memory import build_memory, save_memory
 from .memory_loss import memory_loss
 from .metrics import TokenNLL
 from .sizes import get_memory_size, get_size, matched_memory
-from .training import adamw_warmup_cosine, apply_token_budget
+from .training import ClipGradients, adamw_warmup_cosine, apply_token_budget
 
 
-class MemoryLM(LambdaGridEvaluation, L.LightningModule):
+class MemoryLM(ClipGradients, LambdaGridEvaluation, L.LightningModule):
     """MLP Memory on top of a frozen decoder.
 
     Args:

@@ -41,3 +41,27 @@ def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Paramet
     warmup = max(1, round(warmup_fraction * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_lr_ratio))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ClipGradients:
+    """Gradient clipping that works with fused AdamW under bf16-mixed (a LightningModule mixin).
+
+    Lightning refuses ``gradient_clip_val`` with any optimizer that unscales gradients itself
+    (``fused=True``), because with an fp16 loss scaler it could not unscale them first. bf16 and
+    fp32 have no scaler, so the gradients are already true gradients: clip them directly.
+    """
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if not gradient_clip_val:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            from .errors import UserError
+
+            raise UserError("gradient clipping with an fp16 loss scaler is not supported with fused AdamW: "
+                            "use --trainer.precision bf16-mixed or 32")
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)

@@ -11,6 +11,12 @@ study=runs/sweeps/mixed-english-gpu
 mkdir -p $study
 [ -d $study/tokens ] || cp -r .carry/mixed-english $study/tokens
 [ -f .carry/study/optuna.db ] && cp .carry/study/optuna.db $study/
+if [ -d .carry/wiki-summaries ]; then  # one-minute check of every GPU stage first
+  mkdir -p runs/sweeps/gpu-smoke && cp -r .carry/wiki-summaries runs/sweeps/gpu-smoke/tokens
+  t0=$(date +%s); $MLPMEM sweep --config sweeps/gpu-smoke.yaml > "$OUT/smoke.log" 2>&1
+  echo "smoke exit $? in $(( $(date +%s) - t0 )) s"; cat runs/sweeps/gpu-smoke/results.csv runs/sweeps/gpu-smoke/trials.csv \
+    || { grep -v Warn "$OUT/smoke.log" | tail -30; exit 1; }
+fi
 start=$(date +%s)
 timeout -s KILL "${1:-540}" $MLPMEM sweep --config sweeps/mixed-english-gpu.yaml > "$OUT/sweep.log" 2>&1
 echo "sweep exit $? after $(( $(date +%s) - start )) s"

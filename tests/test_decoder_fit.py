@@ -1,6 +1,7 @@
 """Acceptance of the decoder baseline on the embedded corpus, and fit-time bad input."""
 
 import numpy as np
+import torch
 import pytest
 from lightning.pytorch.callbacks import Callback
 
@@ -108,3 +109,20 @@ def test_fit_is_deterministic_and_resumes(wiki_store, tmp_path):
     assert resumed.trainer.global_step == 12
     c = weights(tmp_path / "c")
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_clipping_hook_clips_the_global_norm_without_lightning_refusing_fused_adamw():
+    from types import SimpleNamespace
+
+    from mlpmem_lightning.training import ClipGradients
+
+    lin = torch.nn.Linear(4, 4)
+    for p in lin.parameters():
+        p.grad = torch.randn_like(p) * 10
+    before = torch.cat([p.grad.flatten() for p in lin.parameters()]).double()
+    hook = ClipGradients()
+    hook.trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))  # bf16-mixed / 32: no scaler
+    hook.configure_gradient_clipping(torch.optim.AdamW(lin.parameters()), 1.0, "norm")
+    after = torch.cat([p.grad.flatten() for p in lin.parameters()]).double()
+    assert abs(float(after.norm()) - 1.0) < 1e-5
+    torch.testing.assert_close(after, before / before.norm(), rtol=1e-5, atol=1e-7)  # direction kept
