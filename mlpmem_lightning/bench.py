@@ -203,7 +203,8 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
                     "rows_per_s": round(n / full), "recall": round(_recall(ivf_ids, exact_ids), 4),
                     "projected_full_s": round(full, 1), "mass_kept_mean": round(m["mass_kept_mean"], 4)})
         if profile_dir is not None and n == rows[-1]:
-            _profile_search(ivf, profile_dir / f"profile_clustered_{n}.txt", k + 1)
+            values = torch.from_numpy(np.load(ds / "values.npy").astype(np.int64)).to(dev)
+            _profile_search(ivf, values, profile_dir / f"profile_targets_{n}.txt", k + 1, keep)
         lists = TorchIVF(keys, ivf.centroids.cpu().numpy(), dev, nprobe)
         del ivf
         few = q[:512]
@@ -231,17 +232,25 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
     return out
 
 
-def _profile_search(ivf, path: Path, k: int, lists: int = 8) -> None:
-    from torch.profiler import ProfilerActivity, profile
+def _profile_search(ivf, values: torch.Tensor, path: Path, k: int, keep: int, lists: int = 16) -> None:
+    """Profiler table of the targets list path (search, then aggregation) over a few lists."""
+    from torch.profiler import ProfilerActivity, profile, record_function
 
+    from .targets import TargetSettings, _targets
+
+    s = TargetSettings(index="ivfflat", k=k - 1, keep=keep)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ivf.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        for _ in zip(range(lists), ivf.self_search(k)):
-            pass
+        it = ivf.self_search(k)
+        for _ in range(lists):
+            with record_function("search_list"):
+                _, rows, dist, nbr = next(it)
+            with record_function("aggregate"):
+                _targets(s, values, rows, dist, nbr)
         if ivf.device.type == "cuda":
             torch.cuda.synchronize()
     key = "cuda_time_total" if ivf.device.type == "cuda" else "cpu_time_total"
-    path.write_text(prof.key_averages().table(sort_by=key, row_limit=20))
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
 # -- files -----------------------------------------------------------------------------------------

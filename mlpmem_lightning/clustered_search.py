@@ -73,6 +73,8 @@ class ClusteredIVF(Searcher):
         self.counts = counts
         # each list's probe set: the nprobe centroids nearest its own, itself first (distance 0)
         self.probes = self.nearest(self.centroids, self.nprobe, sort=True)
+        self.sizes = counts[self.probes].sum(1).tolist()  # candidates per list, on the host: no sync per list
+        self.bounds = self.offsets.tolist()
         self.stats = {"lists": 0, "candidates": 0}
 
     def nearest(self, x: torch.Tensor, p: int, sort: bool = False) -> torch.Tensor:
@@ -87,8 +89,7 @@ class ClusteredIVF(Searcher):
     def candidates(self, lst: int) -> torch.Tensor:
         """Storage positions of the keys in ``lst``'s probe set, concatenated list by list."""
         probe = self.probes[lst]
-        sizes, starts = self.counts[probe], self.offsets[probe]
-        total = int(sizes.sum())
+        sizes, starts, total = self.counts[probe], self.offsets[probe], self.sizes[lst]
         first = torch.repeat_interleave(starts - (sizes.cumsum(0) - sizes), sizes, output_size=total)
         return first + torch.arange(total, device=self.device)
 
@@ -131,7 +132,7 @@ class ClusteredIVF(Searcher):
         """
         last = self.nlist if last_list is None else last_list
         for lst in range(first_list, last):
-            a, b = int(self.offsets[lst]), int(self.offsets[lst + 1])
+            a, b = self.bounds[lst], self.bounds[lst + 1]
             if a == b:
                 yield lst, self.ids[a:b], *decode(torch.empty(0, k, dtype=torch.int64, device=self.device))
                 continue

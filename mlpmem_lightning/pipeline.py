@@ -44,7 +44,8 @@ def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def _common(spec, store: Path, run_dir: Path, seed: int) -> list[str]:
-    args = ["--data.num_workers", str(spec.num_workers), "--config", str(EXPERIMENTS / "trainer" / f"{spec.trainer}.yaml"), "--data.token_store", str(store),
+    args = ["--data.num_workers", str(spec.num_workers),
+            *(["--data.eval_batch_size", str(spec.eval_batch_size)] if spec.eval_batch_size else []), "--config", str(EXPERIMENTS / "trainer" / f"{spec.trainer}.yaml"), "--data.token_store", str(store),
             "--data.seq_len", str(spec.seq_len), "--data.batch_size", str(spec.batch_size),
             "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
             "--seed_everything", str(seed)]

@@ -63,6 +63,7 @@ class SweepSpec:
     lambda_: float | None = None  # YAML key "lambda": fix λ instead of choosing it on valid
     prune: bool = False
     num_workers: int = 0  # DataLoader workers per fit/evaluation
+    eval_batch_size: int | None = None  # windows per evaluation batch (default batch_size; larger = fewer searches)
     datastore: dict[str, Any] = field(default_factory=dict)  # DatastoreSettings overrides (batch_size, precision)
     knn_backend: str = "auto"  # search backend for targets and the kNN-LM (auto: clustered IVF / exact on CUDA)
     cleanup: bool = False  # delete each trial's datastore and targets once it is evaluated (disk-bound studies)

@@ -30,7 +30,8 @@ from .knn import aggregate_tokens, drop_self, neighbour_weights
 
 log = logging.getLogger(__name__)
 KIND = "knn_targets"
-SAVE_ROWS = 1 << 18  # rows between progress records on the list-by-list path
+SAVE_ROWS = 1 << 20  # rows between progress records on the list-by-list path
+GROUP_ROWS = 1 << 16  # rows aggregated and written together on the list-by-list path
 
 
 @dataclass(frozen=True)
@@ -170,26 +171,47 @@ def _fill_rows(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings,
 
 def _fill_lists(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings, ids: np.ndarray,
                 probs: np.ndarray, out: Path, identity: dict, state: dict, rank: int, world_size: int) -> None:
-    """This rank's share of the IVF lists, list by list; progress about every ``SAVE_ROWS`` rows."""
+    """This rank's share of the IVF lists, list by list; progress about every ``SAVE_ROWS`` rows.
+
+    Lists are searched one at a time but aggregated and written in groups of about ``GROUP_ROWS``
+    rows (rows are independent, so grouping changes no byte), and a group's host-side write
+    overlaps the next group's GPU work.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     bounds = np.linspace(0, searcher.nlist, world_size + 1).astype(int)
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
     first = lo if state["done"] is None else state["done"]
     sizes = searcher.counts.cpu().numpy()
-    pending = 0
-    with tqdm(total=int(sizes[lo:hi].sum()), initial=int(sizes[lo:first].sum()), desc=f"targets rank {rank}",
-              unit="row") as bar:
+    group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    pending, since_save, writing = 0, 0, None
+
+    def write(where: np.ndarray, tok: np.ndarray, p: np.ndarray) -> None:
+        ids[where], probs[where] = tok, p
+
+    with ThreadPoolExecutor(1) as pool, tqdm(total=int(sizes[lo:hi].sum()), initial=int(sizes[lo:first].sum()),
+                                             desc=f"targets rank {rank}", unit="row") as bar:
         for lst, rows, dist, nbr in searcher.self_search(s.k + 1, first, hi):
+            group.append((rows, dist, nbr))
+            pending += len(rows)
+            if pending < GROUP_ROWS and lst != hi - 1:
+                continue
+            rows, dist, nbr = (torch.cat(t) for t in zip(*group))
+            tok, p, kept = _targets(s, values, rows, dist, nbr)
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(write, rows.cpu().numpy(), tok, p)
             if len(rows):
-                where = rows.cpu().numpy()
-                ids[where], probs[where], kept = _targets(s, values, rows, dist, nbr)
                 state = {**state, "mass_sum": state["mass_sum"] + float(kept.sum()),
                          "mass_min": min(state["mass_min"], float(kept.min()))}
-            pending += len(rows)
-            if pending >= SAVE_ROWS or lst == hi - 1:
+            since_save += pending
+            if since_save >= SAVE_ROWS or lst == hi - 1:
+                writing.result()
                 state = {**state, "done": lst + 1}
                 _save(out, rank, state, (ids, probs))
-                pending = 0
-            bar.update(len(rows))
+                since_save = 0
+            bar.update(pending)
+            group, pending = [], 0
     if first >= hi:  # nothing left (or an empty share): still leave a record for the manifest
         _save(out, rank, {**state, "done": hi}, (ids, probs))
 

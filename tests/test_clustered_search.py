@@ -67,7 +67,7 @@ def test_killed_clustered_targets_resume_byte_identical(tmp_path):
     ds = _ds(tmp_path, n=20000, d=16)
     s = TargetSettings(index="ivfflat", k=64, keep=16, nlist=64, nprobe=8)
     build_targets(ds, tmp_path / "full", s, backend="clustered", device="cpu")
-    code = ("import mlpmem_lightning.targets as m; m.SAVE_ROWS = 256; "
+    code = ("import mlpmem_lightning.targets as m; m.SAVE_ROWS = 256; m.GROUP_ROWS = 256; "
             f"m.build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, m.TargetSettings(index='ivfflat', k=64, "
             "keep=16, nlist=64, nprobe=8), backend='clustered', device='cpu')")
     kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=8)
