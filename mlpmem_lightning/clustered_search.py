@@ -7,7 +7,9 @@ same candidate set: the ``nprobe`` lists whose centroids are nearest to ``c``'s 
 first). The queries of one list and its candidates are then a dense [n_c, m_c] product and one
 ``topk``, so the whole search is ``nlist`` large GEMMs. Queries near a list boundary see a slightly
 different neighbourhood than per-query probing would; recall against exact search is measured by
-``mlpmem bench`` and reported with each run. ``nprobe = nlist`` makes it exact search.
+``mlpmem bench`` and reported with each run. A list whose probe set would exceed a candidate budget (default twice the
+average, ``2 nprobe N / nlist``) stops at the probes that fit, so dense regions of duplicated text cannot
+make the cost quadratic. ``nprobe = nlist`` makes it exact search (the budget then covers every key).
 
 Distances are squared L2 by the expansion around the list's centroid (small norms, little
 cancellation), full-precision float32 matmul, clamped at 0. The k results are sorted by (float32
@@ -57,7 +59,8 @@ class ClusteredIVF(Searcher):
     """
 
     def __init__(self, keys: np.ndarray, nlist: int, nprobe: int = 32, device: str | torch.device = "cpu",
-                 centroids: np.ndarray | None = None, seed: int = 0, chunk: int = 1 << 20):
+                 centroids: np.ndarray | None = None, seed: int = 0, chunk: int = 1 << 20,
+                 max_candidates: int | None = None):
         self.device, self.chunk = torch.device(device), chunk
         cen = train_centroids(keys, nlist, seed) if centroids is None else np.asarray(centroids, np.float32)
         self.centroids = torch.from_numpy(cen).to(self.device)
@@ -73,8 +76,15 @@ class ClusteredIVF(Searcher):
         self.counts = counts
         # each list's probe set: the nprobe centroids nearest its own, itself first (distance 0)
         self.probes = self.nearest(self.centroids, self.nprobe, sort=True)
-        self.sizes = counts[self.probes].sum(1).tolist()  # candidates per list, on the host: no sync per list
+        # a candidate budget (faiss's max_codes): lists in dense regions stop probing once their
+        # candidates exceed it, which bounds the quadratic cost of large lists (own list always kept)
+        budget = max_candidates or 2 * self.nprobe * -(-self.n // self.nlist)
+        cum = counts[self.probes].cumsum(1)
+        self.used = ((cum <= budget).sum(1).clamp_min(1)).tolist()  # probes kept per list, on the host
+        self.sizes = cum.gather(1, torch.tensor(self.used, device=self.device)[:, None] - 1)[:, 0].tolist()
         self.bounds = self.offsets.tolist()
+        log.info("clustered IVF: %d keys in %d lists (largest %d), %d probed, budget %d candidates cuts %d lists",
+                 self.n, self.nlist, int(counts.max()), self.nprobe, budget, sum(u < self.nprobe for u in self.used))
         self.stats = {"lists": 0, "candidates": 0}
 
     def nearest(self, x: torch.Tensor, p: int, sort: bool = False) -> torch.Tensor:
@@ -88,7 +98,7 @@ class ClusteredIVF(Searcher):
 
     def candidates(self, lst: int) -> torch.Tensor:
         """Storage positions of the keys in ``lst``'s probe set, concatenated list by list."""
-        probe = self.probes[lst]
+        probe = self.probes[lst, :self.used[lst]]
         sizes, starts, total = self.counts[probe], self.offsets[probe], self.sizes[lst]
         first = torch.repeat_interleave(starts - (sizes.cumsum(0) - sizes), sizes, output_size=total)
         return first + torch.arange(total, device=self.device)

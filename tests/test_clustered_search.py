@@ -88,3 +88,20 @@ def test_two_ranks_write_the_same_bytes_as_one(tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert two["fingerprint"] == one["fingerprint"]
     assert abs(two["mass_kept_mean"] - one["mass_kept_mean"]) < 1e-9
+
+
+def test_candidate_budget_bounds_dense_lists():
+    rng = np.random.default_rng(7)
+    dense = np.repeat(rng.standard_normal((1, 8)), 3000, 0) + rng.standard_normal((3000, 8)) * 1e-3
+    keys = np.concatenate([dense, rng.standard_normal((3000, 8)) * 5]).astype(np.float16)
+    s = ClusteredIVF(keys, nlist=32, nprobe=8)
+    budget = 2 * 8 * -(-6000 // 32)
+    sizes = np.array(s.sizes)
+    own = s.counts.numpy()
+    assert np.all((sizes <= budget) | (np.array(s.used) == 1)) and np.all(sizes >= own)
+    assert min(s.used) < 8  # some dense lists were cut
+    for lst in range(32):  # the candidate positions are exactly the kept probes' keys
+        pos = s.candidates(lst)
+        assert len(pos) == sizes[lst]
+        lists = np.searchsorted(np.array(s.bounds), pos.numpy(), side="right") - 1
+        assert set(lists) == set(s.probes[lst, :s.used[lst]].tolist())
