@@ -195,9 +195,8 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
         done = {_key(t.user_attrs) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
         todo = [p for p in spec.grid() if _key(p) not in done]
         log.info("study %s: %d of %d grid points to run", spec.study, len(todo), len(spec.grid()))
-        for point in todo:
-            study.enqueue_trial({k: v for k, v in point.items()
-                                 if k != "memory_size" or spec.memory_sizes != "matched"})
+        for point in todo:  # the point rides as a user attribute: editing the grid later breaks nothing
+            study.enqueue_trial({}, user_attrs={"point": json.dumps(point)})
         n_trials = len(todo)
     else:
         n_trials = spec.n_trials or len(spec.grid())
@@ -237,9 +236,16 @@ def collect_results(study, spec: SweepSpec) -> Path:
 
 # -- one trial ---------------------------------------------------------------------------------------
 def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
-    """The trial's (decoder size, memory size, seed); enqueued grid points come back as enqueued."""
+    """The trial's (decoder size, memory size, seed): an enqueued grid point as enqueued, else sampled.
+
+    Grid points are not Optuna parameters: a categorical's choices may not change within a study, and a
+    researcher who adds or drops a size and resumes must not break it. Random/TPE studies sample
+    categoricals, so their size lists are fixed for the study's life (use a new ``study`` name).
+    """
     from .sizes import matched_memory
 
+    if "point" in trial.user_attrs:
+        return json.loads(trial.user_attrs["point"])
     grid = spec.grid()
     dec = trial.suggest_categorical("decoder_size", sorted({p["decoder_size"] for p in grid}))
     seed = trial.suggest_categorical("seed", sorted({p["seed"] for p in grid}))

@@ -74,3 +74,24 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     dec = results[(results.arch == "decoder") & (results.split == "valid")]
     assert (mem["flops_train_total"].values > dec["flops_train_total"].values).all()
     assert (mem["params_total"].values > dec["params_total"].values).all()
+
+
+def test_editing_the_grid_and_resuming_runs_only_the_new_points(tmp_path, monkeypatch):
+    import mlpmem_lightning.pipeline as pipeline
+
+    ran = []
+
+    def fake_pipeline(spec, decoder_size, memory_size, seed):
+        ran.append(decoder_size)
+        row = {c: 0 for c in COLUMNS} | {"study": spec.study, "arch": "mlp_memory", "split": "valid", "loss": 1.0,
+                                         "decoder_size": decoder_size, "memory_size": memory_size, "seed": seed}
+        return [row], {}
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(pipeline, "prepare_tokens", lambda spec: None)
+    run_sweep(write_spec(tmp_path / "spec.yaml", decoder_sizes=["200k", "400k", "800k"]))
+    run_sweep(write_spec(tmp_path / "spec.yaml", decoder_sizes=["200k", "1.6m"]))  # one dropped, one added
+    assert ran == ["200k", "400k", "800k", "1.6m"]
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert sorted(pd.read_csv(tmp_path / "study" / "results.csv")["decoder_size"]) == ["1.6m", "200k", "400k", "800k"]
