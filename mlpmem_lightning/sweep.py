@@ -211,10 +211,12 @@ def _key(point: dict[str, Any]) -> tuple:
 
 
 def _fail_interrupted(study) -> None:
-    """Trials left RUNNING by a killed process are marked failed, so their grid points run again."""
+    """Trials a killed process left RUNNING (or enqueued and never started) are marked failed; the grid
+    points without a COMPLETE trial are then enqueued afresh."""
     import optuna
 
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    for t in study.get_trials(deepcopy=False, states=states):
         study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (process killed)")
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 

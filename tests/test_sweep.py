@@ -90,8 +90,10 @@ def test_editing_the_grid_and_resuming_runs_only_the_new_points(tmp_path, monkey
     monkeypatch.setattr(pipeline, "run_pipeline", fake_pipeline)
     monkeypatch.setattr(pipeline, "prepare_tokens", lambda spec: None)
     run_sweep(write_spec(tmp_path / "spec.yaml", decoder_sizes=["200k", "400k", "800k"]))
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study' / 'optuna.db'}")
+    study.enqueue_trial({"decoder_size": "400k", "seed": 0})  # left WAITING by a killed earlier version
     run_sweep(write_spec(tmp_path / "spec.yaml", decoder_sizes=["200k", "1.6m"]))  # one dropped, one added
     assert ran == ["200k", "400k", "800k", "1.6m"]
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study' / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["FAIL", "COMPLETE"]
     assert sorted(pd.read_csv(tmp_path / "study" / "results.csv")["decoder_size"]) == ["1.6m", "200k", "400k", "800k"]
