@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
+from . import artifacts
 from .search import Searcher, composite, decode, ieee_fp32_matmul, load_keys, smallest
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,19 @@ def train_centroids(keys: np.ndarray, nlist: int, seed: int = 0, per_list: int =
                       min_points_per_centroid=1, verbose=False)
     km.train(sample)
     return km.centroids.copy()
+
+
+def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+    """``train_centroids`` once per datastore: saved beside the keys (the targets run, the kNN-LM's
+    validate and test all reuse it; a finished datastore's keys never change)."""
+    path = Path(datastore_dir) / f"centroids-{nlist}-seed{seed}.npy"
+    if path.is_file():
+        cen = np.load(path)
+        if cen.shape == (nlist, keys.shape[1]):
+            return cen
+    cen = train_centroids(keys, nlist, seed)
+    artifacts.atomic_save_npy(path, cen)
+    return cen
 
 
 class ClusteredIVF(Searcher):

@@ -402,9 +402,10 @@ def make_searcher(datastore_dir: str | Path, index: str = "flat", backend: str =
     manifest, keys = ix.open_keys(datastore_dir)
     log.info("search: %s index, %s backend on %s over %d keys", index, backend, dev, len(keys))
     if backend == "clustered":
-        from .clustered_search import ClusteredIVF, default_nlist
+        from .clustered_search import ClusteredIVF, cached_centroids, default_nlist
 
-        return ClusteredIVF(keys, nlist or default_nlist(len(keys)), nprobe, dev)
+        nlist = nlist or default_nlist(len(keys))
+        return ClusteredIVF(keys, nlist, nprobe, dev, centroids=cached_centroids(datastore_dir, keys, nlist))
     if backend == "torch":
         if index == "flat":
             return TorchExact(keys, dev, chunk)

@@ -105,3 +105,14 @@ def test_candidate_budget_bounds_dense_lists():
         assert len(pos) == sizes[lst]
         lists = np.searchsorted(np.array(s.bounds), pos.numpy(), side="right") - 1
         assert set(lists) == set(s.probes[lst, :s.used[lst]].tolist())
+
+
+def test_centroids_are_cached_beside_the_datastore(tmp_path):
+    from mlpmem_lightning.clustered_search import cached_centroids
+
+    keys = clustered(2000, 8, 5, seed=3)
+    first = cached_centroids(tmp_path, keys, 8)
+    assert (tmp_path / "centroids-8-seed0.npy").is_file()
+    np.save(tmp_path / "centroids-8-seed0.npy", first + 1)  # a cached file is what is used
+    np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8), first + 1)
+    np.testing.assert_array_equal(first, train_centroids(keys, 8))
