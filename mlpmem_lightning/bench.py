@@ -109,11 +109,12 @@ def _profile_train(model, dm, path: Path, steps: int = 5) -> None:
     """Profiler table (CUDA time) of a few training steps of an already fitted module."""
     from torch.profiler import ProfilerActivity, profile
 
-    net, dev = model.net, next(model.net.parameters()).device
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Lightning's teardown moved it to CPU
+    net = model.net.to(dev).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=dev.type == "cuda")
-    batch = next(iter(dm.train_dataloader()))
-    x = batch["input_ids"].to(dev)
-    y = batch["labels"].to(dev)
+    shape = (dm.batch_size, dm.seq_len)  # random tokens: the fit used up the budgeted batches, speed is data-blind
+    x = torch.randint(0, model.hparams.vocab_size, shape, device=dev)
+    y = torch.randint(0, model.hparams.vocab_size, shape, device=dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
@@ -132,15 +133,16 @@ def _profile_train(model, dm, path: Path, steps: int = 5) -> None:
 def synthetic_datastore(path: Path, n: int, d: int, vocab: int, seed: int = 0, per_centre: int = 1024) -> Path:
     """A datastore of ``n`` Gaussian-mixture keys (about ``per_centre`` keys per component, so a query's
     k=1024 neighbours mostly share its component, as with real hidden states) and Zipf tokens."""
-    g = torch.Generator().manual_seed(seed)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # drawing 10M x 256 normals on a CPU takes minutes
+    g = torch.Generator(device=dev).manual_seed(seed)
     centres = max(1, n // per_centre)
     path.mkdir(parents=True, exist_ok=True)
     keys = np.lib.format.open_memmap(path / "keys.npy", mode="w+", dtype=np.float16, shape=(n, d))
-    means = torch.randn(centres, d, generator=g) * 2
+    means = torch.randn(centres, d, generator=g, device=dev) * 2
     for s in range(0, n, 1 << 20):
         m = min(1 << 20, n - s)
-        which = torch.randint(0, centres, (m,), generator=g)
-        keys[s:s + m] = (means[which] + torch.randn(m, d, generator=g)).numpy().astype(np.float16)
+        which = torch.randint(0, centres, (m,), generator=g, device=dev)
+        keys[s:s + m] = (means[which] + torch.randn(m, d, generator=g, device=dev)).half().cpu().numpy()
     keys.flush()
     ranks = np.random.default_rng(seed).zipf(1.2, size=n) % vocab
     np.save(path / "values.npy", ranks.astype(np.int32))
@@ -241,10 +243,13 @@ def _profile_search(ivf, values: torch.Tensor, path: Path, k: int, keep: int, li
     s = TargetSettings(index="ivfflat", k=k - 1, keep=keep)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ivf.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        it = ivf.self_search(k)
-        for _ in range(lists):
+        it = ivf.self_search(k, 0, min(lists, ivf.nlist))
+        while True:
             with record_function("search_list"):
-                _, rows, dist, nbr = next(it)
+                got = next(it, None)
+            if got is None:
+                break
+            _, rows, dist, nbr = got
             with record_function("aggregate"):
                 _targets(s, values, rows, dist, nbr)
         if ivf.device.type == "cuda":
@@ -287,25 +292,32 @@ def write_markdown(out: Path) -> Path:
 def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str], rows: list[int],
               work: Path, compile_sizes: list[str], profile: bool = False, **kw: Any) -> None:
     """Run the chosen sections, writing each section's CSV as soon as it is done."""
-    prof = out if profile else None
+    out.mkdir(parents=True, exist_ok=True)
+    prof, dev = (out if profile else None), ("cuda" if torch.cuda.is_available() else "cpu")
+    done: dict[str, list[dict]] = {}
+
+    def add(section: str, rows_: list[dict]) -> None:  # written as soon as measured: a killed run keeps them
+        done[section] = done.get(section, []) + rows_
+        write_section(out, section, done[section])
+
     if "train" in sections:
-        res = bench_train(sizes, token_store, profile_dir=prof)
-        if compile_sizes:
-            res += bench_train(compile_sizes, token_store, compile=True, profile_dir=prof)
-        write_section(out, "train", res)
+        for size in sizes:
+            add("train", bench_train([size], token_store, profile_dir=prof if size == sizes[-1] else None))
     if "targets" in sections:
-        write_section(out, "targets", bench_targets(rows, work, profile_dir=prof))
+        for n in rows:
+            add("targets", bench_targets([n], work, profile_dir=prof if n == rows[-1] else None))
     if "generate" in sections:
         from .bench_infer import bench_generate
 
-        res = [r for s in kw.get("generate_sizes", ["12m"]) for r in
-               bench_generate(s, kw.get("vocab", 16384), kw.get("datastore_rows", 10_000_000),
-                              "cuda" if torch.cuda.is_available() else "cpu")]
-        write_section(out, "generate", res)
+        for s in kw.get("generate_sizes", ["12m"]):
+            add("generate", bench_generate(s, kw.get("vocab", 16384), kw.get("datastore_rows", 10_000_000), dev,
+                                           repeats=kw.get("repeats", 3)))
     if "memory" in sections:
         from .bench_infer import bench_memory_training
 
-        res = [r for s in kw.get("memory_sizes", sizes) for r in
-               bench_memory_training(s, kw.get("vocab", 16384), "cuda" if torch.cuda.is_available() else "cpu")]
-        write_section(out, "memory", res)
+        for s in kw.get("memory_sizes", sizes):
+            add("memory", bench_memory_training(s, kw.get("vocab", 16384), dev))
+    if "train" in sections:  # compiled last: compilation is slow, and the uncompiled rows come first
+        for size in compile_sizes:
+            add("train", bench_train([size], token_store, compile=True, profile_dir=prof))
     log.info("bench: %s", json.dumps(sections))

@@ -114,7 +114,7 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
         return _exact_fp32(knn_logprobs(searcher, values, vocab, k, temperature), dev), searcher
 
     modes = [("decoder", "", lambda: (None, None)), ("memory", "", lambda: (memory_logprobs(mem), None)),
-             ("knn", "exact", lambda: knn("exact")), ("knn", "ivf", lambda: knn("ivf"))]
+             ("knn", "ivf", lambda: knn("ivf")), ("knn", "exact", lambda: knn("exact"))]
     lams = {"decoder": 0.0, "memory": 0.5, "knn": 0.25}
     if trace is not None:
         trace.update(net=net, memory=mem, prompts=prompts, tokens={})

@@ -99,6 +99,7 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datastore-rows", type=int, default=10_000_000, help="kNN-LM datastore keys for generate")
     p.add_argument("--memory-sizes", type=csv, default=["6m", "12m"], help="decoder sizes for memory training")
     p.add_argument("--work", type=Path, default=Path("runs/bench"), help="scratch space (synthetic datastores)")
+    p.add_argument("--repeats", type=int, default=3, help="timed generate calls per row (median)")
     p.add_argument("--profile", action="store_true", help="also write torch-profiler tables into --out")
 
 
@@ -110,7 +111,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         raise UserError(f"unknown bench sections {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     run_bench(args.sections, args.out, args.data, args.sizes, args.rows, args.work, args.compile_sizes,
               profile=args.profile, generate_sizes=args.generate_sizes, datastore_rows=args.datastore_rows,
-              memory_sizes=args.memory_sizes)
+              memory_sizes=args.memory_sizes, repeats=args.repeats)
     print(f"bench: {', '.join(args.sections)} -> {args.out / 'bench.md'}")
 
 
