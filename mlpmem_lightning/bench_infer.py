@@ -83,8 +83,8 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
     separate ``max_new_tokens=1`` call (prefill + one mixture + argmax) and throughput as
     batch·new_tokens over the full call (prefill included); each is a median over ``repeats`` after
     one full warm-up call. Searchers are built one at a time (build not timed) and freed after
-    their rows, so the device holds one copy of the keys. The IVF row needs
-    ``clustered_search.ClusteredIVF``; it is skipped if that module is missing. ``trace``, if given,
+    their rows, so the device holds one copy of the keys. The IVF rows use
+    ``clustered_search.ClusteredIVF``. ``trace``, if given,
     receives the network, memory, prompts and last generated tokens per (mode, batch), for checks.
     """
     dev = torch.device(device)
@@ -104,11 +104,8 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
             from .search import TorchExact
             searcher = TorchExact(keys, dev)
         else:
-            try:
-                from .clustered_search import ClusteredIVF
-            except ImportError:
-                return None
-            from .clustered_search import default_nlist
+            from .clustered_search import ClusteredIVF, default_nlist
+
             n_lists = nlist or default_nlist(datastore_rows)
             searcher = ClusteredIVF(keys, nlist=n_lists, nprobe=min(nprobe, n_lists), device=str(dev))
         return _exact_fp32(knn_logprobs(searcher, values, vocab, k, temperature), dev), searcher
@@ -121,9 +118,6 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
     rows, base = [], {}
     for mode, search, make in modes:
         built = make()
-        if built is None:
-            warnings.warn("mlpmem_lightning.clustered_search.ClusteredIVF is not importable: no IVF row")
-            continue
         other, searcher = built
         for b in batches:
             out: list[torch.Tensor] = []
