@@ -193,7 +193,7 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
         rate, (_, exact_ids) = _rate(lambda: exact.search(q, k + 1), sample)
         out.append({**base, "backend": "torch exact", "queries": sample, "rows_per_s": round(rate),
                     "recall": 1.0, "projected_full_s": round(n / rate, 1)})
-        del exact
+        exact = None  # free its device copy of the keys
 
         settings = TargetSettings(index="ivfflat", k=k, keep=keep, nprobe=nprobe, nlist=nlist)
         t0 = time.perf_counter()
@@ -208,13 +208,13 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
             values = torch.from_numpy(np.load(ds / "values.npy").astype(np.int64)).to(dev)
             _profile_search(ivf, values, profile_dir / f"profile_targets_{n}.txt", k + 1, keep)
         lists = TorchIVF(keys, ivf.centroids.cpu().numpy(), dev, nprobe)
-        del ivf
+        ivf = None
         few = q[:512]
         rate, (_, lst_ids) = _rate(lambda: lists.search(few, k + 1), len(few))
         out.append({**base, "backend": "torch IVF per-query probes (before)", "queries": len(few),
                     "rows_per_s": round(rate), "recall": round(_recall(lst_ids, exact_ids[:512]), 4),
                     "projected_full_s": round(n / rate, 1)})
-        del lists
+        lists = None
 
         from .index import build_index, load_index
 

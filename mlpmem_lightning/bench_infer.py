@@ -139,7 +139,7 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
                          "search_fallback_rows": getattr(searcher, "stats", {}).get("fallback_rows", 0),
                          "batch": b, "prompt_len": prompt_len, "new_tokens": new_tokens, "ttft_ms": 1e3 * ttft,
                          "tokens_per_s": tps, "total_s": total, "speed_vs_decoder": tps / base[b]})
-        del other, searcher, built
+        other = searcher = built = None  # free the searcher's device copy of the keys
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -200,5 +200,5 @@ def bench_memory_training(decoder_size: str, vocab: int, device: str, batch: int
             rows.append({"bench": "memory_train", **_info(dev, dtype), "decoder_size": decoder_size,
                          "memory_size": mem_name, "mode": mode, "batch": batch, "seq_len": seq_len, "keep": keep,
                          "tokens_per_s": batch * seq_len / (ms / 1e3), "step_ms": ms})
-            del module, opt, sched
+            module = opt = sched = None
     return rows

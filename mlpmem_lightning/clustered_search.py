@@ -15,7 +15,8 @@ Distances are squared L2 by the expansion around the list's centroid (small norm
 cancellation), full-precision float32 matmul, clamped at 0. The k results are sorted by (float32
 distance, id); which of several keys tied exactly at the k-th distance is kept is up to ``topk``.
 A query's result depends only on its list, not on which other queries share the call, so a run
-split into pieces (resume, several GPUs) gives the same bytes on the same kind of device. Centroids come from a seeded ``faiss.Kmeans`` on a sample of the keys.
+split into pieces (resume, several GPUs) gives the same bytes on the same kind of device. Centroids
+come from a seeded ``faiss.Kmeans`` on a sample of the keys.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
 
 def _common(spec, store: Path, run_dir: Path, seed: int) -> list[str]:
     args = ["--data.num_workers", str(spec.num_workers),
-            *(["--data.eval_batch_size", str(spec.eval_batch_size)] if spec.eval_batch_size else []), "--config", str(EXPERIMENTS / "trainer" / f"{spec.trainer}.yaml"), "--data.token_store", str(store),
+            *(["--data.eval_batch_size", str(spec.eval_batch_size)] if spec.eval_batch_size else []),
+            "--config", str(EXPERIMENTS / "trainer" / f"{spec.trainer}.yaml"), "--data.token_store", str(store),
             "--data.seq_len", str(spec.seq_len), "--data.batch_size", str(spec.batch_size),
             "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
             "--seed_everything", str(seed)]
@@ -89,7 +90,8 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     knn_args = ["--model", "KNNLM", "--model.decoder", str(run), "--model.datastore", str(ds_dir),
                 "--model.index", spec.knn_eval_index or knn.index, "--model.k", str(knn.k),
                 "--model.temperature", str(knn.temperature), "--model.nprobe", str(knn.nprobe),
-                "--model.backend", spec.knn_backend, *(["--model.nlist", str(knn.nlist)] if knn.nlist else []), *_common(spec, store, out / "knnlm" / tag, seed)]
+                "--model.backend", spec.knn_backend, *(["--model.nlist", str(knn.nlist)] if knn.nlist else []),
+                *_common(spec, store, out / "knnlm" / tag, seed)]
     with _timed(times, "knn_lm_eval"):
         knn_valid, knn_test = _evaluate(knn_args, spec.lambda_)
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 from lightning.pytorch.callbacks import Callback
-
-import pandas as pd
 
 from . import artifacts
 from .errors import UserError

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import artifacts
+from .clustered_search import default_nlist
 from .datastore import Datastore, pick_device
 from .errors import UserError
-from .clustered_search import default_nlist
 from .knn import aggregate_tokens, drop_self, neighbour_weights
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
     Returns the manifest (rank 0) or None. With the ``clustered`` backend the rows are done list by
     list, and several ranks (``world_size``) split the lists; the others go in row chunks.
     """
-    from .search import make_searcher, resolve_backend
+    from .search import resolve_backend
 
     ds, out = Datastore(datastore), Path(out)
     check_settings(settings, len(ds))
@@ -99,8 +99,7 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
         ensure_index(ds.path, settings)  # takes the datastore's lock itself: before ours
     with artifacts.artifact_lock(out) if rank == 0 else nullcontext(out):
         ids, probs, state = _open(out, identity, len(ds), settings.keep, rank, barrier)
-        searcher = make_searcher(ds.path, index=settings.index, backend=backend, device=str(dev),
-                                 nprobe=settings.nprobe, rerank=settings.rerank, nlist=settings.nlist)
+        searcher = _searcher(ds, settings, backend, dev)
         values = torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
         fill = _fill_lists if backend == "clustered" else _fill_rows
         fill(ds, searcher, values, settings, ids, probs, out, identity, state, rank, world_size)
@@ -115,6 +114,13 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
             "mass_kept_min": min(p["mass_min"] for p in done),
             "fingerprint": artifacts.hash_json({**identity, "ids": artifacts.hash_file(out / "ids.npy")}),
         })
+
+
+def _searcher(ds: Datastore, s: TargetSettings, backend: str, dev: torch.device):
+    from .search import make_searcher
+
+    return make_searcher(ds.path, index=s.index, backend=backend, device=str(dev), nprobe=s.nprobe,
+                         rerank=s.rerank, nlist=s.nlist)
 
 
 def _progress_path(out: Path, rank: int) -> Path:
@@ -223,14 +229,15 @@ def mass_curve(datastore: str | Path, settings: TargetSettings, rows: int = 4096
     For K in powers of two up to k: the mean kept mass and the share of rows keeping >= 99%.
     This is how the default K was chosen; run it on your own corpus with ``mlpmem targets --mass-curve``.
     """
-    from .search import make_searcher
+    from .search import resolve_backend
 
     ds = Datastore(datastore)
     check_settings(settings, len(ds))
-    ensure_index(ds.path, settings)
     dev = pick_device(device)
-    searcher = make_searcher(ds.path, index=settings.index, backend=backend, device=str(dev),
-                             nprobe=settings.nprobe, rerank=settings.rerank)
+    backend = resolve_backend(settings.index, backend, dev)
+    if backend != "clustered":
+        ensure_index(ds.path, settings)
+    searcher = _searcher(ds, settings, backend, dev)
     sample = np.sort(np.random.default_rng(seed).choice(len(ds), size=min(rows, len(ds)), replace=False))
     values = torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
     queries = torch.from_numpy(np.asarray(ds.keys[sample], dtype=np.float32)).to(dev)

@@ -1,4 +1,4 @@
-"""ClusteredIVF against a NumPy float64 brute force; its targets path: reference, kill-and-resume, ranks."""
+"""ClusteredIVF against a NumPy float64 brute force; its targets path against the reference and across ranks."""
 
 import numpy as np
 import torch
@@ -7,7 +7,6 @@ from mlpmem_lightning.clustered_search import ClusteredIVF, train_centroids
 from mlpmem_lightning.ranks import spawn
 from mlpmem_lightning.targets import KNNTargets, TargetSettings, build_targets
 
-from .killing import kill_after_progress
 from .test_search import clustered, reference
 from .test_targets import assert_same_targets, make_datastore, reference_targets
 
@@ -61,20 +60,6 @@ def test_clustered_targets_match_the_reference_when_every_list_is_probed(tmp_pat
     ref = reference_targets(keys, values, 24, 2.0, 6)
     assert_same_targets(np.asarray(t.ids), np.asarray(t.probs), *ref)
     assert m["backend"] == "clustered" and m["searcher"] == "ClusteredIVF"
-
-
-def test_killed_clustered_targets_resume_byte_identical(tmp_path):
-    ds = _ds(tmp_path, n=20000, d=16)
-    s = TargetSettings(index="ivfflat", k=64, keep=16, nlist=64, nprobe=8)
-    build_targets(ds, tmp_path / "full", s, backend="clustered", device="cpu")
-    code = ("import mlpmem_lightning.targets as m; m.SAVE_ROWS = 256; m.GROUP_ROWS = 256; "
-            f"m.build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, m.TargetSettings(index='ivfflat', k=64, "
-            "keep=16, nlist=64, nprobe=8), backend='clustered', device='cpu')")
-    kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=8)
-    assert not (tmp_path / "killed" / "manifest.json").exists()
-    build_targets(ds, tmp_path / "killed", s, backend="clustered", device="cpu")
-    for name in ("ids.npy", "probs.npy"):
-        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
 
 
 def test_two_ranks_write_the_same_bytes_as_one(tmp_path):

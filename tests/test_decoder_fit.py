@@ -1,8 +1,8 @@
 """Acceptance of the decoder baseline on the embedded corpus, and fit-time bad input."""
 
 import numpy as np
-import torch
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from mlpmem_lightning.errors import UserError

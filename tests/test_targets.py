@@ -112,17 +112,21 @@ def test_incomplete_datastore_is_refused(tmp_path):
         build_targets(ds, tmp_path / "t", TargetSettings(k=3, keep=2), device="cpu")
 
 
-def test_killed_targets_resume_byte_identical(tmp_path):
+@pytest.mark.parametrize("settings, backend, done_at", [
+    ({"k": 64, "keep": 16, "chunk": 256}, "torch", 1024),  # row chunks; done counts rows
+    ({"index": "ivfflat", "k": 64, "keep": 16, "nlist": 64, "nprobe": 8}, "clustered", 8),  # lists
+])
+def test_killed_targets_resume_byte_identical(tmp_path, settings, backend, done_at):
     rng = np.random.default_rng(1)
-    ds = make_datastore(tmp_path / "ds", rng.normal(size=(20000, 32)), rng.integers(0, 500, 20000))
-    s = TargetSettings(k=64, keep=16, chunk=256)
-    build_targets(ds, tmp_path / "full", s, backend="torch", device="cpu")
-    code = ("import sys; from mlpmem_lightning.targets import *; "
-            f"build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, TargetSettings(k=64, keep=16, chunk=256), "
-            "backend='torch', device='cpu')")
-    kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=1024)
+    ds = make_datastore(tmp_path / "ds", rng.normal(size=(20000, 16)), rng.integers(0, 500, 20000))
+    s = TargetSettings(**settings)
+    build_targets(ds, tmp_path / "full", s, backend=backend, device="cpu")
+    code = ("import mlpmem_lightning.targets as m; m.SAVE_ROWS = m.GROUP_ROWS = 256; "
+            f"m.build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, m.TargetSettings(**{settings!r}), "
+            f"backend={backend!r}, device='cpu')")
+    kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=done_at)
     assert not (tmp_path / "killed" / "manifest.json").exists()
-    build_targets(ds, tmp_path / "killed", s, backend="torch", device="cpu")
+    build_targets(ds, tmp_path / "killed", s, backend=backend, device="cpu")
     for name in ("ids.npy", "probs.npy"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
 
