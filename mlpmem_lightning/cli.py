@@ -9,6 +9,7 @@ print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.func(args)
     except UserError as err:
         print(f"mlpmem: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"mlpmem: error: no space left on the device{where}: free some space or pass another --out, then run "
+              "the same command again (finished artifacts are reused, the partial one is resumed or rebuilt)",
+              file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 
