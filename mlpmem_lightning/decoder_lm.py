@@ -101,7 +101,7 @@ class DecoderLM(ClipGradients, L.LightningModule):
             raise UserError(f"training loss became {loss.item()} at step {self.global_step}: lower --model.lr; "
                             "the last good checkpoint is kept")
         tokens = (self.global_step + 1) * self.tokens_per_step
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})
         return loss
 

@@ -121,7 +121,8 @@ class MemoryLM(ClipGradients, LambdaGridEvaluation, L.LightningModule):
         if not torch.isfinite(out["loss"]):
             raise UserError(f"training loss became {out['loss'].item()} at step {self.global_step}: lower "
                             "--model.lr; the last good checkpoint is kept")
-        self.log_dict({"train/loss": out["loss"], "train/kl": out["kl"], "train/ce": out["ce"]}, prog_bar=True)
+        self.log_dict({"train/loss": out["loss"], "train/kl": out["kl"], "train/ce": out["ce"]}, prog_bar=True,
+                      sync_dist=True)  # the global batch's losses under DDP
         self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
         return out["loss"]
 
