@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -97,3 +98,22 @@ def test_editing_the_grid_and_resuming_runs_only_the_new_points(tmp_path, monkey
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study' / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["FAIL", "COMPLETE"]
     assert sorted(pd.read_csv(tmp_path / "study" / "results.csv")["decoder_size"]) == ["1.6m", "200k", "400k", "800k"]
+
+
+def test_demo_pipeline_is_deterministic_on_cpu(tmp_path):
+    """Two runs of the demo's pipeline (its kNN settings at toy budgets) with one seed: identical token
+    stores, datastores, targets and metrics, byte for byte."""
+    demo_knn = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml").read_text())["knn"]
+    outs = []
+    for name in ("a", "b"):
+        spec = write_spec(tmp_path / f"{name}.yaml", decoder_sizes=["200k"], out=str(tmp_path / name),
+                          knn={**demo_knn, "k": 16, "keep": 8, "nlist": 16})
+        outs.append(pd.read_csv(run_sweep(spec)))
+        outs[-1]["trial"] = 0
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+    a, b = tmp_path / "a", tmp_path / "b"
+    files = [f"tokens/{s}.npy" for s in ("train", "valid", "test")] + ["tokens/tokenizer.json"]
+    files += [f"datastores/200k-seed0/{n}" for n in ("keys.npy", "values.npy")]
+    files += [f"targets/200k-seed0/{n}" for n in ("ids.npy", "probs.npy")]
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
