@@ -130,28 +130,21 @@ def _profile_train(model, dm, path: Path, steps: int = 5) -> None:
 
 
 # -- kNN targets ----------------------------------------------------------------------------------
-def synthetic_datastore(path: Path, n: int, d: int, vocab: int, seed: int = 0, per_centre: int = 1024) -> Path:
-    """A datastore of ``n`` Gaussian-mixture keys (about ``per_centre`` keys per component, so a query's
-    k=1024 neighbours mostly share its component, as with real hidden states) and Zipf tokens."""
-    dev = "cuda" if torch.cuda.is_available() else "cpu"  # drawing 10M x 256 normals on a CPU takes minutes
-    g = torch.Generator(device=dev).manual_seed(seed)
-    centres = max(1, n // per_centre)
+def synthetic_datastore(path: Path, n: int, d: int, vocab: int, seed: int = 0) -> Path:
+    """A datastore directory of ``n`` mixture keys and Zipf tokens (``bench_infer.fill_mixture_keys``)."""
+    from .bench_infer import fill_mixture_keys, zipf_values
+
     path.mkdir(parents=True, exist_ok=True)
     keys = np.lib.format.open_memmap(path / "keys.npy", mode="w+", dtype=np.float16, shape=(n, d))
-    means = torch.randn(centres, d, generator=g, device=dev) * 2
-    for s in range(0, n, 1 << 20):
-        m = min(1 << 20, n - s)
-        which = torch.randint(0, centres, (m,), generator=g, device=dev)
-        keys[s:s + m] = (means[which] + torch.randn(m, d, generator=g, device=dev)).half().cpu().numpy()
-    keys.flush()
-    ranks = np.random.default_rng(seed).zipf(1.2, size=n) % vocab
-    np.save(path / "values.npy", ranks.astype(np.int32))
+    fill_mixture_keys(keys, seed).flush()
+    np.save(path / "values.npy", zipf_values(n, vocab, seed))
     artifacts.write_manifest(path, "datastore", {"N": n, "d": d, "fingerprint": f"synthetic-{n}-{d}-{seed}",
                                                  "layer": -1, "seq_len": 256})
     return path
 
 
-def _rate(fn, queries: int) -> float:
+def _rate(fn, queries: int) -> tuple[float, Any]:
+    """(queries per second, result) of one synchronised call."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -172,7 +165,7 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
     """rows/s of each search backend at each datastore size (see the module docstring)."""
     import faiss
 
-    from .clustered_search import ClusteredIVF, default_nlist
+    from .clustered_search import ClusteredIVF, cached_centroids, default_nlist
     from .search import FaissSearcher, TorchExact, TorchIVF
     from .targets import TargetSettings, build_targets
 
@@ -199,7 +192,8 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
         t0 = time.perf_counter()
         m = build_targets(ds, work / f"targets-{n}", settings, backend="clustered", device=dev)
         full = time.perf_counter() - t0
-        ivf = ClusteredIVF(keys, nlist, nprobe, dev)
+        # the centroids build_targets cached beside the datastore: the same lists, no second k-means
+        ivf = ClusteredIVF(keys, nlist, nprobe, dev, centroids=cached_centroids(ds, keys, nlist))
         _, ivf_ids = ivf.search(q, k + 1)
         out.append({**base, "backend": "clustered IVF (whole targets run)", "queries": n,
                     "rows_per_s": round(n / full), "recall": round(_recall(ivf_ids, exact_ids), 4),

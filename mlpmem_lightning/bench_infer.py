@@ -45,23 +45,35 @@ def _info(dev: torch.device, dtype: torch.dtype) -> dict:
             "dtype": str(dtype).removeprefix("torch.") if cuda else "float32"}
 
 
-def synthetic_datastore(rows: int, dim: int, vocab: int, device: torch.device, seed: int = 0,
-                        chunk: int = 1 << 18) -> tuple[np.ndarray, torch.Tensor]:
-    """float16 keys [rows, dim] on the host (what searchers load) and int64 values on ``device``.
+def fill_mixture_keys(keys: np.ndarray, seed: int = 0, per_centre: int = 1024, chunk: int = 1 << 20) -> np.ndarray:
+    """Fill float16 ``keys`` [N, d] (an array or a memory map) with a Gaussian mixture.
 
-    A Gaussian mixture (about 256 keys per component, at most 4096) rather than one Gaussian, so
-    that IVF lists have the uneven, clustered occupancy of real hidden states. Drawn in chunks on
-    ``device`` (fast on a GPU even for tens of millions of rows).
+    About ``per_centre`` keys per component, so a query's k=1024 neighbours mostly share its
+    component and IVF lists have the uneven, clustered occupancy of real hidden states. Drawn in
+    chunks on the GPU when there is one (10M x 256 normals take minutes on a CPU).
     """
-    g = torch.Generator(device=device).manual_seed(seed)
-    centres = torch.randn(max(1, min(4096, rows // 256)), dim, generator=g, device=device)
-    keys = np.empty((rows, dim), dtype=np.float16)
-    for s in range(0, rows, chunk):
-        m = min(chunk, rows - s)
-        c = torch.randint(0, len(centres), (m,), generator=g, device=device)
-        x = centres[c] + 0.5 * torch.randn(m, dim, generator=g, device=device)
-        keys[s:s + m] = x.half().cpu().numpy()
-    return keys, torch.randint(0, vocab, (rows,), generator=g, device=device)
+    n, d = keys.shape
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(seed)
+    centres = max(1, n // per_centre)
+    means = torch.randn(centres, d, generator=g, device=dev) * 2
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        which = torch.randint(0, centres, (m,), generator=g, device=dev)
+        keys[s:s + m] = (means[which] + torch.randn(m, d, generator=g, device=dev)).half().cpu().numpy()
+    return keys
+
+
+def zipf_values(n: int, vocab: int, seed: int = 0) -> np.ndarray:
+    """Token values [n] int32 with a Zipf-like frequency profile, as text has."""
+    return (np.random.default_rng(seed).zipf(1.2, size=n) % vocab).astype(np.int32)
+
+
+def synthetic_datastore(rows: int, dim: int, vocab: int, device: torch.device, seed: int = 0
+                        ) -> tuple[np.ndarray, torch.Tensor]:
+    """float16 keys [rows, dim] on the host (what searchers load) and int64 values on ``device``."""
+    keys = fill_mixture_keys(np.empty((rows, dim), dtype=np.float16), seed)
+    return keys, torch.from_numpy(zipf_values(rows, vocab, seed).astype(np.int64)).to(device)
 
 
 def _exact_fp32(fn: LogProbFn, dev: torch.device) -> LogProbFn:

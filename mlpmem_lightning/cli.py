@@ -184,18 +184,12 @@ def _args_datastore(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_datastore(args: argparse.Namespace) -> None:
-    from .datastore import DatastoreSettings, build_datastore
+    from .datastore import KIND, DatastoreSettings, build_datastore
 
     settings = DatastoreSettings(split=args.split, layer=args.layer, seq_len=args.seq_len,
                                  batch_size=args.batch_size, precision=args.precision)
-    if args.devices > 1:
-        from .artifacts import read_manifest
-        from .datastore import KIND, build_datastore_spawn
-
-        build_datastore_spawn(args.decoder, args.data, args.out, settings, args.devices)
-        m = read_manifest(args.out, KIND)
-    else:
-        m = build_datastore(args.decoder, args.data, args.out, settings, device=args.device)
+    m = _on_devices(build_datastore, KIND, args.out, args.devices, args.device, decoder=str(args.decoder),
+                    data=str(args.data), settings=settings)
     if args.index:
         from .targets import TargetSettings, ensure_index
 
@@ -229,8 +223,20 @@ def _args_targets(p: argparse.ArgumentParser) -> None:
     _args_index(p)
 
 
+def _on_devices(build: Callable[..., dict | None], kind: str, out: Path, devices: int, device: str,
+                **kwargs) -> dict:
+    """A rank-sharded stage in this process, or on ``devices`` processes (``ranks.spawn``); its manifest."""
+    if devices <= 1:
+        return build(out=out, device=device, **kwargs)
+    from .artifacts import read_manifest
+    from .ranks import spawn
+
+    spawn(build, devices, out=str(out), **kwargs)
+    return read_manifest(out, kind)
+
+
 def _cmd_targets(args: argparse.Namespace) -> None:
-    from .targets import TargetSettings, build_targets
+    from .targets import KIND, TargetSettings, build_targets
 
     settings = TargetSettings(index=args.index, k=args.k, temperature=args.temperature, keep=args.keep,
                               nprobe=args.nprobe, rerank=args.rerank, chunk=args.chunk, nlist=args.nlist,
@@ -243,16 +249,8 @@ def _cmd_targets(args: argparse.Namespace) -> None:
         for K, v in curve.items():
             print(f"{K}\t{v['mean']:.4f}\t{v['rows_ge_99']:.3f}")
         return
-    if args.devices > 1:
-        from .artifacts import read_manifest
-        from .ranks import spawn
-        from .targets import KIND
-
-        spawn(build_targets, args.devices, datastore=str(args.datastore), out=str(args.out), settings=settings,
-              backend=args.backend)
-        m = read_manifest(args.out, KIND)
-    else:
-        m = build_targets(args.datastore, args.out, settings, backend=args.backend, device=args.device)
+    m = _on_devices(build_targets, KIND, args.out, args.devices, args.device, datastore=str(args.datastore),
+                    settings=settings, backend=args.backend)
     print(f"targets {args.out}: {m['N']:,} rows, K={m['K']}, mass kept mean {m['mass_kept_mean']:.4f} "
           f"min {m['mass_kept_min']:.4f}")
 

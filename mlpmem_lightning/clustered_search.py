@@ -101,7 +101,6 @@ class ClusteredIVF(Searcher):
         self.bounds = self.offsets.tolist()
         log.info("clustered IVF: %d keys in %d lists (largest %d), %d probed, budget %d candidates cuts %d lists",
                  self.n, self.nlist, int(counts.max()), self.nprobe, budget, sum(u < self.nprobe for u in self.used))
-        self.stats = {"lists": 0, "candidates": 0}
 
     def nearest(self, x: torch.Tensor, p: int, sort: bool = False) -> torch.Tensor:
         """Indices [len(x), p] of the p nearest centroids (ties to the lower index when ``sort``)."""
@@ -133,8 +132,6 @@ class ClusteredIVF(Searcher):
                 kk = min(k, len(pos))
                 v, j = dist.topk(kk, dim=1, largest=False, sorted=False)
                 out.append(smallest(composite(v, ids[j]), k))  # (dist, id) order, padded to k
-        self.stats["lists"] += 1
-        self.stats["candidates"] += len(pos) * len(q)
         return torch.cat(out)
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,17 +158,6 @@ def _fill(net, tokens: np.ndarray, keys: np.ndarray, out: Path, identity: dict, 
             bar.update(stop - start)
 
 
-def build_datastore_spawn(decoder: str | Path, data: str | Path, out: str | Path, settings: DatastoreSettings,
-                          devices: int, port: int = 29517) -> None:
-    """One process per device (``ranks.spawn``), each filling its own windows.
-
-    The result is byte-identical to a single-process run: windows are computed in the same batches.
-    """
-    from .ranks import spawn
-
-    spawn(build_datastore, devices, port, decoder=str(decoder), data=str(data), out=str(out), settings=settings)
-
-
 class Datastore:
     """Read side: memory-mapped keys and values of a finished datastore."""
 

@@ -101,8 +101,10 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
         ids, probs, state = _open(out, identity, len(ds), settings.keep, rank, barrier)
         searcher = _searcher(ds, settings, backend, dev)
         values = torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
-        fill = _fill_lists if backend == "clustered" else _fill_rows
-        fill(ds, searcher, values, settings, ids, probs, out, identity, state, rank, world_size)
+        if backend == "clustered":
+            _fill_lists(searcher, values, settings, ids, probs, out, state, rank, world_size)
+        else:
+            _fill_rows(ds, searcher, values, settings, ids, probs, out, state)
         barrier()
         if rank != 0:
             return None
@@ -150,6 +152,14 @@ def _save(out: Path, rank: int, state: dict, arrays: tuple[np.ndarray, ...]) -> 
     artifacts.atomic_write_text(_progress_path(out, rank), json.dumps(state))
 
 
+def _with_mass(state: dict, kept: torch.Tensor) -> dict:
+    """The progress state with the mass kept by more rows added to its running sum and minimum."""
+    if not len(kept):
+        return state
+    return {**state, "mass_sum": state["mass_sum"] + float(kept.sum()),
+            "mass_min": min(state["mass_min"], float(kept.min()))}
+
+
 def _targets(s: TargetSettings, values: torch.Tensor, rows: torch.Tensor, dist: torch.Tensor, nbr: torch.Tensor
              ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """(ids int32, probs float16, mass kept) of rows from their k+1 neighbours."""
@@ -159,7 +169,7 @@ def _targets(s: TargetSettings, values: torch.Tensor, rows: torch.Tensor, dist: 
 
 
 def _fill_rows(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings, ids: np.ndarray, probs: np.ndarray,
-               out: Path, identity: dict, state: dict, rank: int, world_size: int) -> None:
+               out: Path, state: dict) -> None:
     """Rows in fixed chunks of ``s.chunk`` (part of the byte-identity contract), progress after each."""
     n, dev = len(ds), values.device
     first = state["done"] or 0
@@ -169,14 +179,13 @@ def _fill_rows(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings,
             queries = torch.from_numpy(np.asarray(ds.keys[start:stop], dtype=np.float32)).to(dev)
             rows = torch.arange(start, stop, device=dev)
             ids[start:stop], probs[start:stop], kept = _targets(s, values, rows, *searcher.search(queries, s.k + 1))
-            state = {**state, "done": stop, "mass_sum": state["mass_sum"] + float(kept.sum()),
-                     "mass_min": min(state["mass_min"], float(kept.min()))}
-            _save(out, rank, state, (ids, probs))
+            state = {**_with_mass(state, kept), "done": stop}
+            _save(out, 0, state, (ids, probs))
             bar.update(stop - start)
 
 
-def _fill_lists(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings, ids: np.ndarray,
-                probs: np.ndarray, out: Path, identity: dict, state: dict, rank: int, world_size: int) -> None:
+def _fill_lists(searcher, values: torch.Tensor, s: TargetSettings, ids: np.ndarray, probs: np.ndarray, out: Path,
+                state: dict, rank: int, world_size: int) -> None:
     """This rank's share of the IVF lists, list by list; progress about every ``SAVE_ROWS`` rows.
 
     Lists are searched one at a time but aggregated and written in groups of about ``GROUP_ROWS``
@@ -207,9 +216,7 @@ def _fill_lists(ds: Datastore, searcher, values: torch.Tensor, s: TargetSettings
             if writing is not None:
                 writing.result()
             writing = pool.submit(write, rows.cpu().numpy(), tok, p)
-            if len(rows):
-                state = {**state, "mass_sum": state["mass_sum"] + float(kept.sum()),
-                         "mass_min": min(state["mass_min"], float(kept.min()))}
+            state = _with_mass(state, kept)
             since_save += pending
             if since_save >= SAVE_ROWS or lst == hi - 1:
                 writing.result()

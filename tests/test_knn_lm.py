@@ -93,9 +93,10 @@ def test_knn_lm_bad_input(datastore, small_decoder, small_store, tmp_path, extra
 
 def test_two_process_datastore_is_identical(datastore, small_decoder, small_store, tmp_path):
     """Rank-sharded (2 gloo processes, each its own window range) == the single-process datastore."""
-    from mlpmem_lightning.datastore import build_datastore_spawn
+    from mlpmem_lightning.ranks import spawn
 
-    build_datastore_spawn(small_decoder, small_store, tmp_path / "ds2", DatastoreSettings(batch_size=16), devices=2)
+    spawn(build_datastore, 2, decoder=str(small_decoder), data=str(small_store), out=str(tmp_path / "ds2"),
+          settings=DatastoreSettings(batch_size=16))
     for name in ("keys.npy", "values.npy"):
         assert (datastore / name).read_bytes() == (tmp_path / "ds2" / name).read_bytes()
     assert Datastore(tmp_path / "ds2").fingerprint == Datastore(datastore).fingerprint
