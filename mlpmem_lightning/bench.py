@@ -253,14 +253,20 @@ def _profile_search(ivf, values: torch.Tensor, path: Path, k: int, keep: int, li
 
 
 # -- files -----------------------------------------------------------------------------------------
+KEY_COLUMNS = ("gpu", "decoder_size", "memory_size", "compile", "batch", "seq_len", "rows", "backend", "mode",
+               "search", "datastore_rows")  # what a row measured; the other columns are what it found
+
+
 def write_section(out: Path, section: str, rows: list[dict]) -> Path:
-    """``<out>/<section>.csv`` (rows of the same GPU replaced) and the regenerated ``bench.md``."""
+    """``<out>/<section>.csv`` (an earlier row of the same key replaced, the others kept) and ``bench.md``."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{section}.csv"
     new = pd.DataFrame(rows)
     if path.is_file():
         old = pd.read_csv(path)
-        new = pd.concat([old[~old["gpu"].isin(new["gpu"].unique())], new], ignore_index=True)
+        keys = [c for c in KEY_COLUMNS if c in old.columns and c in new.columns]
+        ident = lambda df: df[keys].astype(str).agg("|".join, axis=1)  # noqa: E731
+        new = pd.concat([old[~ident(old).isin(set(ident(new)))], new], ignore_index=True)
     artifacts.atomic_write_text(path, new.to_csv(index=False))
     write_markdown(out)
     return path
@@ -288,30 +294,34 @@ def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str]
     """Run the chosen sections, writing each section's CSV as soon as it is done."""
     out.mkdir(parents=True, exist_ok=True)
     prof, dev = (out if profile else None), ("cuda" if torch.cuda.is_available() else "cpu")
-    done: dict[str, list[dict]] = {}
 
     def add(section: str, rows_: list[dict]) -> None:  # written as soon as measured: a killed run keeps them
-        done[section] = done.get(section, []) + rows_
-        write_section(out, section, done[section])
+        write_section(out, section, rows_)
 
-    if "train" in sections:
+    def train() -> None:  # uncompiled rows first: compilation is slow
         for size in sizes:
             add("train", bench_train([size], token_store, profile_dir=prof if size == sizes[-1] else None))
-    if "targets" in sections:
+        for size in compile_sizes:
+            add("train", bench_train([size], token_store, compile=True, profile_dir=prof))
+
+    def targets() -> None:
         for n in rows:
             add("targets", bench_targets([n], work, profile_dir=prof if n == rows[-1] else None))
-    if "generate" in sections:
+
+    def generate() -> None:
         from .bench_infer import bench_generate
 
         for s in kw.get("generate_sizes", ["12m"]):
             add("generate", bench_generate(s, kw.get("vocab", 16384), kw.get("datastore_rows", 10_000_000), dev,
                                            repeats=kw.get("repeats", 3)))
-    if "memory" in sections:
+
+    def memory() -> None:
         from .bench_infer import bench_memory_training
 
         for s in kw.get("memory_sizes", sizes):
             add("memory", bench_memory_training(s, kw.get("vocab", 16384), dev))
-    if "train" in sections:  # compiled last: compilation is slow, and the uncompiled rows come first
-        for size in compile_sizes:
-            add("train", bench_train([size], token_store, compile=True, profile_dir=prof))
+
+    run = {"train": train, "targets": targets, "generate": generate, "memory": memory}
+    for section in sections:  # in the order given, so a time-limited run measures what matters first
+        run[section]()
     log.info("bench: %s", json.dumps(sections))

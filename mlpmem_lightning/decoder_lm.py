@@ -19,7 +19,7 @@ from .decoder import build_decoder, context_length
 from .errors import UserError
 from .metrics import TokenNLL
 from .sizes import DEFAULT_CONTEXT, flops_per_token, get_size, non_embedding_params
-from .training import ClipGradients, adamw_warmup_cosine, apply_token_budget
+from .training import ClipGradients, FiniteLossGuard, adamw_warmup_cosine, apply_token_budget
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
 
 
-class DecoderLM(ClipGradients, L.LightningModule):
+class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
     """Decoder-only causal LM on the size ladder.
 
     Args:
@@ -97,9 +97,7 @@ class DecoderLM(ClipGradients, L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = token_nll(self(batch["input_ids"]), batch["labels"]).mean()
-        if not torch.isfinite(loss):
-            raise UserError(f"training loss became {loss.item()} at step {self.global_step}: lower --model.lr; "
-                            "the last good checkpoint is kept")
+        self.guard_loss(loss)
         tokens = (self.global_step + 1) * self.tokens_per_step
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})

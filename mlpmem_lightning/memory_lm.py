@@ -29,10 +29,10 @@ from .memory import build_memory, save_memory
 from .memory_loss import memory_loss
 from .metrics import TokenNLL
 from .sizes import get_memory_size, get_size, matched_memory
-from .training import ClipGradients, adamw_warmup_cosine, apply_token_budget
+from .training import ClipGradients, FiniteLossGuard, adamw_warmup_cosine, apply_token_budget
 
 
-class MemoryLM(ClipGradients, LambdaGridEvaluation, L.LightningModule):
+class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.LightningModule):
     """MLP Memory on top of a frozen decoder.
 
     Args:
@@ -98,6 +98,7 @@ class MemoryLM(ClipGradients, LambdaGridEvaluation, L.LightningModule):
                 self.memory.compile()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # FiniteLossGuard: never a checkpoint of non-finite weights
         checkpoint["decoder_fingerprint"] = self.decoder_fingerprint
         checkpoint["memory_layer"] = self.layer
 
@@ -118,9 +119,7 @@ class MemoryLM(ClipGradients, LambdaGridEvaluation, L.LightningModule):
         logits = self.memory(self.keys(batch).float())
         out = memory_loss(logits.flatten(0, 1), batch["knn_ids"].flatten(0, 1), batch["knn_probs"].flatten(0, 1),
                           batch["labels"].flatten(), self.hparams.alpha)
-        if not torch.isfinite(out["loss"]):
-            raise UserError(f"training loss became {out['loss'].item()} at step {self.global_step}: lower "
-                            "--model.lr; the last good checkpoint is kept")
+        self.guard_loss(out["loss"])
         self.log_dict({"train/loss": out["loss"], "train/kl": out["kl"], "train/ce": out["ce"]}, prog_bar=True,
                       sync_dist=True)  # the global batch's losses under DDP
         self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))

@@ -65,3 +65,40 @@ class ClipGradients:
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+
+class FiniteLossGuard:
+    """Stop training on a NaN/inf loss without a host-device sync every step (a LightningModule mixin).
+
+    ``bool(torch.isfinite(loss))`` each step would make the host wait for the GPU and stop it from
+    queueing the next step. Instead the first bad step is recorded on the device and read every
+    ``log_every_n_steps`` steps, at epoch end, and before any checkpoint is written, so the
+    checkpoints on disk still all hold finite weights: the last good one is kept.
+    """
+
+    _first_bad: torch.Tensor | None = None
+
+    def guard_loss(self, loss: torch.Tensor) -> None:
+        """Record ``loss``; check every ``log_every_n_steps`` steps (each step when not in a Trainer)."""
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self._first_bad = torch.where((self._first_bad < 0) & bad, self.global_step, self._first_bad)
+        trainer = getattr(self, "_trainer", None)
+        every = trainer.log_every_n_steps if trainer is not None else 1
+        if (self.global_step + 1) % max(1, every) == 0:
+            self.check_finite_loss()
+
+    def check_finite_loss(self) -> None:
+        """One sync: raise the one-line error if any step since the start had a non-finite loss."""
+        if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
+            from .errors import UserError
+
+            raise UserError(f"training loss became NaN/inf at step {step}: lower --model.lr; "
+                            "the last good checkpoint is kept")
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite_loss()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite_loss()

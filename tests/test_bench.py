@@ -33,10 +33,12 @@ def test_recall_counts_shared_ids():
     assert _recall(ids, exact) == np.mean([2 / 4, 4 / 4])
 
 
-def test_sections_replace_rows_of_the_same_gpu(tmp_path):
-    write_section(tmp_path, "train", [{"gpu": "A", "x": 1}, {"gpu": "B", "x": 2}])
-    write_section(tmp_path, "train", [{"gpu": "A", "x": 3}])
+def test_sections_replace_rows_of_the_same_key_only(tmp_path):
+    write_section(tmp_path, "train", [{"gpu": "A", "decoder_size": "3m", "x": 1},
+                                      {"gpu": "A", "decoder_size": "6m", "x": 2},
+                                      {"gpu": "B", "decoder_size": "3m", "x": 3}])
+    write_section(tmp_path, "train", [{"gpu": "A", "decoder_size": "3m", "x": 4}])
     df = pd.read_csv(tmp_path / "train.csv")
-    assert sorted(zip(df.gpu, df.x)) == [("A", 3), ("B", 2)]
+    assert sorted(zip(df.gpu, df.decoder_size, df.x)) == [("A", "3m", 4), ("A", "6m", 2), ("B", "3m", 3)]
     md = (tmp_path / "bench.md").read_text()
-    assert "## train" in md and "| gpu | x |" in md
+    assert "## train" in md and "| gpu | decoder_size | x |" in md
