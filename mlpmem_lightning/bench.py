@@ -322,6 +322,15 @@ def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str]
             add("memory", bench_memory_training(s, kw.get("vocab", 16384), dev))
 
     run = {"train": train, "targets": targets, "generate": generate, "memory": memory}
+    failed = []
     for section in sections:  # in the order given, so a time-limited run measures what matters first
-        run[section]()
+        try:
+            run[section]()
+        except Exception:  # one broken section must not cost a lease the others' numbers
+            log.exception("bench section %s failed", section)
+            failed.append(section)
+    if failed:
+        from .errors import UserError
+
+        raise UserError(f"bench sections {', '.join(failed)} failed (traceback above); the others' rows are written")
     log.info("bench: %s", json.dumps(sections))
