@@ -20,6 +20,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,11 @@ def _recall(ids: torch.Tensor, exact: torch.Tensor) -> float:
 
 def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep: int = 128, vocab: int = 16384,
                   nprobe: int = 32, sample: int = 2048, pq_m: int = 64, faiss_threads: int | None = None,
-                  profile_dir: Path | None = None) -> list[dict]:
-    """rows/s of each search backend at each datastore size (see the module docstring)."""
+                  profile_dir: Path | None = None, emit: Callable[[dict], None] | None = None) -> list[dict]:
+    """rows/s of each search backend at each datastore size (see the module docstring).
+
+    ``emit`` receives each row as soon as it is measured (a 10M-row size takes minutes).
+    """
     import faiss
 
     from .clustered_search import ClusteredIVF, cached_centroids, default_nlist
@@ -170,7 +174,7 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
     from .targets import TargetSettings, build_targets
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    gpu, out = gpu_name(), []
+    gpu, out = gpu_name(), _Rows(emit)
     if faiss_threads:
         faiss.omp_set_num_threads(faiss_threads)
     for n in rows:
@@ -225,7 +229,20 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
 
         shutil.rmtree(work / f"targets-{n}", ignore_errors=True)
         shutil.rmtree(ds, ignore_errors=True)
-    return out
+    return list(out)
+
+
+class _Rows(list):
+    """A list that hands each appended row to ``emit`` too."""
+
+    def __init__(self, emit: Callable[[dict], None] | None) -> None:
+        super().__init__()
+        self.emit = emit
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        if self.emit is not None:
+            self.emit(row)
 
 
 def _profile_search(ivf, values: torch.Tensor, path: Path, k: int, keep: int, lists: int = 16) -> None:
@@ -306,7 +323,7 @@ def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str]
 
     def targets() -> None:
         for n in rows:
-            add("targets", bench_targets([n], work, profile_dir=prof if n == rows[-1] else None))
+            bench_targets([n], work, profile_dir=prof if n == rows[-1] else None, emit=lambda r: add("targets", [r]))
 
     def generate() -> None:
         from .bench_infer import bench_generate

@@ -82,7 +82,7 @@ def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, sett
     n_rows, d = n_windows * seq_len, dec.net.config.hidden_size
     with artifacts.artifact_lock(out) if rank == 0 else nullcontext(out):
         keys = _open_arrays(out, identity, n_rows, d, tokens, rank, barrier)
-        lo, hi = _shard(n_windows, rank, world_size)
+        lo, hi = _shard(n_windows, rank, world_size, settings.batch_size)
         _fill(dec.net, tokens, keys, out, identity, settings, lo, hi, pick_device(device), rank)
         barrier()
         if rank != 0:
@@ -108,8 +108,14 @@ def _check_inputs(dec, store: TokenStore, s: DatastoreSettings) -> None:
                         f"store's ({store.vocab_size}): pass the token store the decoder was trained on")
 
 
-def _shard(n_windows: int, rank: int, world_size: int) -> tuple[int, int]:
-    bounds = np.linspace(0, n_windows, world_size + 1).astype(int)
+def _shard(n_windows: int, rank: int, world_size: int, batch: int) -> tuple[int, int]:
+    """Rank ``rank``'s windows, cut at multiples of ``batch``.
+
+    So every rank runs exactly the batches one process would (same windows, same shapes): a GPU
+    picks its GEMM kernels by shape, and a batch cut differently gives keys that differ in the last bit.
+    """
+    n_batches = -(-n_windows // batch)
+    bounds = np.minimum(np.linspace(0, n_batches, world_size + 1).astype(int) * batch, n_windows)
     return int(bounds[rank]), int(bounds[rank + 1])
 
 

@@ -58,3 +58,16 @@ def test_budget_sampler_ranks_share_the_global_batch():
 def test_shard_sampler_covers_each_row_once():
     shards = [list(ShardSampler(11, r, 3)) for r in range(3)]
     assert sum(shards, []) == list(range(11))
+
+
+def test_datastore_shards_cut_at_batch_multiples():
+    """Every rank's windows are whole batches of the one-process run (same shapes on a GPU), covering all once."""
+    from mlpmem_lightning.datastore import _shard
+
+    for n, world, batch in [(1000, 2, 64), (1000, 3, 64), (65, 2, 64), (7, 4, 2), (128, 2, 64)]:
+        parts = [_shard(n, r, world, batch) for r in range(world)]
+        assert parts[0][0] == 0 and parts[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        assert all(lo % batch == 0 for lo, _ in parts)
+        starts = sorted(s for lo, hi in parts for s in range(lo, hi, batch))
+        assert starts == list(range(0, n, batch))  # the one-process batches, none cut differently
