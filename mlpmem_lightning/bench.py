@@ -117,13 +117,20 @@ def _profile_train(model, dm, path: Path, steps: int = 5) -> None:
     x = torch.randint(0, model.hparams.vocab_size, shape, device=dev)
     y = torch.randint(0, model.hparams.vocab_size, shape, device=dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+
+    def step() -> None:  # the call DecoderLM.forward makes, so a compiled net reuses its graph
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(
+                net(input_ids=x, use_cache=False).logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # outside the profile: compilation and Triton autotuning would swamp it
+        step()
     with profile(activities=acts) as prof:
         for _ in range(steps):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                loss = torch.nn.functional.cross_entropy(net(input_ids=x).logits.float().flatten(0, 1), y.flatten())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
     key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
@@ -282,11 +289,16 @@ def write_section(out: Path, section: str, rows: list[dict]) -> Path:
     if path.is_file():
         old = pd.read_csv(path)
         keys = [c for c in KEY_COLUMNS if c in old.columns and c in new.columns]
-        ident = lambda df: df[keys].astype(str).agg("|".join, axis=1)  # noqa: E731
-        new = pd.concat([old[~ident(old).isin(set(ident(new)))], new], ignore_index=True)
+        new = pd.concat([old[~_row_keys(old, keys).isin(set(_row_keys(new, keys)))], new], ignore_index=True)
     artifacts.atomic_write_text(path, new.to_csv(index=False))
     write_markdown(out)
     return path
+
+
+def _row_keys(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One string per row from ``columns``, with a missing cell read back from CSV equal to ''."""
+    cells = df[columns].astype(object).map(lambda v: "" if pd.isna(v) else str(v))
+    return cells.agg("|".join, axis=1)
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -42,3 +42,12 @@ def test_sections_replace_rows_of_the_same_key_only(tmp_path):
     assert sorted(zip(df.gpu, df.decoder_size, df.x)) == [("A", "3m", 4), ("A", "6m", 2), ("B", "3m", 3)]
     md = (tmp_path / "bench.md").read_text()
     assert "## train" in md and "| gpu | decoder_size | x |" in md
+
+
+def test_sections_match_keys_read_back_from_csv(tmp_path):
+    """An empty cell read back as NaN is the same key as the '' a new row carries."""
+    row = {"gpu": "A", "mode": "decoder", "memory_size": "", "search": "", "batch": 1, "x": 1.0}
+    write_section(tmp_path, "generate", [row, {**row, "mode": "memory", "memory_size": "m"}])
+    write_section(tmp_path, "generate", [{**row, "x": 2.0}])
+    df = pd.read_csv(tmp_path / "generate.csv")
+    assert sorted(zip(df["mode"], df.x)) == [("decoder", 2.0), ("memory", 1.0)]
