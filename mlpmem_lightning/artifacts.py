@@ -98,6 +98,28 @@ def fsync_rename(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child must not keep the parent's artifact locks.
+
+    ``flock`` belongs to the open file, which a fork shares. ``datasets.map`` forks a worker pool and
+    a manager; when the parent is SIGKILLed they live on (blocked on their queues), and with the
+    lock's fd they would hold the artifact locked forever. Closing it in the child leaves the lock
+    with the parent alone, so the kernel frees it when the parent dies.
+    """
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 @contextmanager
 def artifact_lock(path: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on an artifact directory while writing it.
@@ -116,8 +138,10 @@ def artifact_lock(path: str | Path) -> Iterator[Path]:
             raise UserError(
                 f"{path} is being written by another process: wait for it or choose another --out"
             ) from None
+        _HELD_LOCKS.add(fd)
         yield path
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)
 
 

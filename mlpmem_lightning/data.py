@@ -93,7 +93,10 @@ class BudgetSampler(DistributedSampler):
         self.epoch = 0
 
     def __len__(self) -> int:
-        return max(0, self.batches - self.start_batch) * self.batch_size
+        """The whole budget, also when resuming: Lightning restores the epoch's batch index to
+        ``start_batch`` and counts on from there, so a shorter length would end the epoch early
+        and start a new one from ``start_batch`` again (the same batches twice)."""
+        return self.batches * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
         b, w = self.batch_size, self.world

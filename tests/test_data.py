@@ -42,8 +42,10 @@ def test_budget_sampler_permutes_each_epoch_deterministically():
 
 def test_budget_sampler_resumes_where_it_stopped():
     full = list(BudgetSampler(13, batches=20, batch_size=4, seed=1))
-    resumed = list(BudgetSampler(13, batches=20, batch_size=4, seed=1, start_batch=7))
-    assert resumed == full[7 * 4:]
+    sampler = BudgetSampler(13, batches=20, batch_size=4, seed=1, start_batch=7)
+    assert list(sampler) == full[7 * 4:]
+    # its length stays the whole budget: Lightning restores the batch index to 7 and counts on to 20
+    assert len(sampler) == len(full)
 
 
 def test_budget_sampler_ranks_share_the_global_batch():
