@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -152,7 +153,9 @@ def synthetic_datastore(path: Path, n: int, d: int, vocab: int, seed: int = 0) -
 
 
 def _rate(fn, queries: int) -> tuple[float, Any]:
-    """(queries per second, result) of one synchronised call."""
+    """(queries per second, result) of one synchronised call, after an untimed one (CUDA and cuBLAS
+    start-up, lazy uploads: the first GPU work of a process ran 3x slower in lease 6d)."""
+    fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -167,18 +170,22 @@ def _recall(ids: torch.Tensor, exact: torch.Tensor) -> float:
     return float(np.mean([len(np.intersect1d(x[x >= 0], y)) / len(y) for x, y in zip(a, b)]))
 
 
+TARGET_BACKENDS = ("clustered", "torch-ivf", "faiss")
+
+
 def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep: int = 128, vocab: int = 16384,
                   nprobe: int = 32, sample: int = 2048, pq_m: int = 64, faiss_threads: int | None = None,
-                  profile_dir: Path | None = None, emit: Callable[[dict], None] | None = None) -> list[dict]:
+                  profile_dir: Path | None = None, emit: Callable[[dict], None] | None = None,
+                  backends: tuple[str, ...] = TARGET_BACKENDS) -> list[dict]:
     """rows/s of each search backend at each datastore size (see the module docstring).
 
-    ``emit`` receives each row as soon as it is measured (a 10M-row size takes minutes).
+    ``emit`` receives each row as soon as it is measured (a 10M-row size takes minutes). ``backends``
+    picks among ``TARGET_BACKENDS``; exact search always runs, as the recall reference.
     """
     import faiss
 
-    from .clustered_search import ClusteredIVF, cached_centroids, default_nlist
-    from .search import FaissSearcher, TorchExact, TorchIVF
-    from .targets import TargetSettings, build_targets
+    from .clustered_search import default_nlist
+    from .search import TorchExact
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     gpu, out = gpu_name(), _Rows(emit)
@@ -199,44 +206,33 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep
                     "recall": 1.0, "projected_full_s": round(n / rate, 1)})
         exact = None  # free its device copy of the keys
 
-        settings = TargetSettings(index="ivfflat", k=k, keep=keep, nprobe=nprobe, nlist=nlist)
-        t0 = time.perf_counter()
-        m = build_targets(ds, work / f"targets-{n}", settings, backend="clustered", device=dev)
-        full = time.perf_counter() - t0
-        # the centroids build_targets cached beside the datastore: the same lists, no second k-means
-        ivf = ClusteredIVF(keys, nlist, nprobe, dev, centroids=cached_centroids(ds, keys, nlist))
-        _, ivf_ids = ivf.search(q, k + 1)
-        out.append({**base, "backend": "clustered IVF (whole targets run)", "queries": n,
-                    "rows_per_s": round(n / full), "recall": round(_recall(ivf_ids, exact_ids), 4),
-                    "projected_full_s": round(full, 1), "mass_kept_mean": round(m["mass_kept_mean"], 4)})
-        if profile_dir is not None and n == rows[-1]:
-            values = torch.from_numpy(np.load(ds / "values.npy").astype(np.int64)).to(dev)
-            _profile_search(ivf, values, profile_dir / f"profile_targets_{n}.txt", k + 1, keep)
-        lists = TorchIVF(keys, ivf.centroids.cpu().numpy(), dev, nprobe)
-        ivf = None
-        few = q[:512]
-        rate, (_, lst_ids) = _rate(lambda: lists.search(few, k + 1), len(few))
-        out.append({**base, "backend": "torch IVF per-query probes (before)", "queries": len(few),
-                    "rows_per_s": round(rate), "recall": round(_recall(lst_ids, exact_ids[:512]), 4),
-                    "projected_full_s": round(n / rate, 1)})
-        lists = None
-
-        from .index import build_index, load_index
-
-        t0 = time.perf_counter()
-        build_index(ds, "ivfpq", nlist=nlist, m=pq_m, nbits=8, train_size=min(n, 256 * nlist))
-        built = time.perf_counter() - t0
-        pq = FaissSearcher(load_index(ds, "ivfpq"), nprobe=nprobe)
-        rate, (_, pq_ids) = _rate(lambda: pq.search(q.cpu(), k + 1), sample)
-        out.append({**base, "backend": f"faiss-cpu IVFPQ m={pq_m} ({faiss.omp_get_max_threads()} threads)",
-                    "queries": sample, "rows_per_s": round(rate), "recall": round(_recall(pq_ids, exact_ids), 4),
-                    "projected_full_s": round(built + n / rate, 1), "index_build_s": round(built, 1)})
-        log.info("targets %s", out[-4:])
-        import shutil
-
+        if "clustered" in backends or "torch-ivf" in backends:
+            _bench_ivf(ds, keys, q, exact_ids, work, base, out, k, keep, nlist, nprobe, dev,
+                       profile_dir if n == rows[-1] else None, "torch-ivf" in backends)
+        if "faiss" in backends:
+            _bench_faiss(ds, q, exact_ids, base, out, pq_m, nlist, nprobe, k, sample)
         shutil.rmtree(work / f"targets-{n}", ignore_errors=True)
         shutil.rmtree(ds, ignore_errors=True)
     return list(out)
+
+
+def _bench_faiss(ds: Path, q: torch.Tensor, exact_ids: torch.Tensor, base: dict, out: list, pq_m: int, nlist: int,
+                 nprobe: int, k: int, sample: int) -> None:
+    """faiss-cpu IVFPQ on the host's cores: index build, then ``sample`` queries."""
+    import faiss
+
+    from .index import build_index, load_index
+    from .search import FaissSearcher
+
+    n = base["rows"]
+    t0 = time.perf_counter()
+    build_index(ds, "ivfpq", nlist=nlist, m=pq_m, nbits=8, train_size=min(n, 256 * nlist))
+    built = time.perf_counter() - t0
+    pq = FaissSearcher(load_index(ds, "ivfpq"), nprobe=nprobe)
+    rate, (_, pq_ids) = _rate(lambda: pq.search(q.cpu(), k + 1), sample)
+    out.append({**base, "backend": f"faiss-cpu IVFPQ m={pq_m} ({faiss.omp_get_max_threads()} threads)",
+                "queries": sample, "rows_per_s": round(rate), "recall": round(_recall(pq_ids, exact_ids), 4),
+                "projected_full_s": round(built + n / rate, 1), "index_build_s": round(built, 1)})
 
 
 class _Rows(list):
@@ -250,6 +246,40 @@ class _Rows(list):
         super().append(row)
         if self.emit is not None:
             self.emit(row)
+
+
+def _bench_ivf(ds: Path, keys: np.ndarray, q: torch.Tensor, exact_ids: torch.Tensor, work: Path, base: dict,
+               out: list, k: int, keep: int, nlist: int, nprobe: int, dev: str, profile_dir: Path | None,
+               per_query: bool) -> None:
+    """The clustered IVF as a whole ``build_targets`` run, then (``per_query``) ``TorchIVF`` on 512 queries."""
+    from .clustered_search import ClusteredIVF, cached_centroids
+    from .search import TorchIVF
+    from .targets import TargetSettings, build_targets
+
+    n = len(keys)
+    settings = TargetSettings(index="ivfflat", k=k, keep=keep, nprobe=nprobe, nlist=nlist)
+    t0 = time.perf_counter()
+    m = build_targets(ds, work / f"targets-{n}", settings, backend="clustered", device=dev)
+    full = time.perf_counter() - t0
+    # the centroids build_targets cached beside the datastore: the same lists, no second k-means
+    ivf = ClusteredIVF(keys, nlist, nprobe, dev, centroids=cached_centroids(ds, keys, nlist))
+    _, ivf_ids = ivf.search(q, k + 1)
+    out.append({**base, "backend": "clustered IVF (whole targets run)", "queries": n,
+                "rows_per_s": round(n / full), "recall": round(_recall(ivf_ids, exact_ids), 4),
+                "projected_full_s": round(full, 1), "mass_kept_mean": round(m["mass_kept_mean"], 4)})
+    if profile_dir is not None:
+        values = torch.from_numpy(np.load(ds / "values.npy").astype(np.int64)).to(dev)
+        _profile_search(ivf, values, profile_dir / f"profile_targets_{n}.txt", k + 1, keep)
+    if not per_query:
+        return
+    lists = TorchIVF(keys, ivf.centroids.cpu().numpy(), dev, nprobe)
+    ivf = None  # free its device copy of the keys
+    few = q[:512]
+    rate, (_, lst_ids) = _rate(lambda: lists.search(few, k + 1), len(few))
+    out.append({**base, "backend": "torch IVF per-query probes (before)", "queries": len(few),
+                "rows_per_s": round(rate), "recall": round(_recall(lst_ids, exact_ids[:512]), 4),
+                "projected_full_s": round(n / rate, 1)})
+
 
 
 def _profile_search(ivf, values: torch.Tensor, path: Path, k: int, keep: int, lists: int = 16) -> None:
@@ -335,7 +365,8 @@ def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str]
 
     def targets() -> None:
         for n in rows:
-            bench_targets([n], work, profile_dir=prof if n == rows[-1] else None, emit=lambda r: add("targets", [r]))
+            bench_targets([n], work, profile_dir=prof if n == rows[-1] else None, emit=lambda r: add("targets", [r]),
+                          backends=kw.get("targets_backends", TARGET_BACKENDS))
 
     def generate() -> None:
         from .bench_infer import bench_generate

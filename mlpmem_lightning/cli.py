@@ -104,6 +104,8 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-sizes", type=csv, default=["100m", "150m"], help="also train these with torch.compile")
     p.add_argument("--rows", type=lambda s: [int(float(x)) for x in s.split(",")], default=[1_000_000, 3_000_000,
                    10_000_000], help="datastore sizes for targets (e.g. 1e6,3e6,1e7)")
+    p.add_argument("--targets-backends", type=csv, default=["clustered", "torch-ivf", "faiss"],
+                   help="targets backends besides exact search (the recall reference): clustered, torch-ivf, faiss")
     p.add_argument("--generate-sizes", type=csv, default=["12m"], help="decoder sizes for generate")
     p.add_argument("--datastore-rows", type=int, default=10_000_000, help="kNN-LM datastore keys for generate")
     p.add_argument("--memory-sizes", type=csv, default=["6m", "12m"], help="decoder sizes for memory training")
@@ -120,7 +122,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         raise UserError(f"unknown bench sections {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     run_bench(args.sections, args.out, args.data, args.sizes, args.rows, args.work, args.compile_sizes,
               profile=args.profile, generate_sizes=args.generate_sizes, datastore_rows=args.datastore_rows,
-              memory_sizes=args.memory_sizes, repeats=args.repeats)
+              memory_sizes=args.memory_sizes, repeats=args.repeats, targets_backends=tuple(args.targets_backends))
     print(f"bench: {', '.join(args.sections)} -> {args.out / 'bench.md'}")
 
 

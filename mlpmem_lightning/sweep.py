@@ -17,6 +17,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ class SweepSpec:
     datastore: dict[str, Any] = field(default_factory=dict)  # DatastoreSettings overrides (batch_size, precision)
     knn_backend: str = "auto"  # search backend for targets and the kNN-LM (auto: clustered IVF / exact on CUDA)
     cleanup: bool = False  # delete each trial's datastore and targets once it is evaluated (disk-bound studies)
+    heartbeat: int = 60  # seconds between a running trial's heartbeats (RDB storages); stale after 4 of them
 
     @classmethod
     def load(cls, path: str | Path) -> SweepSpec:
@@ -160,7 +163,8 @@ def open_storage(spec: SweepSpec):
 
             return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
-                                          if url.startswith("sqlite") else {})
+                                          if url.startswith("sqlite") else {},
+                                          heartbeat_interval=spec.heartbeat, grace_period=4 * spec.heartbeat)
     except Exception as err:  # sqlalchemy, file-system and lock errors come in many types
         raise UserError(f"cannot open sweep storage {url} ({type(err).__name__}: {str(err).splitlines()[0]}): "
                         "check the path/URL and that no other process holds a lock on it") from None
@@ -186,38 +190,80 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
     storage = open_storage(spec)
     study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
                                 direction="minimize", sampler=make_sampler(spec))
-    _fail_interrupted(study)
+    _fail_dead_trials(study)
     from .pipeline import prepare_tokens
 
     prepare_tokens(spec)
-    if spec.sampler == "grid":
-        done = {_key(t.user_attrs) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
-        todo = [p for p in spec.grid() if _key(p) not in done]
-        log.info("study %s: %d of %d grid points to run", spec.study, len(todo), len(spec.grid()))
-        for point in todo:  # the point rides as a user attribute: editing the grid later breaks nothing
-            study.enqueue_trial({}, user_attrs={"point": json.dumps(point)})
-        n_trials = len(todo)
-    else:
-        n_trials = spec.n_trials or len(spec.grid())
-    # the callback runs once the trial is finalised: results.csv always holds every completed trial
-    study.optimize(lambda t: objective(t, spec), n_trials=n_trials, catch=(Exception,),
-                   callbacks=[lambda study, trial: collect_results(study, spec)])
+    callbacks = [lambda study, trial: collect_results(study, spec)]  # results.csv holds every finished trial
+    if spec.sampler != "grid":
+        study.optimize(lambda t: objective(t, spec), n_trials=spec.n_trials or len(spec.grid()),
+                       catch=(Exception,), callbacks=callbacks)
+        return collect_results(study, spec)
+    todo = _enqueue_grid(study, spec)
+    log.info("study %s: %d of %d grid points to run", spec.study, todo, len(spec.grid()))
+    # one trial at a time while the queue holds any: workers sharing the study take turns from it
+    while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        study.optimize(lambda t: objective(t, spec), n_trials=1, catch=(Exception,), callbacks=callbacks)
     return collect_results(study, spec)
+
+
+def _enqueue_grid(study, spec: SweepSpec) -> int:
+    """Enqueue the grid points no trial has finished, runs or waits for; fail queued trials that are
+    no longer grid points (the grid was edited, or an older version queued them). Returns the number
+    of points left to run."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    grid = {_key(p): p for p in spec.grid()}
+    taken = set()
+    for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING, S.WAITING)):
+        point = json.loads(t.user_attrs["point"]) if "point" in t.user_attrs else t.user_attrs
+        if t.state == S.WAITING and _key(point) not in grid:
+            _fail(study, t, "not a point of the current grid")
+        else:
+            taken.add(_key(point))
+    for key, point in grid.items():  # the point rides as a user attribute: editing the grid later breaks nothing
+        if key not in taken:
+            study.enqueue_trial({}, user_attrs={"point": json.dumps(point)})
+    return len(study.get_trials(deepcopy=False, states=(S.WAITING,)))
 
 
 def _key(point: dict[str, Any]) -> tuple:
     return point.get("decoder_size"), point.get("memory_size"), int(point.get("seed", -1))
 
 
-def _fail_interrupted(study) -> None:
-    """Trials a killed process left RUNNING (or enqueued and never started) are marked failed; the grid
-    points without a COMPLETE trial are then enqueued afresh."""
+def _fail_dead_trials(study) -> None:
+    """Fail the RUNNING trials whose worker is dead; leave live workers' trials alone.
+
+    Several workers may share one study. A trial records its worker (host and pid) when it starts: a
+    worker on this host that no longer exists was killed, so its trial fails at once and its point
+    is queued again. Workers on other hosts are judged by Optuna's heartbeat (RDB storages):
+    ``fail_stale_trials`` fails a trial whose heartbeat is older than the grace period.
+    """
     import optuna
 
-    states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    for t in study.get_trials(deepcopy=False, states=states):
-        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (process killed)")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    optuna.storages.fail_stale_trials(study)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        host, _, pid = t.user_attrs.get("worker", "").partition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            _fail(study, t, "interrupted (its worker process was killed)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process with that pid
+        return True
+    return True
+
+
+def _fail(study, trial, why: str) -> None:
+    import optuna
+
+    study._storage.set_trial_user_attr(trial._trial_id, "error", why)
+    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def collect_results(study, spec: SweepSpec) -> Path:
@@ -247,6 +293,10 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
 
     if "point" in trial.user_attrs:
         return json.loads(trial.user_attrs["point"])
+    if spec.sampler == "grid":  # another worker emptied the queue between our look and our pop
+        import optuna
+
+        raise optuna.TrialPruned("no grid point left in the queue")
     grid = spec.grid()
     dec = trial.suggest_categorical("decoder_size", sorted({p["decoder_size"] for p in grid}))
     seed = trial.suggest_categorical("seed", sorted({p["seed"] for p in grid}))
@@ -261,6 +311,7 @@ def objective(trial, spec: SweepSpec) -> float:
     from .pipeline import run_pipeline
 
     global _ACTIVE_TRIAL
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # see _fail_dead_trials
     point = suggest_point(trial, spec)
     _ACTIVE_TRIAL = trial if spec.prune else None
     try:

@@ -51,3 +51,11 @@ def test_sections_match_keys_read_back_from_csv(tmp_path):
     write_section(tmp_path, "generate", [{**row, "x": 2.0}])
     df = pd.read_csv(tmp_path / "generate.csv")
     assert sorted(zip(df["mode"], df.x)) == [("decoder", 2.0), ("memory", 1.0)]
+
+
+def test_targets_backends_pick_rows(tmp_path):
+    """Only the chosen backends run (exact always: the recall reference); the scratch space is removed."""
+    rows = bench_targets([3000], tmp_path, d=16, k=16, keep=4, vocab=50, nprobe=4, sample=32, pq_m=8,
+                         backends=("faiss",))
+    assert [r["backend"].split(" ")[0] for r in rows] == ["torch", "faiss-cpu"]
+    assert rows[1]["recall"] > 0.3 and not (tmp_path / "ds-3000").exists()

@@ -12,7 +12,7 @@ from mlpmem_lightning.errors import UserError
 from mlpmem_lightning.lightning_cli import run_cli
 from mlpmem_lightning.token_store import TokenStore
 
-from .killing import kill_after_progress
+from .killing import KILL_SEED, kill_after_progress, kill_rng
 
 SEQ = 128
 
@@ -41,8 +41,10 @@ def test_killed_datastore_resumes_byte_identical(datastore, small_decoder, small
     code = ("from mlpmem_lightning.datastore import *; import mlpmem_lightning.datastore as m; m.SAVE_ROWS = 512; "
             f"build_datastore({str(small_decoder)!r}, {str(small_store)!r}, {str(tmp_path / 'ds')!r}, "
             "DatastoreSettings(batch_size=16), device='cpu')")
-    kill_after_progress(code, tmp_path / "ds" / "progress.rank0.json", done_at=64)
-    assert not (tmp_path / "ds" / "manifest.json").exists()
+    n_windows = Datastore(datastore).manifest["N"] // SEQ
+    done_at = kill_rng("datastore").randint(16, n_windows * 3 // 4)  # a random point after progress
+    kill_after_progress(code, tmp_path / "ds" / "progress.rank0.json", done_at=done_at)
+    assert not (tmp_path / "ds" / "manifest.json").exists(), f"killed at {done_at} (MLPMEM_KILL_SEED={KILL_SEED})"
     build_datastore(small_decoder, small_store, tmp_path / "ds", DatastoreSettings(batch_size=16), device="cpu")
     for name in ("keys.npy", "values.npy"):
         assert (datastore / name).read_bytes() == (tmp_path / "ds" / name).read_bytes()

@@ -1,5 +1,6 @@
 """The sweep: spec validation, and a study killed mid-trial that resumes without rerunning finished trials."""
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import yaml
 from mlpmem_lightning.errors import UserError
 from mlpmem_lightning.results import COLUMNS
 from mlpmem_lightning.sweep import SweepSpec, run_sweep
+
+from .killing import kill_rng
 
 TINY = {"study": "tiny", "decoder_sizes": ["200k", "400k"], "corpus": "wiki-summaries",
         "prepare": {"vocab_size": 1024, "max_documents": 400}, "seq_len": 64, "batch_size": 8,
@@ -53,9 +56,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mlpmem_lightning.cli", "sweep", "--config", str(spec)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "decoders" / "200k-seed0" / "checkpoints" / "last.ckpt"
-    second = out / "decoders" / "400k-seed0" / "checkpoints"
+    # trial 0 done, trial 1 under way: killed in a random one of its stages
+    second = out / kill_rng("sweep").choice(["decoders/400k-seed0/checkpoints", "datastores/400k-seed0",
+                                             "targets/400k-seed0", "memories/mem-400k-on-400k-seed0"])
     deadline = time.time() + 600
-    while time.time() < deadline and not second.exists():  # trial 0 done, trial 1 under way
+    while time.time() < deadline and not second.exists():
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -117,3 +122,41 @@ def test_demo_pipeline_is_deterministic_on_cpu(tmp_path):
     files += [f"targets/200k-seed0/{n}" for n in ("ids.npy", "probs.npy")]
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def test_workers_sharing_a_study_keep_each_others_trials(tmp_path, monkeypatch):
+    """A new worker fails only trials of dead workers: a live worker's RUNNING trial and the queue stay,
+    and no point is queued twice; a dead worker's point is queued again."""
+    import socket
+
+    from mlpmem_lightning import pipeline
+    from mlpmem_lightning.sweep import _enqueue_grid, _fail_dead_trials, open_storage
+
+    spec = SweepSpec.load(write_spec(tmp_path / "spec.yaml", decoder_sizes=["200k", "400k", "800k"]))
+    storage = open_storage(spec)
+    assert storage.heartbeat_interval == spec.heartbeat  # other hosts' dead workers: Optuna's heartbeat
+    study = optuna.create_study(study_name=spec.study, storage=storage)
+    points = {p["decoder_size"]: p for p in spec.grid()}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    for size, pid in (("200k", os.getpid()), ("400k", dead.pid)):  # a live worker's trial, a killed one's
+        trial = study.ask()
+        trial.set_user_attr("point", json.dumps(points[size]))
+        trial.set_user_attr("worker", f"{host}:{pid}")
+    study.enqueue_trial({}, user_attrs={"point": json.dumps(points["800k"])})  # queued by the live worker
+
+    _fail_dead_trials(study)
+    assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL", "WAITING"]
+    assert _enqueue_grid(study, spec) == 2  # 800k still waiting, 400k queued again, 200k left to its worker
+    waiting = [json.loads(t.user_attrs["point"])["decoder_size"] for t in study.trials if t.state.name == "WAITING"]
+    assert sorted(waiting) == ["400k", "800k"]
+
+    ran = []
+    monkeypatch.setattr(pipeline, "prepare_tokens", lambda spec: None)
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda spec, decoder_size, memory_size, seed: (ran.append(
+        decoder_size), ([{c: 0 for c in COLUMNS} | {"arch": "mlp_memory", "split": "valid", "loss": 1.0,
+                          "decoder_size": decoder_size, "memory_size": memory_size, "seed": seed}], {}))[1])
+    run_sweep(tmp_path / "spec.yaml")  # a second worker joins: it runs the queue, not the live worker's point
+    assert sorted(ran) == ["400k", "800k"]
+    assert [t.state.name for t in study.trials].count("RUNNING") == 1

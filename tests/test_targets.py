@@ -10,7 +10,7 @@ from mlpmem_lightning.errors import UserError
 from mlpmem_lightning.knn import aggregate_tokens, drop_self, interpolate, neighbour_weights
 from mlpmem_lightning.targets import KNNTargets, TargetSettings, build_targets
 
-from .killing import kill_after_progress
+from .killing import KILL_SEED, kill_after_progress, kill_rng
 
 
 def reference_targets(keys, values, k, T, K):
@@ -112,11 +112,12 @@ def test_incomplete_datastore_is_refused(tmp_path):
         build_targets(ds, tmp_path / "t", TargetSettings(k=3, keep=2), device="cpu")
 
 
-@pytest.mark.parametrize("settings, backend, done_at", [
-    ({"k": 64, "keep": 16, "chunk": 256}, "torch", 1024),  # row chunks; done counts rows
-    ({"index": "ivfflat", "k": 64, "keep": 16, "nlist": 64, "nprobe": 8}, "clustered", 8),  # lists
+@pytest.mark.parametrize("settings, backend, kill_range", [
+    ({"k": 64, "keep": 16, "chunk": 256}, "torch", (256, 15000)),  # row chunks; done counts rows of 20000
+    ({"index": "ivfflat", "k": 64, "keep": 16, "nlist": 64, "nprobe": 8}, "clustered", (2, 48)),  # lists of 64
 ])
-def test_killed_targets_resume_byte_identical(tmp_path, settings, backend, done_at):
+def test_killed_targets_resume_byte_identical(tmp_path, settings, backend, kill_range):
+    done_at = kill_rng(f"targets-{backend}").randint(*kill_range)  # a random point after progress
     rng = np.random.default_rng(1)
     ds = make_datastore(tmp_path / "ds", rng.normal(size=(20000, 16)), rng.integers(0, 500, 20000))
     s = TargetSettings(**settings)
@@ -125,7 +126,7 @@ def test_killed_targets_resume_byte_identical(tmp_path, settings, backend, done_
             f"m.build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, m.TargetSettings(**{settings!r}), "
             f"backend={backend!r}, device='cpu')")
     kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=done_at)
-    assert not (tmp_path / "killed" / "manifest.json").exists()
+    assert not (tmp_path / "killed" / "manifest.json").exists(), f"killed at {done_at} (MLPMEM_KILL_SEED={KILL_SEED})"
     build_targets(ds, tmp_path / "killed", s, backend=backend, device="cpu")
     for name in ("ids.npy", "probs.npy"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
