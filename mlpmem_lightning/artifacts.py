@@ -42,6 +42,22 @@ def hash_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def diff(have: dict[str, Any], want: dict[str, Any], prefix: str = "") -> str:
+    """The fields of ``want`` that ``have`` holds differently, as ``name: have != want`` (nested dicts as ``a.b``).
+
+    Mismatch messages name both sides with it: first what an artifact records, then what this run asks.
+    """
+    parts = []
+    for key, b in want.items():
+        a = have.get(key) if isinstance(have, dict) else None
+        if isinstance(a, dict) and isinstance(b, dict):
+            if nested := diff(a, b, f"{prefix}{key}."):
+                parts.append(nested)
+        elif a != b:
+            parts.append(f"{prefix}{key}: {a!r} != {b!r}")
+    return ", ".join(parts)
+
+
 def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
     """The manifest of a finished artifact of ``kind``; a clear error for anything else."""
     path = Path(path)

@@ -31,6 +31,8 @@ class LoadedDecoder:
     data_fingerprint: str | None = None  # the token store it was trained on, when known
     seq_len: int | None = None  # the window length it was trained with, when known
     size_name: str | None = None  # its ladder rung, when it is a DecoderLM
+    token_store: str | None = None  # the path of the token store it was trained on, when known
+    tokenizer_sha256: str | None = None  # sha256 of that store's tokenizer.json, when recorded
 
 
 def weights_fingerprint(net: torch.nn.Module) -> str:
@@ -78,8 +80,9 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
         raise UserError(f"{path} does not fit a {hp['size']} decoder ({str(err).splitlines()[0]}): "
                         "pass the decoder's checkpoint") from None
     net = net.eval().requires_grad_(False)
-    seq_len = (ckpt.get("datamodule_hyper_parameters") or {}).get("seq_len")
-    return LoadedDecoder(net, weights_fingerprint(net), str(path), hp.get("data_fingerprint"), seq_len, hp["size"])
+    data_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    return LoadedDecoder(net, weights_fingerprint(net), str(path), hp.get("data_fingerprint"), data_hp.get("seq_len"),
+                         hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"))
 
 
 def _load_hf(path: Path) -> LoadedDecoder:

@@ -21,6 +21,7 @@ come from a seeded ``faiss.Kmeans`` on a sample of the keys.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +30,12 @@ import faiss
 import numpy as np
 import torch
 
-from . import artifacts
+from . import __version__, artifacts
 from .search import Searcher, composite, decode, ieee_fp32_matmul, load_keys, smallest
 
 log = logging.getLogger(__name__)
 SCORES = 1 << 28  # float32 elements of one [queries, candidates] score block (1 GiB)
+PER_LIST, NITER = 64, 10  # k-means: sampled keys per list, iterations
 
 
 def default_nlist(n_rows: int) -> int:
@@ -41,7 +43,8 @@ def default_nlist(n_rows: int) -> int:
     return int(min(4096, max(1, n_rows // 256)))
 
 
-def train_centroids(keys: np.ndarray, nlist: int, seed: int = 0, per_list: int = 64, niter: int = 10) -> np.ndarray:
+def train_centroids(keys: np.ndarray, nlist: int, seed: int = 0, per_list: int = PER_LIST, niter: int = NITER
+                    ) -> np.ndarray:
     """Seeded k-means centroids [nlist, d] float32 from ``per_list`` sampled keys per list (deterministic)."""
     n = len(keys)
     if not 1 <= nlist <= n:
@@ -54,16 +57,34 @@ def train_centroids(keys: np.ndarray, nlist: int, seed: int = 0, per_list: int =
     return km.centroids.copy()
 
 
-def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, seed: int = 0,
+                     fingerprint: str | None = None) -> np.ndarray:
     """``train_centroids`` once per datastore: saved beside the keys (the targets run, the kNN-LM's
-    validate and test all reuse it; a finished datastore's keys never change)."""
+    validate and test all reuse it; a finished datastore's keys never change).
+
+    ``centroids-<nlist>-seed<seed>.json``, written after the array, records what they were made from: the
+    datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings, the array's
+    sha256 and the package version. A cache whose record does not match is retrained, never used.
+    """
     path = Path(datastore_dir) / f"centroids-{nlist}-seed{seed}.npy"
-    if path.is_file():
-        cen = np.load(path)
-        if cen.shape == (nlist, keys.shape[1]):
-            return cen
-    cen = train_centroids(keys, nlist, seed)
+    record_path = path.with_suffix(".json")
+    if fingerprint is None and artifacts.is_complete(datastore_dir):
+        fingerprint = json.loads((Path(datastore_dir) / artifacts.MANIFEST).read_text()).get("fingerprint")
+    want = {"datastore_fingerprint": fingerprint, "nlist": nlist, "seed": seed, "per_list": PER_LIST,
+            "niter": NITER, "shape": [nlist, int(keys.shape[1])]}
+    if path.is_file() and record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except json.JSONDecodeError:
+            record = {}
+        stale = artifacts.diff(record, {**want, "sha256": artifacts.hash_file(path)})
+        if not stale:
+            return np.load(path)
+        log.info("retraining the centroids %s (recorded != wanted: %s)", path, stale)
+    cen = train_centroids(keys, nlist, seed, PER_LIST, NITER)
     artifacts.atomic_save_npy(path, cen)
+    record = {**want, "sha256": artifacts.hash_file(path), "mlpmem_version": __version__}
+    artifacts.atomic_write_text(record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return cen
 
 

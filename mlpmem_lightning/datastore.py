@@ -72,8 +72,8 @@ def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, sett
     if artifacts.is_complete(out):
         manifest = artifacts.read_manifest(out, KIND)
         if {k: manifest.get(k) for k in identity} != identity:
-            raise UserError(f"{out} is a datastore of another decoder, token store or settings: "
-                            "choose another --out or delete it")
+            raise UserError(f"{out} is a datastore of another decoder, token store or settings (recorded != "
+                            f"requested: {artifacts.diff(manifest, identity)}): choose another --out or delete it")
         log.info("reusing datastore %s", out)
         return manifest
 
@@ -97,8 +97,8 @@ def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, sett
 
 def _check_inputs(dec, store: TokenStore, s: DatastoreSettings) -> None:
     if dec.data_fingerprint is not None and dec.data_fingerprint != store.fingerprint:
-        raise UserError(f"the decoder was trained on token store {dec.data_fingerprint}, not {store.fingerprint}: "
-                        "pass the token store it was trained on")
+        raise UserError(f"the decoder was trained on token store {dec.data_fingerprint} but --data {store.path} has "
+                        f"{store.fingerprint}: pass the token store it was trained on")
     if s.seq_len > context_length(dec.net):
         raise UserError(f"seq_len {s.seq_len} exceeds the decoder's context {context_length(dec.net)}")
     if s.precision not in ("32", "bf16"):
@@ -188,7 +188,8 @@ class Datastore:
         """Refuse data this datastore was not built on: another token store, or another window cut."""
         m = self.manifest
         if m["token_store_fingerprint"] != token_store_fingerprint:
-            raise UserError(f"{what} {self.path} comes from token store {m['token_store_fingerprint']}, the data "
-                            f"is {token_store_fingerprint}: pass the matching --data.token_store")
+            raise UserError(f"{what} {self.path} comes from token store {m['token_store_fingerprint']} but "
+                            f"--data.token_store has {token_store_fingerprint}: pass the matching --data.token_store")
         if m["seq_len"] != seq_len:
-            raise UserError(f"{what} {self.path} uses seq_len {m['seq_len']}: pass --data.seq_len {m['seq_len']}")
+            raise UserError(f"{what} {self.path} uses seq_len {m['seq_len']} but --data.seq_len is {seq_len}: "
+                            f"pass --data.seq_len {m['seq_len']}")

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from . import __version__
 from .decoder import build_decoder, context_length
 from .errors import UserError
 from .metrics import TokenNLL
@@ -88,8 +89,26 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         if have is None:
             self.hparams["data_fingerprint"] = fp
         elif have != fp:
-            raise UserError(f"this model was trained on token store {have} but the data is {fp} ({dm.token_store}): "
-                            "pass the token store the model was trained on")
+            raise UserError(f"this model was trained on token store {have} but --data.token_store {dm.token_store} "
+                            f"has {fp}: pass the token store the model was trained on")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Besides the hyper-parameters (``data_fingerprint``: the token store), the package version and the
+        sha256 of the tokenizer, which `mlpmem generate` checks the tokenizer it is given against."""
+        super().on_save_checkpoint(checkpoint)  # FiniteLossGuard: never a checkpoint of non-finite weights
+        checkpoint["mlpmem_version"] = __version__
+        dm = getattr(self._trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "store"):
+            checkpoint["tokenizer_sha256"] = dm.store.manifest["tokenizer"]["sha256"]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed fit gets its hyper-parameters from the command line, not the checkpoint: refuse weights
+        trained on another token store than the one set up (``validate``/``test`` check it in ``setup``)."""
+        have = (checkpoint.get("hyper_parameters") or {}).get("data_fingerprint")
+        now = self.hparams.get("data_fingerprint")
+        if None not in (have, now) and have != now:
+            raise UserError(f"the checkpoint was trained on token store {have} but --data.token_store has {now}: "
+                            "pass the token store of the run, or another --trainer.default_root_dir to start afresh")
 
     # -- steps -------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import load_decoder
+from . import artifacts
+from .checkpoints import LoadedDecoder, load_decoder
 from .decoder import ffn_block
 from .errors import UserError
 
@@ -93,7 +94,7 @@ def run_generate(decoder: str, prompt: str, max_new_tokens: int = 50, memory: st
     dev = pick_device(device)
     dec = load_decoder(decoder)
     net = dec.net.to(dev)
-    tok = Tokenizer.from_file(str(_tokenizer_file(decoder, tokenizer)))
+    tok = Tokenizer.from_file(str(_tokenizer_file(dec, tokenizer)))
     other, layer = None, -1
     if memory:
         mem, layer = _load_memory(memory, dec.fingerprint)
@@ -105,8 +106,10 @@ def run_generate(decoder: str, prompt: str, max_new_tokens: int = 50, memory: st
         from .search import make_searcher
 
         ds = Datastore(datastore)
-        if ds.manifest["decoder_fingerprint"] != dec.fingerprint:
-            raise UserError(f"datastore {datastore} belongs to another decoder: build one with `mlpmem datastore`")
+        if ds.manifest.get("decoder_fingerprint") != dec.fingerprint:
+            raise UserError(f"datastore {datastore} was built from decoder {ds.manifest.get('decoder_fingerprint')} "
+                            f"but --decoder {decoder} has {dec.fingerprint}: pass that decoder's datastore or build "
+                            "one with `mlpmem datastore`")
         values = torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
         other = knn_logprobs(make_searcher(ds.path, index=index, device=str(dev)), values,
                              net.config.vocab_size, k, knn_temperature)
@@ -120,18 +123,23 @@ def run_generate(decoder: str, prompt: str, max_new_tokens: int = 50, memory: st
     return tok.decode(out[0, ids.shape[1]:].tolist())
 
 
-def _tokenizer_file(decoder: str, tokenizer: str | None) -> Path:
-    """The tokenizer of the token store the decoder was trained on, unless one is given."""
+def _tokenizer_file(dec: LoadedDecoder, tokenizer: str | None) -> Path:
+    """The tokenizer of the token store the decoder was trained on, unless one is given; either way it must be
+    the tokenizer the decoder's checkpoint records (when it records one)."""
     if tokenizer:
         path = Path(tokenizer)
-        return path / "tokenizer.json" if path.is_dir() else path
-    from .checkpoints import resolve_checkpoint
-
-    ckpt = torch.load(resolve_checkpoint(decoder), map_location="cpu", weights_only=False)
-    store = (ckpt.get("datamodule_hyper_parameters") or {}).get("token_store")
-    if not store or not (Path(store) / "tokenizer.json").is_file():
+        path = path / "tokenizer.json" if path.is_dir() else path
+    elif dec.token_store and (Path(dec.token_store) / "tokenizer.json").is_file():
+        path = Path(dec.token_store) / "tokenizer.json"
+    else:
         raise UserError("cannot find the decoder's tokenizer: pass --tokenizer TOKEN_STORE_DIR")
-    return Path(store) / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"tokenizer {path} does not exist: pass --tokenizer TOKEN_STORE_DIR or its tokenizer.json")
+    have = artifacts.hash_file(path) if dec.tokenizer_sha256 is not None else None
+    if have != dec.tokenizer_sha256:
+        raise UserError(f"tokenizer {path} has sha256 {have} but the decoder was trained with tokenizer "
+                        f"{dec.tokenizer_sha256}: pass --tokenizer with the decoder's token store")
+    return path
 
 
 def _load_memory(path: str, decoder_fingerprint: str):
@@ -147,5 +155,6 @@ def _load_memory(path: str, decoder_fingerprint: str):
         module = MemoryLM.load_from_checkpoint(path, map_location="cpu")
         mem, fp, layer = module.memory, module.decoder_fingerprint, module.layer
     if fp not in (None, decoder_fingerprint):
-        raise UserError(f"memory {path} was trained on decoder {fp}, not {decoder_fingerprint}: pass its decoder")
+        raise UserError(f"memory {path} was trained on decoder {fp} but --decoder has {decoder_fingerprint}: "
+                        "pass its decoder")
     return mem, layer

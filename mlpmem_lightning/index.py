@@ -19,7 +19,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from . import artifacts
+from . import __version__, artifacts
 from .errors import UserError
 
 log = logging.getLogger("mlpmem_lightning.search")
@@ -158,7 +158,8 @@ def build_index(datastore_dir: str | Path, kind: str = "ivfpq", nlist: int = 409
         faiss.write_index(index, str(tmp))
         artifacts.fsync_rename(tmp, path)
         entry = {"file": path.name, **settings, "sha256": artifacts.hash_file(path), "ntotal": int(index.ntotal),
-                 "datastore_fingerprint": manifest.get("fingerprint")}
+                 "datastore_fingerprint": manifest.get("fingerprint"), "mlpmem_version": __version__,
+                 "faiss_version": faiss.__version__}
         fields = {k: v for k, v in manifest.items() if k != "kind"}
         fields["indexes"] = {**manifest.get("indexes", {}), kind: entry}
         artifacts.write_manifest(datastore_dir, DATASTORE, fields)
@@ -176,10 +177,16 @@ def load_index(datastore_dir: str | Path, kind: str) -> faiss.Index:
     path = index_path(datastore_dir, kind)
     if not entry or not path.is_file():
         raise UserError(f"datastore {datastore_dir} has no {kind} index: build it with `{hint}`")
-    stale = entry.get("datastore_fingerprint") != manifest.get("fingerprint") or entry.get("ntotal") != len(keys)
-    if stale or artifacts.hash_file(path) != entry.get("sha256"):
-        raise UserError(f"index file {path} does not match its datastore: rebuild with `{hint}`")
+    recorded = {"datastore_fingerprint": entry.get("datastore_fingerprint"), "ntotal": entry.get("ntotal"),
+                "sha256": entry.get("sha256")}
+    problems = artifacts.diff(recorded, {"datastore_fingerprint": manifest.get("fingerprint"), "ntotal": len(keys)})
+    if not problems:  # the file's hash only once the entry belongs to these keys
+        problems = artifacts.diff(recorded, {"sha256": artifacts.hash_file(path)})
+    if problems:
+        raise UserError(f"index file {path} does not match its datastore (recorded != found: {problems}): "
+                        f"rebuild with `{hint}`")
     index = faiss.read_index(str(path))
     if index.ntotal != len(keys) or index.d != keys.shape[1]:
-        raise UserError(f"index file {path} does not match its datastore: rebuild with `{hint}`")
+        raise UserError(f"index file {path} does not match its datastore (index holds {index.ntotal} x {index.d} "
+                        f"keys, the datastore {len(keys)} x {keys.shape[1]}): rebuild with `{hint}`")
     return index

@@ -98,9 +98,9 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
         dec = load_decoder(hp.decoder)
         store = Datastore(hp.datastore)
         m = store.manifest
-        if m["decoder_fingerprint"] != dec.fingerprint:
-            raise UserError(f"datastore {hp.datastore} was built from decoder {m['decoder_fingerprint']}, "
-                            f"not {dec.fingerprint} ({hp.decoder}): rebuild it with `mlpmem datastore`")
+        if m.get("decoder_fingerprint") != dec.fingerprint:
+            raise UserError(f"datastore {hp.datastore} was built from decoder {m.get('decoder_fingerprint')} but "
+                            f"--model.decoder {hp.decoder} has {dec.fingerprint}: rebuild it with `mlpmem datastore`")
         store.check_data(dm.fingerprint, dm.seq_len)
         if not 0 < hp.k < len(store):
             raise UserError(f"k={hp.k} must be in [1, {len(store) - 1}] for a datastore of {len(store)} rows")

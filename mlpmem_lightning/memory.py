@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import __version__
 from .errors import UserError
 from .sizes import (
     check_block,
@@ -209,7 +210,7 @@ def save_memory(model: MLPMemory, cfg: MemoryConfig, directory: str | Path,
     tmp = out / (WEIGHTS + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     fsync_rename(tmp, out / WEIGHTS)
-    meta = {"kind": KIND, "config": asdict(cfg), "extra": dict(extra or {})}
+    meta = {"kind": KIND, "mlpmem_version": __version__, "config": asdict(cfg), "extra": dict(extra or {})}
     atomic_write_text(out / CONFIG, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from . import __version__
 from .checkpoints import load_decoder
 from .decoder import ffn_inputs, logits_and_ffn_inputs
 from .decoder_lm import token_nll
@@ -30,6 +31,11 @@ from .memory_loss import memory_loss
 from .metrics import TokenNLL
 from .sizes import get_memory_size, get_size, matched_memory
 from .training import ClipGradients, FiniteLossGuard, adamw_warmup_cosine, apply_token_budget
+
+# fingerprints a MemoryLM checkpoint records besides its decoder's: (what, the flag a later run checks them against)
+RECORDED = {"token_store_fingerprint": ("token store", "--data.token_store"),
+            "targets_fingerprint": ("targets", "--data.targets"),
+            "datastore_fingerprint": ("datastore", None)}  # follows from the targets: recorded, not checked twice
 
 
 class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.LightningModule):
@@ -68,6 +74,8 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         dec = load_decoder(decoder)
         object.__setattr__(self, "decoder", dec.net)  # frozen and reloaded: not a submodule, not checkpointed
         self.decoder_fingerprint, self.decoder_data = dec.fingerprint, dec.data_fingerprint
+        # what the memory is trained on, set by setup and recorded in (and checked against) the checkpoint
+        self.token_store_fingerprint = self.targets_fingerprint = self.datastore_fingerprint = None
         size = size or matched_memory(dec.size_name if dec.size_name else _need_size(decoder)).name
         self.memory = build_memory(size, dec.net.config.hidden_size, dec.net.config.vocab_size, block)
         self.lr = lr if lr is not None else get_size(get_memory_size(size).decoder).lr
@@ -81,16 +89,20 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         if self.decoder_data is not None and self.decoder_data != dm.fingerprint:
-            raise UserError(f"the decoder was trained on token store {self.decoder_data}, the data is "
+            raise UserError(f"the decoder was trained on token store {self.decoder_data} but --data.token_store has "
                             f"{dm.fingerprint}: pass the decoder's --data.token_store")
         self.decoder.to(self.trainer.strategy.root_device)
+        self.token_store_fingerprint = dm.fingerprint
+        if dm.targets is not None:
+            targets, datastore = dm.targets_info()
+            self.targets_fingerprint, self.datastore_fingerprint = targets["fingerprint"], datastore["fingerprint"]
         if stage == "fit":
             if dm.targets is None:
                 raise UserError("MemoryLM needs kNN targets: pass --data.targets DIR (built by `mlpmem targets`)")
-            _, datastore = dm.targets_info()
-            if datastore["decoder_fingerprint"] != self.decoder_fingerprint:
-                raise UserError(f"the targets come from decoder {datastore['decoder_fingerprint']}, not "
-                                f"{self.decoder_fingerprint} ({self.hparams.decoder}): use that decoder's targets")
+            if datastore.get("decoder_fingerprint") != self.decoder_fingerprint:
+                raise UserError(f"the targets come from decoder {datastore.get('decoder_fingerprint')} but "
+                                f"--model.decoder {self.hparams.decoder} has {self.decoder_fingerprint}: use that "
+                                "decoder's targets")
             self.layer = datastore["layer"]
             dm.serve_keys = self.hparams.mode == "offline"
             self.tokens_per_step = apply_token_budget(self, self.hparams.max_tokens)
@@ -101,11 +113,21 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         super().on_save_checkpoint(checkpoint)  # FiniteLossGuard: never a checkpoint of non-finite weights
         checkpoint["decoder_fingerprint"] = self.decoder_fingerprint
         checkpoint["memory_layer"] = self.layer
+        checkpoint["mlpmem_version"] = __version__
+        for key in RECORDED:
+            checkpoint[key] = getattr(self, key)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another decoder, token store or targets than this run's (named both ways)."""
         if checkpoint.get("decoder_fingerprint") not in (None, self.decoder_fingerprint):
-            raise UserError(f"this memory was trained on decoder {checkpoint['decoder_fingerprint']}, not "
-                            f"{self.decoder_fingerprint}: pass --model.decoder of the run")
+            raise UserError(f"this memory was trained on decoder {checkpoint['decoder_fingerprint']} but "
+                            f"--model.decoder has {self.decoder_fingerprint}: pass --model.decoder of the run")
+        for key, (what, flag) in RECORDED.items():
+            have, now = checkpoint.get(key), getattr(self, key)
+            if flag and None not in (have, now) and have != now:
+                raise UserError(f"this memory was trained on {what} {have} but {flag} has {now}: "
+                                f"pass {flag} of the run")
+            setattr(self, key, have if now is None else now)
         self.layer = checkpoint.get("memory_layer", -1)
 
     # -- training --------------------------------------------------------------------------------
@@ -144,7 +166,8 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
     def export(self, out: str | Path) -> Path:
         """The memory alone (config.json + model.safetensors), reloadable with ``memory.load_memory``."""
         extra = {"decoder": self.hparams.decoder, "decoder_fingerprint": self.decoder_fingerprint,
-                 "layer": self.layer, "alpha": self.hparams.alpha, "size": self.hparams.size}
+                 "layer": self.layer, "alpha": self.hparams.alpha, "size": self.hparams.size,
+                 **{key: getattr(self, key) for key in RECORDED}}
         return save_memory(self.memory, self.memory.cfg, out, extra)
 
 

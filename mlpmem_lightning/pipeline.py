@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .flops import datastore_flops, decoder_train_flops, memory_train_flops, search_flops
 from .sizes import forward_flops_per_token, get_size, total_params
 from .token_store import PrepareSettings, TokenStore, prepare
@@ -85,7 +86,7 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     knn = TargetSettings(**spec.knn)
     with _timed(times, "targets"):
         targets_manifest = build_targets(ds_dir, tg_dir, knn, backend=spec.knn_backend)
-    n_rows = len(Datastore(ds_dir))
+    n_rows, decoder_fp = len(Datastore(ds_dir)), Datastore(ds_dir).manifest["decoder_fingerprint"]
 
     knn_args = ["--model", "KNNLM", "--model.decoder", str(run), "--model.datastore", str(ds_dir),
                 "--model.index", spec.knn_eval_index or knn.index, "--model.k", str(knn.k),
@@ -122,7 +123,9 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     }
     p_dec, p_mem = total_params(dec, vocab), memory_params(mcfg)
     base = {"study": spec.study, "decoder_size": decoder_size, "params_decoder": p_dec, "seed": seed,
-            "datastore_rows": n_rows}
+            "datastore_rows": n_rows,  # provenance: what the row was computed from (checked by `report`)
+            "token_store_fingerprint": TokenStore(store).fingerprint, "decoder_fingerprint": decoder_fp,
+            "targets_fingerprint": targets_manifest["fingerprint"], "mlpmem_version": __version__}
     arch = {
         "decoder": {"memory_size": "", "params_memory": 0, "params_total": p_dec, "train_tokens": dec_tokens,
                     "flops_train_total": flops["flops_decoder_train"]},

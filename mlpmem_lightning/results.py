@@ -36,4 +36,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if missing:
         raise UserError(f"{path} lacks required columns {', '.join(missing)}: "
                         "it must follow DESIGN.md's results schema")
+    if "token_store_fingerprint" in df.columns:  # one study, one dataset: fits across token stores mean nothing
+        stores = sorted(df["token_store_fingerprint"].dropna().astype(str).unique())
+        if len(stores) > 1:
+            raise UserError(f"{path} mixes rows from token stores {stores[0]} and {stores[1]}: "
+                            "report each token store's runs separately")
     return df

@@ -405,7 +405,8 @@ def make_searcher(datastore_dir: str | Path, index: str = "flat", backend: str =
         from .clustered_search import ClusteredIVF, cached_centroids, default_nlist
 
         nlist = nlist or default_nlist(len(keys))
-        return ClusteredIVF(keys, nlist, nprobe, dev, centroids=cached_centroids(datastore_dir, keys, nlist))
+        centroids = cached_centroids(datastore_dir, keys, nlist, fingerprint=manifest.get("fingerprint"))
+        return ClusteredIVF(keys, nlist, nprobe, dev, centroids=centroids)
     if backend == "torch":
         if index == "flat":
             return TorchExact(keys, dev, chunk)

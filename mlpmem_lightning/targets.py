@@ -10,6 +10,7 @@ so a killed run resumes and ends byte-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -91,8 +92,8 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
     if artifacts.is_complete(out):
         manifest = artifacts.read_manifest(out, KIND)
         if {k: manifest.get(k) for k in identity} != identity:
-            raise UserError(f"{out} holds targets of another datastore, settings or backend: "
-                            "choose another --out or delete it")
+            raise UserError(f"{out} holds targets of another datastore, settings or backend (recorded != "
+                            f"requested: {artifacts.diff(manifest, identity)}): choose another --out or delete it")
         log.info("reusing targets %s", out)
         return manifest
     if backend != "clustered":
@@ -114,6 +115,7 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
             "K": settings.keep, "index": settings.index, "searcher": type(searcher).__name__,
             "mass_kept_mean": sum(p["mass_sum"] for p in done) / len(ds),
             "mass_kept_min": min(p["mass_min"] for p in done),
+            "search_inputs": _search_inputs(ds.path, settings, searcher),
             "fingerprint": artifacts.hash_json({**identity, "ids": artifacts.hash_file(out / "ids.npy")}),
         })
 
@@ -123,6 +125,18 @@ def _searcher(ds: Datastore, s: TargetSettings, backend: str, dev: torch.device)
 
     return make_searcher(ds.path, index=s.index, backend=backend, device=str(dev), nprobe=s.nprobe,
                          rerank=s.rerank, nlist=s.nlist)
+
+
+def _search_inputs(datastore: Path, s: TargetSettings, searcher) -> dict[str, Any]:
+    """What the neighbours came from besides the keys: the stored faiss index's sha256, or the clustered
+    backend's centroids (exact search has no other input)."""
+    from .clustered_search import ClusteredIVF
+
+    if isinstance(searcher, ClusteredIVF):
+        cen = np.ascontiguousarray(searcher.centroids.cpu().numpy())
+        return {"centroids_sha256": hashlib.sha256(cen.tobytes()).hexdigest(), "nlist": searcher.nlist}
+    entry = artifacts.read_manifest(datastore, "datastore").get("indexes", {}).get(s.index)
+    return {"index_sha256": entry["sha256"]} if s.index != "flat" and entry else {}
 
 
 def _progress_path(out: Path, rank: int) -> Path:

@@ -75,18 +75,14 @@ def prepare(
         manifest = artifacts.read_manifest(out, KIND)
         if manifest["settings"] != wanted:
             raise UserError(
-                f"{out} is a token store built with other settings ({_diff(manifest['settings'], wanted)}): "
-                "choose another --out or delete it"
+                f"{out} is a token store built with other settings (recorded != requested: "
+                f"{artifacts.diff(manifest['settings'], wanted)}): choose another --out or delete it"
             )
         log.info("reusing token store %s (fingerprint %s)", out, manifest["fingerprint"])
         return manifest
     with artifacts.artifact_lock(out):
         artifacts.clear_partial(out)  # a store without a manifest is a crashed run: start from nothing
         return _build(settings, out, num_proc or min(4, os.cpu_count() or 1), cache_dir)
-
-
-def _diff(have: dict, want: dict) -> str:
-    return ", ".join(f"{k}: {have.get(k)!r} != {want.get(k)!r}" for k in want if have.get(k) != want.get(k))
 
 
 def _build(settings: PrepareSettings, out: Path, num_proc: int, cache_dir: str | Path | None) -> dict[str, Any]:

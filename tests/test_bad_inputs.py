@@ -99,12 +99,13 @@ def _spec(t: Path, **fields) -> Path:
     return _text(t / "spec.yaml", yaml.safe_dump(spec))
 
 
-def _results(t: Path, drop: str | None = None, sizes: int = 3) -> Path:
+def _results(t: Path, drop: str | None = None, sizes: int = 3, stores: int = 1) -> Path:
     from mlpmem_lightning.results import COLUMNS
 
     rows = [{c: 1 for c in COLUMNS} | {"arch": "decoder", "split": "test", "decoder_size": f"s{i}",
                                         "params_total": 10 ** (6 + i), "flops_train_total": 10 ** (14 + i),
-                                        "loss": 5.0 - i / 10} for i in range(sizes)]
+                                        "loss": 5.0 - i / 10, "token_store_fingerprint": f"store{i % stores}"}
+            for i in range(sizes)]
     df = __import__("pandas").DataFrame(rows)
     if drop:
         df = df.drop(columns=[drop])
@@ -197,6 +198,8 @@ CATALOGUE = [
          lambda t, fx: ["report", "--results", str(t / "missing.csv"), "--out", str(t / "r")]),
     Case("results", "a results file without a required column", "lacks required columns loss",
          lambda t, fx: ["report", "--results", str(_results(t, drop="loss")), "--out", str(t / "r")]),
+    Case("results", "rows from two token stores in one results file", "mixes rows from token stores",
+         lambda t, fx: ["report", "--results", str(_results(t, stores=2)), "--out", str(t / "r")]),
     Case("report", "too few sizes to fit a power law", "need at least 3 points",
          lambda t, fx: ["report", "--results", str(_results(t, sizes=2)), "--out", str(t / "r")]),
     # -- training

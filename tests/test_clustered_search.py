@@ -1,6 +1,7 @@
 """ClusteredIVF against a NumPy float64 brute force; its targets path against the reference and across ranks."""
 
 import numpy as np
+import pytest
 import torch
 
 from mlpmem_lightning.clustered_search import ClusteredIVF, train_centroids
@@ -92,12 +93,18 @@ def test_candidate_budget_bounds_dense_lists():
         assert set(lists) == set(s.probes[lst, :s.used[lst]].tolist())
 
 
-def test_centroids_are_cached_beside_the_datastore(tmp_path):
+def test_centroids_are_cached_beside_the_datastore(tmp_path, monkeypatch):
+    import mlpmem_lightning.clustered_search as cs
     from mlpmem_lightning.clustered_search import cached_centroids
 
     keys = clustered(2000, 8, 5, seed=3)
-    first = cached_centroids(tmp_path, keys, 8)
-    assert (tmp_path / "centroids-8-seed0.npy").is_file()
-    np.save(tmp_path / "centroids-8-seed0.npy", first + 1)  # a cached file is what is used
-    np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8), first + 1)
+    first = cached_centroids(tmp_path, keys, 8, fingerprint="fp0")
+    assert (tmp_path / "centroids-8-seed0.npy").is_file() and (tmp_path / "centroids-8-seed0.json").is_file()
     np.testing.assert_array_equal(first, train_centroids(keys, 8))
+    monkeypatch.setattr(cs, "train_centroids", lambda *a: pytest.fail("retrained a valid cache"))
+    np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8, fingerprint="fp0"), first)  # the cache is used
+    monkeypatch.setattr(cs, "train_centroids", lambda *a: first + 1)
+    np.save(tmp_path / "centroids-8-seed0.npy", first + 2)  # an array its record does not describe: retrained
+    np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8, fingerprint="fp0"), first + 1)
+    monkeypatch.setattr(cs, "train_centroids", lambda *a: first + 3)  # another datastore's keys: retrained
+    np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8, fingerprint="fp1"), first + 3)

@@ -34,13 +34,15 @@ def _files(path: Path) -> dict[str, bytes]:
 
 
 def test_prepare_killed_then_rerun_gives_the_same_bytes(small_store, tmp_path):
-    """Killed after a random milestone (tokenizer, work dir, first split): the rerun rebuilds it byte for byte."""
+    """Killed after a random milestone (tokenizer, first or second split): the rerun rebuilds it byte for byte."""
     rng = kill_rng("prepare")
     out = tmp_path / "tok"
     argv = MLPMEM + ["prepare", "--corpus", "wiki-summaries", "--vocab-size", "4096", "--max-documents", "2000",
                      "--num-proc", "1", "--out", str(out)]
-    milestone = rng.choice(["tokenizer.json", "_work", "train.npy"])
-    group = kill_when(argv, lambda: (out / milestone).exists(), delay=rng.uniform(0, 0.2))
+    # splits are written valid, test, train; train.npy is followed by the manifest within milliseconds,
+    # so the last milestone is test.npy (about 0.8 s before the end on this machine)
+    milestone = rng.choice(["tokenizer.json", "valid.npy", "test.npy"])
+    group = kill_when(argv, lambda: (out / milestone).exists(), delay=rng.uniform(0, 0.3))
     try:
         assert not artifacts.is_complete(out)
         # the killed run's orphaned datasets workers are still alive here: they must not hold the lock

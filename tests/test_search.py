@@ -214,7 +214,8 @@ def test_stale_or_tampered_index_is_refused(tmp_path):
     build_index(ds, "ivfflat", nlist=4, train_size=1000)
     with open(index_path(ds, "ivfflat"), "ab") as f:
         f.write(b"x")
-    with pytest.raises(UserError, match="does not match its datastore: rebuild with `mlpmem targets"):
+    stale = r"does not match its datastore \(recorded != found: sha256: .*\): rebuild with `mlpmem targets"
+    with pytest.raises(UserError, match=stale):
         load_index(ds, "ivfflat")
     entry = build_index(ds, "ivfflat", nlist=4, train_size=1000)  # a damaged file is rebuilt, not reused
     load_index(ds, "ivfflat")

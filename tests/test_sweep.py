@@ -76,6 +76,14 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert sorted(complete) == ["200k", "400k"]
     assert set(COLUMNS) <= set(results.columns) and len(results) == 2 * 3 * 2
     assert set(results["arch"]) == {"decoder", "knn_lm", "mlp_memory"}
+    from mlpmem_lightning.datastore import Datastore
+    from mlpmem_lightning.token_store import TokenStore
+
+    assert set(results["token_store_fingerprint"]) == {TokenStore(out / "tokens").fingerprint}  # provenance
+    for size in ("200k", "400k"):
+        rows = results[results.decoder_size == size]
+        assert set(rows["decoder_fingerprint"]) == {Datastore(out / "datastores" / f"{size}-seed0").manifest[
+            "decoder_fingerprint"]}
     mem = results[(results.arch == "mlp_memory") & (results.split == "valid")]
     dec = results[(results.arch == "decoder") & (results.split == "valid")]
     assert (mem["flops_train_total"].values > dec["flops_train_total"].values).all()
