@@ -88,21 +88,21 @@ def write_manifest(path: str | Path, kind: str, fields: dict[str, Any]) -> dict[
     return manifest
 
 
-def _tmp(path: Path) -> Path:
-    """A temporary name of this process: two writers of the same file never share one."""
+def tmp_path(path: Path) -> Path:
+    """A temporary name of this process for ``path``: two writers of the same file never share one."""
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
-    tmp = _tmp(path)
+    tmp = tmp_path(path)
     tmp.write_text(text)
     fsync_rename(tmp, path)
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     path = Path(path)
-    tmp = _tmp(path)
+    tmp = tmp_path(path)
     with open(tmp, "wb") as f:
         np.save(f, array)
     fsync_rename(tmp, path)

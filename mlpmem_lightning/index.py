@@ -154,7 +154,7 @@ def build_index(datastore_dir: str | Path, kind: str = "ivfpq", nlist: int = 409
             log.info("reusing %s", path)
             return entry
         index = _build(keys, kind, nlist, m, nbits, train_size, seed, add_chunk)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = artifacts.tmp_path(path)
         faiss.write_index(index, str(tmp))
         artifacts.fsync_rename(tmp, path)
         entry = {"file": path.name, **settings, "sha256": artifacts.hash_file(path), "ntotal": int(index.ntotal),

@@ -202,12 +202,12 @@ def save_memory(model: MLPMemory, cfg: MemoryConfig, directory: str | Path,
     """
     from safetensors.torch import save_file
 
-    from .artifacts import atomic_write_text, fsync_rename
+    from .artifacts import atomic_write_text, fsync_rename, tmp_path
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).unlink(missing_ok=True)
-    tmp = out / (WEIGHTS + ".tmp")
+    tmp = tmp_path(out / WEIGHTS)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     fsync_rename(tmp, out / WEIGHTS)
     meta = {"kind": KIND, "mlpmem_version": __version__, "config": asdict(cfg), "extra": dict(extra or {})}

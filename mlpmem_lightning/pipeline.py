@@ -74,7 +74,8 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     from .targets import TargetSettings, build_targets, default_nlist
 
     out, store = spec.out_dir, prepare_tokens(spec)
-    vocab, dec, L = TokenStore(store).vocab_size, get_size(decoder_size), spec.seq_len
+    token_store = TokenStore(store)
+    vocab, dec, L = token_store.vocab_size, get_size(decoder_size), spec.seq_len
     tag, times = f"{decoder_size}-seed{seed}", {}
     run = out / "decoders" / tag
     with _timed(times, "decoder_fit"):
@@ -86,7 +87,8 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     knn = TargetSettings(**spec.knn)
     with _timed(times, "targets"):
         targets_manifest = build_targets(ds_dir, tg_dir, knn, backend=spec.knn_backend)
-    n_rows, decoder_fp = len(Datastore(ds_dir)), Datastore(ds_dir).manifest["decoder_fingerprint"]
+    ds = Datastore(ds_dir)
+    n_rows, decoder_fp = len(ds), ds.manifest["decoder_fingerprint"]
 
     knn_args = ["--model", "KNNLM", "--model.decoder", str(run), "--model.datastore", str(ds_dir),
                 "--model.index", spec.knn_eval_index or knn.index, "--model.k", str(knn.k),
@@ -124,7 +126,7 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     p_dec, p_mem = total_params(dec, vocab), memory_params(mcfg)
     base = {"study": spec.study, "decoder_size": decoder_size, "params_decoder": p_dec, "seed": seed,
             "datastore_rows": n_rows,  # provenance: what the row was computed from (checked by `report`)
-            "token_store_fingerprint": TokenStore(store).fingerprint, "decoder_fingerprint": decoder_fp,
+            "token_store_fingerprint": token_store.fingerprint, "decoder_fingerprint": decoder_fp,
             "targets_fingerprint": targets_manifest["fingerprint"], "mlpmem_version": __version__}
     arch = {
         "decoder": {"memory_size": "", "params_memory": 0, "params_total": p_dec, "train_tokens": dec_tokens,

@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import analysis as an
-from .artifacts import atomic_write_text, fsync_rename
+from .artifacts import atomic_write_text, fsync_rename, tmp_path
 from .errors import UserError
 from .results import ARCHS, read_results
 
@@ -65,7 +65,7 @@ def _json_safe(obj):
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_path(path)
     fig.savefig(tmp, format="png", dpi=150)
     fsync_rename(tmp, path)
 

@@ -152,7 +152,7 @@ def _write_split(ds, tok: Tokenizer, path: Path, work: Path, num_proc: int, dtyp
         desc=f"tokenizing {path.stem}",
     )
     total = int(pc.sum(encoded.data.column("n")).as_py() or 0)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = artifacts.tmp_path(path)
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total,))
     offset = 0
     for batch in encoded.with_format("arrow").iter(batch_size=4096):
