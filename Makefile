@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mlpmem demo
 
 configs: $(STAMP)
-	$(PY) -m mlpmem_lightning.configs --out experiments
+	$(PY) -m mlpmem_lightning.cli.configs --out experiments
 
 clean:
 	rm -rf $(VENV) runs

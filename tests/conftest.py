@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlpmem_lightning.token_store import PrepareSettings, prepare
+from mlpmem_lightning.data.token_store import PrepareSettings, prepare
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def small_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_decoder(small_store, tmp_path_factory):
     """A 200k decoder fitted for 150 steps of 16 x 128 tokens on ``small_store``: its run directory."""
-    from mlpmem_lightning.lightning_cli import run_cli
+    from mlpmem_lightning.cli.lightning import run_cli
 
     run = tmp_path_factory.mktemp("runs") / "decoder"
     run_cli(["fit", "--config", "experiments/trainer/cpu.yaml", "--config", "experiments/model/decoder_200k.yaml",
@@ -37,7 +37,7 @@ def small_decoder(small_store, tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_datastore(small_decoder, small_store, tmp_path_factory):
     """The train-split datastore of ``small_decoder`` (seq_len 128, float16 keys, d=64)."""
-    from mlpmem_lightning.datastore import DatastoreSettings, build_datastore
+    from mlpmem_lightning.knn.datastore import DatastoreSettings, build_datastore
 
     out = tmp_path_factory.mktemp("ds") / "train"
     build_datastore(small_decoder, small_store, out, DatastoreSettings(batch_size=16), device="cpu")
@@ -47,7 +47,7 @@ def small_datastore(small_decoder, small_store, tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_targets(small_datastore, tmp_path_factory):
     """kNN targets of ``small_datastore``: IVFFlat (exact search is too slow for CI), k=64, K=32."""
-    from mlpmem_lightning.targets import TargetSettings, build_targets
+    from mlpmem_lightning.knn.targets import TargetSettings, build_targets
 
     out = tmp_path_factory.mktemp("targets") / "ivf"
     build_targets(small_datastore, out, TargetSettings(index="ivfflat", k=64, keep=32, nprobe=16), device="cpu")

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpmem_lightning import analysis as an
-from mlpmem_lightning.errors import UserError
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.study import analysis as an
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "results_small.csv"

@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from mlpmem_lightning import artifacts
 from mlpmem_lightning.cli import main
+from mlpmem_lightning.core import artifacts
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TRAINER = ["--config", "experiments/trainer/cpu.yaml", "--trainer.enable_progress_bar", "false"]
@@ -100,7 +100,7 @@ def _spec(t: Path, **fields) -> Path:
 
 
 def _results(t: Path, drop: str | None = None, sizes: int = 3, stores: int = 1) -> Path:
-    from mlpmem_lightning.results import COLUMNS
+    from mlpmem_lightning.study.results import COLUMNS
 
     rows = [{c: 1 for c in COLUMNS} | {"arch": "decoder", "split": "test", "decoder_size": f"s{i}",
                                         "params_total": 10 ** (6 + i), "flops_train_total": 10 ** (14 + i),

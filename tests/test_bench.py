@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from mlpmem_lightning.bench import _recall, bench_targets, bench_train, write_section
-from mlpmem_lightning.sizes import flops_per_token, get_size
+from mlpmem_lightning.models.ladder import flops_per_token, get_size
 
 
 def test_train_rows_report_consistent_rates(small_store):

@@ -4,9 +4,9 @@ import math
 
 import torch
 
-from mlpmem_lightning.bench_infer import bench_generate, bench_memory_training, synthetic_datastore
-from mlpmem_lightning.generate import generate, knn_logprobs, memory_logprobs
-from mlpmem_lightning.search import TorchExact
+from mlpmem_lightning.bench.infer import bench_generate, bench_memory_training, synthetic_datastore
+from mlpmem_lightning.inference.generate import generate, knn_logprobs, memory_logprobs
+from mlpmem_lightning.knn.search import TorchExact
 
 VOCAB, ROWS, PROMPT, NEW, BATCHES = 512, 5000, 16, 8, (1, 2)
 

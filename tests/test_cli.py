@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlpmem_lightning.configs import all_configs, render
-from mlpmem_lightning.lightning_cli import run_cli
-from mlpmem_lightning.sizes import LADDER, total_params
+from mlpmem_lightning.cli.configs import all_configs, render
+from mlpmem_lightning.cli.lightning import run_cli
+from mlpmem_lightning.models.ladder import LADDER, total_params
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = ROOT / "experiments"

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlpmem_lightning.clustered_search import ClusteredIVF, train_centroids
-from mlpmem_lightning.ranks import spawn
-from mlpmem_lightning.targets import KNNTargets, TargetSettings, build_targets
+from mlpmem_lightning.core.distributed import spawn
+from mlpmem_lightning.knn.search.clustered import ClusteredIVF, train_centroids
+from mlpmem_lightning.knn.targets import KNNTargets, TargetSettings, build_targets
 
 from .test_search import clustered, reference
 from .test_targets import assert_same_targets, make_datastore, reference_targets
@@ -94,8 +94,8 @@ def test_candidate_budget_bounds_dense_lists():
 
 
 def test_centroids_are_cached_beside_the_datastore(tmp_path, monkeypatch):
-    import mlpmem_lightning.clustered_search as cs
-    from mlpmem_lightning.clustered_search import cached_centroids
+    import mlpmem_lightning.knn.search.clustered as cs
+    from mlpmem_lightning.knn.search.clustered import cached_centroids
 
     keys = clustered(2000, 8, 5, seed=3)
     first = cached_centroids(tmp_path, keys, 8, fingerprint="fp0")

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlpmem_lightning import cleaners, corpora
-from mlpmem_lightning.corpora import CORPORA, corpus_info, list_corpora, load_corpus
-from mlpmem_lightning.errors import UserError
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.data import cleaners, corpora
+from mlpmem_lightning.data.corpora import CORPORA, corpus_info, list_corpora, load_corpus
 
 
 def _cached_file(name: str) -> Path:
@@ -158,7 +158,7 @@ def test_mixed_english_skips_what_cannot_be_fetched(tmp_path, monkeypatch, caplo
     bad, _ = _fake_spec(tmp_path, "bad", ["never"])
     monkeypatch.setattr(corpora, "CORPORA", {"bad": bad, "good": good})
     monkeypatch.setattr(corpora.subprocess, "run", _fake_client({"good": blob}))
-    with caplog.at_level(logging.WARNING, logger="mlpmem_lightning.corpora"):
+    with caplog.at_level(logging.WARNING, logger="mlpmem_lightning.data.corpora"):
         ds = load_corpus("mixed-english", cache_dir=tmp_path)
     assert ds["text"] == ["b doc", "a doc"] and ds["source"] == ["good", "good"]  # empty and duplicate dropped
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

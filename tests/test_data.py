@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlpmem_lightning.data import BudgetSampler, ShardSampler, TokenWindows
+from mlpmem_lightning.data.datamodule import BudgetSampler, ShardSampler, TokenWindows
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_shard_sampler_covers_each_row_once():
 
 def test_datastore_shards_cut_at_batch_multiples():
     """Every rank's windows are whole batches of the one-process run (same shapes on a GPU), covering all once."""
-    from mlpmem_lightning.datastore import _shard
+    from mlpmem_lightning.knn.datastore import _shard
 
     for n, world, batch in [(1000, 2, 64), (1000, 3, 64), (65, 2, 64), (7, 4, 2), (128, 2, 64)]:
         parts = [_shard(n, r, world, batch) for r in range(world)]

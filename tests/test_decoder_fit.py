@@ -5,9 +5,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.lightning_cli import run_cli
-from mlpmem_lightning.token_store import TokenStore
+from mlpmem_lightning.cli.lightning import run_cli
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.data.token_store import TokenStore
 
 from .test_cli import EXP, mlpmem
 
@@ -44,8 +44,8 @@ def test_smallest_decoder_learns(wiki_store, tmp_path):
     # valid perplexity is exp of the token-weighted mean NLL, recomputed here by brute force
     import torch
 
-    from mlpmem_lightning.data import TokenWindows
-    from mlpmem_lightning.decoder_lm import DecoderLM, token_nll
+    from mlpmem_lightning.data.datamodule import TokenWindows
+    from mlpmem_lightning.lightning.decoder_lm import DecoderLM, token_nll
 
     model = DecoderLM.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").eval()
     windows = TokenWindows(wiki_store / "valid.npy", SEQ, store.manifest["tokens"]["valid"])
@@ -114,7 +114,7 @@ def test_fit_is_deterministic_and_resumes(wiki_store, tmp_path):
 def test_clipping_hook_clips_the_global_norm_without_lightning_refusing_fused_adamw():
     from types import SimpleNamespace
 
-    from mlpmem_lightning.training import ClipGradients
+    from mlpmem_lightning.lightning.optim import ClipGradients
 
     lin = torch.nn.Linear(4, 4)
     for p in lin.parameters():

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from mlpmem_lightning import __version__, artifacts
-from mlpmem_lightning.checkpoints import load_decoder, weights_fingerprint
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.lightning_cli import run_cli
+from mlpmem_lightning.cli.lightning import run_cli
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.models.loading import load_decoder, weights_fingerprint
 
 from .test_search import clustered, make_datastore
 
@@ -142,7 +142,7 @@ def test_index_entry_records_version_datastore_and_file(small_datastore, small_t
 
 
 def test_centroid_cache_records_version_datastore_and_array(tmp_path):
-    from mlpmem_lightning.search import make_searcher
+    from mlpmem_lightning.knn.search import make_searcher
 
     ds = make_datastore(tmp_path / "ds", clustered(600, 8, 4, 1), fingerprint="fp-a")
     make_searcher(ds, "ivfflat", backend="clustered", nlist=4)
@@ -153,7 +153,7 @@ def test_centroid_cache_records_version_datastore_and_array(tmp_path):
 
 
 def test_targets_record_version_datastore_and_search_inputs(small_targets, small_datastore, tmp_path):
-    from mlpmem_lightning.targets import TargetSettings, build_targets
+    from mlpmem_lightning.knn.targets import TargetSettings, build_targets
 
     m = manifest(small_targets)
     ds = manifest(small_datastore)
@@ -171,7 +171,7 @@ def test_targets_record_version_datastore_and_search_inputs(small_targets, small
 
 def test_memory_checkpoint_and_export_record_version_and_inputs(memory_run, small_decoder, small_store,
                                                                small_datastore, small_targets, tmp_path):
-    from mlpmem_lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
 
     want = {"decoder_fingerprint": weights_fingerprint(load_decoder(small_decoder).net),
             "token_store_fingerprint": manifest(small_store)["fingerprint"],
@@ -190,7 +190,7 @@ def test_memory_checkpoint_and_export_record_version_and_inputs(memory_run, smal
 # ---------------------------------------------------------------------------------------------------
 
 def test_prepare_names_both_settings(small_store):
-    from mlpmem_lightning.token_store import PrepareSettings, prepare
+    from mlpmem_lightning.data.token_store import PrepareSettings, prepare
 
     recorded = manifest(small_store)["settings"]["vocab_size"]
     with pytest.raises(UserError) as err:
@@ -199,7 +199,7 @@ def test_prepare_names_both_settings(small_store):
 
 
 def test_data_module_names_both_fingerprints(small_store):
-    from mlpmem_lightning.data import LMDataModule
+    from mlpmem_lightning.data.datamodule import LMDataModule
 
     with pytest.raises(UserError) as err:
         LMDataModule(str(small_store), fingerprint="0123456789abcdef").store
@@ -228,7 +228,7 @@ def test_resumed_decoder_fit_names_both_token_stores(small_decoder, small_store,
 
 
 def test_datastore_build_names_both_token_stores(small_decoder, small_store, other_store, tmp_path):
-    from mlpmem_lightning.datastore import DatastoreSettings, build_datastore
+    from mlpmem_lightning.knn.datastore import DatastoreSettings, build_datastore
 
     with pytest.raises(UserError) as err:
         build_datastore(small_decoder, other_store, tmp_path / "ds", DatastoreSettings(), device="cpu")
@@ -237,7 +237,7 @@ def test_datastore_build_names_both_token_stores(small_decoder, small_store, oth
 
 
 def test_datastore_reuse_names_both_settings(small_decoder, small_store, small_datastore, tmp_path):
-    from mlpmem_lightning.datastore import DatastoreSettings, build_datastore
+    from mlpmem_lightning.knn.datastore import DatastoreSettings, build_datastore
 
     out = tmp_path / "ds"
     out.mkdir()
@@ -248,7 +248,7 @@ def test_datastore_reuse_names_both_settings(small_decoder, small_store, small_d
 
 
 def test_datastore_check_data_names_both_sides(small_datastore):
-    from mlpmem_lightning.datastore import Datastore
+    from mlpmem_lightning.knn.datastore import Datastore
 
     ds = Datastore(small_datastore)
     with pytest.raises(UserError) as err:
@@ -260,7 +260,7 @@ def test_datastore_check_data_names_both_sides(small_datastore):
 
 
 def test_index_load_names_both_sides(small_datastore, small_targets, tmp_path):
-    from mlpmem_lightning.index import load_index
+    from mlpmem_lightning.knn.index import load_index
 
     m = manifest(small_datastore)
     entry = m["indexes"]["ivfflat"]
@@ -277,7 +277,7 @@ def test_index_load_names_both_sides(small_datastore, small_targets, tmp_path):
 
 def test_stale_centroid_cache_is_retrained_not_used(tmp_path):
     """The cache is owned by the datastore: a record of other keys is not an error, the centroids are redone."""
-    from mlpmem_lightning.clustered_search import cached_centroids, train_centroids
+    from mlpmem_lightning.knn.search.clustered import cached_centroids, train_centroids
 
     keys = clustered(600, 8, 4, 3)
     ds = make_datastore(tmp_path / "ds", keys, fingerprint="fp-new")
@@ -289,7 +289,7 @@ def test_stale_centroid_cache_is_retrained_not_used(tmp_path):
 
 
 def test_targets_reuse_names_both_settings(small_datastore, small_targets, tmp_path):
-    from mlpmem_lightning.targets import TargetSettings, build_targets
+    from mlpmem_lightning.knn.targets import TargetSettings, build_targets
 
     out = tmp_path / "t"
     out.mkdir()
@@ -300,7 +300,7 @@ def test_targets_reuse_names_both_settings(small_datastore, small_targets, tmp_p
 
 
 def test_data_module_targets_name_both_datastores(small_store, small_datastore, small_targets, tmp_path):
-    from mlpmem_lightning.data import LMDataModule
+    from mlpmem_lightning.data.datamodule import LMDataModule
 
     targets = mirror(small_targets, tmp_path / "t", {"datastore_fingerprint": "c" * 16})
     with pytest.raises(UserError) as err:
@@ -342,7 +342,7 @@ def test_memory_names_both_token_stores(small_decoder, small_store, other_store,
 
 def test_memory_checkpoint_names_both_sides(memory_run, small_decoder, other_decoder, small_store, small_targets,
                                             tmp_path):
-    from mlpmem_lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
 
     ckpt = torch.load(ckpt_of(memory_run, "last.ckpt"), weights_only=False)
     with pytest.raises(UserError) as err:  # another decoder
@@ -367,8 +367,8 @@ def test_memory_checkpoint_names_both_sides(memory_run, small_decoder, other_dec
 
 
 def test_generate_names_both_sides(memory_run, small_decoder, other_decoder, small_store, small_datastore, tmp_path):
-    from mlpmem_lightning.generate import run_generate
-    from mlpmem_lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.inference.generate import run_generate
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
 
     other_fp = weights_fingerprint(load_decoder(other_decoder).net)
     with pytest.raises(UserError) as err:  # a datastore of another decoder

@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mlpmem_lightning import artifacts
+from mlpmem_lightning.core import artifacts
 
 from .killing import KILL_SEED, kill_rng, kill_when, reap
 from .test_cli import EXP, MLPMEM
@@ -103,7 +103,7 @@ def test_memory_fit_killed_resumes_to_the_same_weights(small_targets, small_deco
 
 def _hold_lock(path: Path) -> subprocess.Popen:
     """Another process holding ``path``'s artifact lock, as a writer in progress does."""
-    code = ("import sys, time; from mlpmem_lightning.artifacts import artifact_lock\n"
+    code = ("import sys, time; from mlpmem_lightning.core.artifacts import artifact_lock\n"
             f"with artifact_lock({str(path)!r}):\n    print('locked', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from mlpmem_lightning.checkpoints import load_decoder
-from mlpmem_lightning.datastore import Datastore, DatastoreSettings, build_datastore
-from mlpmem_lightning.decoder import logits_and_ffn_inputs
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.lightning_cli import run_cli
-from mlpmem_lightning.token_store import TokenStore
+from mlpmem_lightning.cli.lightning import run_cli
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.data.token_store import TokenStore
+from mlpmem_lightning.knn.datastore import Datastore, DatastoreSettings, build_datastore
+from mlpmem_lightning.models.decoder import logits_and_ffn_inputs
+from mlpmem_lightning.models.loading import load_decoder
 
 from .killing import KILL_SEED, kill_after_progress, kill_rng
 
@@ -38,7 +38,7 @@ def test_datastore_rows_follow_the_alignment(datastore, small_decoder, small_sto
 
 
 def test_killed_datastore_resumes_byte_identical(datastore, small_decoder, small_store, tmp_path):
-    code = ("from mlpmem_lightning.datastore import *; import mlpmem_lightning.datastore as m; m.SAVE_ROWS = 512; "
+    code = ("from mlpmem_lightning.knn.datastore import *; import mlpmem_lightning.knn.datastore as m; m.SAVE_ROWS = 512; "
             f"build_datastore({str(small_decoder)!r}, {str(small_store)!r}, {str(tmp_path / 'ds')!r}, "
             "DatastoreSettings(batch_size=16), device='cpu')")
     n_windows = Datastore(datastore).manifest["N"] // SEQ
@@ -95,7 +95,7 @@ def test_knn_lm_bad_input(datastore, small_decoder, small_store, tmp_path, extra
 
 def test_two_process_datastore_is_identical(datastore, small_decoder, small_store, tmp_path):
     """Rank-sharded (2 gloo processes, each its own window range) == the single-process datastore."""
-    from mlpmem_lightning.ranks import spawn
+    from mlpmem_lightning.core.distributed import spawn
 
     spawn(build_datastore, 2, decoder=str(small_decoder), data=str(small_store), out=str(tmp_path / "ds2"),
           settings=DatastoreSettings(batch_size=16))

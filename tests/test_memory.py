@@ -9,8 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.memory import (
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.models.ladder import (
+    LADDER,
+    MEMORY_LADDER,
+    get_memory_size,
+    get_size,
+    matched_memory,
+    memory_ffn,
+    memory_ladder_table,
+    non_embedding_params,
+)
+from mlpmem_lightning.models.memory import (
     MemoryConfig,
     MLPMemory,
     build_memory,
@@ -20,16 +30,6 @@ from mlpmem_lightning.memory import (
     memory_non_embedding_params,
     memory_params,
     save_memory,
-)
-from mlpmem_lightning.sizes import (
-    LADDER,
-    MEMORY_LADDER,
-    get_memory_size,
-    get_size,
-    matched_memory,
-    memory_ffn,
-    memory_ladder_table,
-    non_embedding_params,
 )
 
 V = 8192
@@ -123,7 +123,7 @@ def test_forward_shapes_and_init(block):
 
 @pytest.mark.parametrize("tie_head", [False, True])
 def test_init_head_from_decoder(tie_head):
-    from mlpmem_lightning.decoder import build_decoder
+    from mlpmem_lightning.models.decoder import build_decoder
 
     dec = build_decoder(get_size("200k"), vocab_size=300)
     head = dec.get_output_embeddings().weight
@@ -166,7 +166,7 @@ def test_load_without_lightning(tmp_path):
     np.save(tmp_path / "h.npy", h.numpy())
     code = textwrap.dedent(f"""
         import sys, numpy as np, torch
-        from mlpmem_lightning.memory import load_memory
+        from mlpmem_lightning.models.memory import load_memory
         model, _ = load_memory({str(tmp_path / 'mem')!r})
         with torch.no_grad():
             out = model(torch.from_numpy(np.load({str(tmp_path / 'h.npy')!r})))

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from mlpmem_lightning.checkpoints import load_decoder
-from mlpmem_lightning.data import LMDataModule
-from mlpmem_lightning.decoder import ffn_inputs
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.lightning_cli import run_cli
-from mlpmem_lightning.targets import KNNTargets
+from mlpmem_lightning.cli.lightning import run_cli
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.data.datamodule import LMDataModule
+from mlpmem_lightning.knn.targets import KNNTargets
+from mlpmem_lightning.models.decoder import ffn_inputs
+from mlpmem_lightning.models.loading import load_decoder
 
 SEQ = 128
 
@@ -55,7 +55,7 @@ def test_memory_helps_and_lambda_edges_are_exact(memory_run, small_targets, smal
     assert m["val/ppl_lambda_0.00"] == float(dec.trainer.callback_metrics["val/ppl"])  # λ=0: the decoder, exactly
 
     # λ=1: the memory alone, recomputed by brute force in float64
-    from mlpmem_lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
 
     model = MemoryLM.load_from_checkpoint(ckpt).eval()
     windows = LMDataModule(str(small_store), seq_len=SEQ).windows("valid")
@@ -97,8 +97,8 @@ def test_fit_without_targets_is_refused(small_decoder, small_store, tmp_path):
 
 
 def test_export_reloads_without_lightning(memory_run, tmp_path):
-    from mlpmem_lightning.memory import load_memory
-    from mlpmem_lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.models.memory import load_memory
 
     module = MemoryLM.load_from_checkpoint(memory_run / "checkpoints" / "best.ckpt").eval()
     module.export(tmp_path / "mem")
@@ -111,17 +111,17 @@ def test_export_reloads_without_lightning(memory_run, tmp_path):
 @pytest.mark.parametrize("other", ["none", "memory", "knn"])
 def test_cached_generation_equals_full_recomputation(memory_run, small_decoder, small_datastore, other):
     """Greedy decoding with the KV cache and one hooked key per step == re-running the whole prefix."""
-    from mlpmem_lightning.decoder import logits_and_ffn_inputs
-    from mlpmem_lightning.generate import generate, knn_logprobs, memory_logprobs
-    from mlpmem_lightning.memory_lm import MemoryLM
-    from mlpmem_lightning.search import make_searcher
+    from mlpmem_lightning.inference.generate import generate, knn_logprobs, memory_logprobs
+    from mlpmem_lightning.knn.search import make_searcher
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.models.decoder import logits_and_ffn_inputs
 
     net = load_decoder(small_decoder).net
     fn = None
     if other == "memory":
         fn = memory_logprobs(MemoryLM.load_from_checkpoint(memory_run / "checkpoints" / "best.ckpt").memory.eval())
     elif other == "knn":
-        from mlpmem_lightning.datastore import Datastore
+        from mlpmem_lightning.knn.datastore import Datastore
 
         values = torch.from_numpy(np.asarray(Datastore(small_datastore).values, dtype=np.int64))
         fn = knn_logprobs(make_searcher(small_datastore, "flat", backend="torch"), values, net.config.vocab_size,

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.memory_loss import LOSS_VARIANTS, fused_memory_loss, memory_loss, peak_memory_step
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.lightning.losses import LOSS_VARIANTS, fused_memory_loss, memory_loss, peak_memory_step
 
 T, V, K = 48, 64, 8
 

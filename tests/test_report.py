@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.report import write_report
-from mlpmem_lightning.results import ARCHS, COLUMNS, write_results
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.study.report import write_report
+from mlpmem_lightning.study.results import ARCHS, COLUMNS, write_results
 
 DATA = Path(__file__).resolve().parent / "data" / "results_small.csv"
 FILES = ("fits.json", "loss_vs_params.png", "loss_vs_flops.png", "lambda_curves.png", "gap_memory_vs_knn.png",

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlpmem_lightning import artifacts
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.index import build_index, index_path, load_index
-from mlpmem_lightning.search import FaissSearcher, TorchExact, TorchIVF, ieee_fp32_matmul, make_searcher
+from mlpmem_lightning.core import artifacts
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.knn.index import build_index, index_path, load_index
+from mlpmem_lightning.knn.search import FaissSearcher, TorchExact, TorchIVF, ieee_fp32_matmul, make_searcher
 
 
 def reference(q: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +192,7 @@ def test_index_roundtrip_manifest_and_reuse(tmp_path, caplog):
     index = load_index(ds, "ivfpq")
     assert index.ntotal == 3000 and index.nlist == 8
     mtime = index_path(ds, "ivfpq").stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="mlpmem_lightning.search"):
+    with caplog.at_level("INFO", logger="mlpmem_lightning.knn.search"):
         assert build_index(ds, "ivfpq", nlist=8, m=4, nbits=6, train_size=2000, seed=3) == entry
     assert "reusing" in caplog.text and index_path(ds, "ivfpq").stat().st_mtime_ns == mtime
     flat = build_index(ds, "flat")  # a second kind joins the first

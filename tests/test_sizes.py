@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from mlpmem_lightning.decoder import build_decoder
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.sizes import (
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.models.decoder import build_decoder
+from mlpmem_lightning.models.ladder import (
     LADDER,
     embedding_params,
     flops_per_token,

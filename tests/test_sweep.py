@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.results import COLUMNS
-from mlpmem_lightning.sweep import SweepSpec, run_sweep
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.study.results import COLUMNS
+from mlpmem_lightning.study.sweep import SweepSpec, run_sweep
 
 from .killing import kill_rng
 
@@ -76,8 +76,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert sorted(complete) == ["200k", "400k"]
     assert set(COLUMNS) <= set(results.columns) and len(results) == 2 * 3 * 2
     assert set(results["arch"]) == {"decoder", "knn_lm", "mlp_memory"}
-    from mlpmem_lightning.datastore import Datastore
-    from mlpmem_lightning.token_store import TokenStore
+    from mlpmem_lightning.data.token_store import TokenStore
+    from mlpmem_lightning.knn.datastore import Datastore
 
     assert set(results["token_store_fingerprint"]) == {TokenStore(out / "tokens").fingerprint}  # provenance
     for size in ("200k", "400k"):
@@ -91,7 +91,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 def test_editing_the_grid_and_resuming_runs_only_the_new_points(tmp_path, monkeypatch):
-    import mlpmem_lightning.pipeline as pipeline
+    import mlpmem_lightning.study.pipeline as pipeline
 
     ran = []
 
@@ -137,8 +137,8 @@ def test_workers_sharing_a_study_keep_each_others_trials(tmp_path, monkeypatch):
     and no point is queued twice; a dead worker's point is queued again."""
     import socket
 
-    from mlpmem_lightning import pipeline
-    from mlpmem_lightning.sweep import _enqueue_grid, _fail_dead_trials, open_storage
+    from mlpmem_lightning.study import pipeline
+    from mlpmem_lightning.study.sweep import _enqueue_grid, _fail_dead_trials, open_storage
 
     spec = SweepSpec.load(write_spec(tmp_path / "spec.yaml", decoder_sizes=["200k", "400k", "800k"]))
     storage = open_storage(spec)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlpmem_lightning import artifacts
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.knn import aggregate_tokens, drop_self, interpolate, neighbour_weights
-from mlpmem_lightning.targets import KNNTargets, TargetSettings, build_targets
+from mlpmem_lightning.core import artifacts
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.knn.distributions import aggregate_tokens, drop_self, interpolate, neighbour_weights
+from mlpmem_lightning.knn.targets import KNNTargets, TargetSettings, build_targets
 
 from .killing import KILL_SEED, kill_after_progress, kill_rng
 
@@ -122,7 +122,7 @@ def test_killed_targets_resume_byte_identical(tmp_path, settings, backend, kill_
     ds = make_datastore(tmp_path / "ds", rng.normal(size=(20000, 16)), rng.integers(0, 500, 20000))
     s = TargetSettings(**settings)
     build_targets(ds, tmp_path / "full", s, backend=backend, device="cpu")
-    code = ("import mlpmem_lightning.targets as m; m.SAVE_ROWS = m.GROUP_ROWS = 256; "
+    code = ("import mlpmem_lightning.knn.targets as m; m.SAVE_ROWS = m.GROUP_ROWS = 256; "
             f"m.build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, m.TargetSettings(**{settings!r}), "
             f"backend={backend!r}, device='cpu')")
     kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=done_at)
@@ -133,7 +133,7 @@ def test_killed_targets_resume_byte_identical(tmp_path, settings, backend, kill_
 
 
 def test_mass_curve_matches_the_reference(tmp_path):
-    from mlpmem_lightning.targets import mass_curve
+    from mlpmem_lightning.knn.targets import mass_curve
 
     rng = np.random.default_rng(2)
     keys, values = rng.normal(size=(200, 6)), rng.integers(0, 30, size=200)

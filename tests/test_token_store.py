@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from mlpmem_lightning.errors import UserError
-from mlpmem_lightning.token_store import PrepareSettings, TokenStore, prepare, split_documents
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.data.token_store import PrepareSettings, TokenStore, prepare, split_documents
 
 WORDS = ("memory retrieval neighbour decoder scaling law token budget parameter compute "
          "the a of and to in is was for on that with as by").split()

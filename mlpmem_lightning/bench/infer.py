@@ -1,0 +1,221 @@
+"""Speed benchmarks behind `mlpmem bench` (issue #6): generation and MLP Memory training steps.
+
+Randomly initialised networks throughout: speed depends on shapes, not on weights, so a
+benchmark needs no trained artifact and can be run at any rung of the ladder. Both functions
+time the framework's own code (``generate.generate`` with its helpers; ``MemoryLM.training_step``)
+rather than re-implementations, so the numbers describe what a user actually runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.inference.generate import LogProbFn, generate, knn_logprobs, memory_logprobs
+from mlpmem_lightning.models.decoder import build_decoder, context_length
+from mlpmem_lightning.models.ladder import get_size, matched_memory
+from mlpmem_lightning.models.memory import build_memory
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _seconds(fn: Callable[[], object], dev: torch.device) -> float:
+    """Wall time of ``fn`` with the device drained before and after (CUDA launches are asynchronous)."""
+    _sync(dev)
+    start = time.perf_counter()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - start
+
+
+def _info(dev: torch.device, dtype: torch.dtype) -> dict:
+    cuda = dev.type == "cuda"
+    return {"gpu": torch.cuda.get_device_name(dev) if cuda else "cpu",
+            "dtype": str(dtype).removeprefix("torch.") if cuda else "float32"}
+
+
+def fill_mixture_keys(keys: np.ndarray, seed: int = 0, per_centre: int = 1024, chunk: int = 1 << 20) -> np.ndarray:
+    """Fill float16 ``keys`` [N, d] (an array or a memory map) with a Gaussian mixture.
+
+    About ``per_centre`` keys per component, so a query's k=1024 neighbours mostly share its
+    component and IVF lists have the uneven, clustered occupancy of real hidden states. Drawn in
+    chunks on the GPU when there is one (10M x 256 normals take minutes on a CPU).
+    """
+    n, d = keys.shape
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(seed)
+    centres = max(1, n // per_centre)
+    means = torch.randn(centres, d, generator=g, device=dev) * 2
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        which = torch.randint(0, centres, (m,), generator=g, device=dev)
+        keys[s:s + m] = (means[which] + torch.randn(m, d, generator=g, device=dev)).half().cpu().numpy()
+    return keys
+
+
+def zipf_values(n: int, vocab: int, seed: int = 0) -> np.ndarray:
+    """Token values [n] int32 with a Zipf-like frequency profile, as text has."""
+    return (np.random.default_rng(seed).zipf(1.2, size=n) % vocab).astype(np.int32)
+
+
+def synthetic_datastore(rows: int, dim: int, vocab: int, device: torch.device, seed: int = 0
+                        ) -> tuple[np.ndarray, torch.Tensor]:
+    """float16 keys [rows, dim] on the host (what searchers load) and int64 values on ``device``."""
+    keys = fill_mixture_keys(np.empty((rows, dim), dtype=np.float16), seed)
+    return keys, torch.from_numpy(zipf_values(rows, vocab, seed).astype(np.int64)).to(device)
+
+
+def _exact_fp32(fn: LogProbFn, dev: torch.device) -> LogProbFn:
+    """Run a kNN search outside autocast: autocast would turn the torch searchers' float32 matmuls
+    into bf16 ones, voiding their error certificate (every row then falls back to a full scan)."""
+    def wrapped(keys: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(dev.type, enabled=False):
+            return fn(keys.float())
+    return wrapped
+
+
+def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: str, batches: tuple[int, ...] = (1, 32),
+                   prompt_len: int = 256, new_tokens: int = 256, k: int = 1024, temperature: float = 16.0,
+                   nlist: int | None = None, nprobe: int = 32, dtype: torch.dtype = torch.bfloat16, repeats: int = 3,
+                   seed: int = 0, trace: dict | None = None) -> list[dict]:
+    """Greedy generation speed of decoder, decoder + matched MLP Memory (λ 0.5) and kNN-LM (λ 0.25).
+
+    ``generate`` has no hook between prefill and decoding, so time to first token is timed as a
+    separate ``max_new_tokens=1`` call (prefill + one mixture + argmax) and throughput as
+    batch·new_tokens over the full call (prefill included); each is a median over ``repeats`` after
+    one full warm-up call. Searchers are built one at a time (build not timed) and freed after
+    their rows, so the device holds one copy of the keys. The IVF rows use
+    ``clustered_search.ClusteredIVF``. ``trace``, if given,
+    receives the network, memory, prompts and last generated tokens per (mode, batch), for checks.
+    """
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    size, mem_name = get_size(decoder_size), matched_memory(decoder_size).name
+    net = build_decoder(size, vocab).to(dev).eval().requires_grad_(False)
+    if prompt_len + new_tokens > context_length(net):
+        raise UserError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the decoder's context "
+                        f"{context_length(net)}")
+    mem = build_memory(mem_name, size.d_model, vocab).to(dev).eval().requires_grad_(False)
+    keys, values = synthetic_datastore(datastore_rows, size.d_model, vocab, dev, seed)
+    prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
+    prompts = {b: prompt.repeat(b, 1).to(dev) for b in batches}
+
+    def knn(search: str):
+        if search == "exact":
+            from mlpmem_lightning.knn.search import TorchExact
+            searcher = TorchExact(keys, dev)
+        else:
+            from mlpmem_lightning.knn.search.clustered import ClusteredIVF, default_nlist
+
+            n_lists = nlist or default_nlist(datastore_rows)
+            searcher = ClusteredIVF(keys, nlist=n_lists, nprobe=min(nprobe, n_lists), device=str(dev))
+        return _exact_fp32(knn_logprobs(searcher, values, vocab, k, temperature), dev), searcher
+
+    modes = [("decoder", "", lambda: (None, None)), ("memory", "", lambda: (memory_logprobs(mem), None)),
+             ("knn", "ivf", lambda: knn("ivf")), ("knn", "exact", lambda: knn("exact")),
+             ("decoder", "again", lambda: (None, None))]  # a control: drift over the run shows up as a gap
+    lams = {"decoder": 0.0, "memory": 0.5, "knn": 0.25}
+    if trace is not None:
+        trace.update(net=net, memory=mem, prompts=prompts, tokens={})
+    rows = []
+    for mode, search, make in modes:
+        built = make()
+        other, searcher = built
+        for b in batches:
+            out: list[torch.Tensor] = []
+
+            def call(n: int) -> None:
+                with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
+                    out[:] = [generate(net, prompts[b], n, other, lams[mode])]
+
+            call(new_tokens)  # warm-up: kernels, allocator, cuBLAS workspaces
+            ttft = statistics.median(_seconds(lambda: call(1), dev) for _ in range(repeats))
+            total = statistics.median(_seconds(lambda: call(new_tokens), dev) for _ in range(repeats))
+            tps = b * new_tokens / total
+            if trace is not None:
+                trace["tokens"][(mode if not search else f"{mode}-{search}", b)] = out[0].cpu()
+            rows.append({"bench": "generate", **_info(dev, dtype), "decoder_size": decoder_size, "mode": mode,
+                         "memory_size": mem_name if mode == "memory" else "",
+                         "datastore_rows": datastore_rows if mode == "knn" else 0, "search": search,
+                         "search_fallback_rows": getattr(searcher, "stats", {}).get("fallback_rows", 0),
+                         "batch": b, "prompt_len": prompt_len, "new_tokens": new_tokens, "ttft_ms": 1e3 * ttft,
+                         "tokens_per_s": tps, "total_s": total})
+        other = searcher = built = None  # free the searcher's device copy of the keys
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    for b in batches:  # against the mean of the decoder measured first and last
+        base = statistics.mean(r["tokens_per_s"] for r in rows if r["mode"] == "decoder" and r["batch"] == b)
+        for r in rows:
+            if r["batch"] == b:
+                r["speed_vs_decoder"] = r["tokens_per_s"] / base
+    return rows
+
+
+def bench_memory_training(decoder_size: str, vocab: int, device: str, batch: int = 64, seq_len: int = 256,
+                          steps: int = 30, warmup: int = 5, keep: int = 128, dtype: torch.dtype = torch.bfloat16,
+                          seed: int = 0) -> list[dict]:
+    """Tokens/s of one MLP Memory optimizer step, ``online`` and ``offline``, as ``mlpmem fit`` runs it.
+
+    The step is ``MemoryLM.training_step`` itself (its ``keys``: frozen decoder up to the tapped FFN
+    input, or the given keys; the memory; ``memory_loss``) under autocast as with ``bf16-mixed``,
+    then backward, AdamW step and LR-schedule step as Lightning's automatic optimisation does.
+    Outside a Trainer: ``MemoryLM`` needs a decoder on disk (a random one is saved to a temporary
+    directory), ``tokens_per_step`` is set by hand (normally ``setup``), its ``self.log`` calls are
+    no-ops (supported by Lightning for trainer-less steps), and ``configure_optimizers`` is called
+    with a stand-in carrying ``trainer.max_steps``. Offline keys are on the device already (disk
+    and host-to-device time not counted). ``step_ms`` is the median over ``steps`` after ``warmup``.
+    """
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+
+    if keep > vocab:
+        raise UserError(f"keep {keep} exceeds the vocabulary {vocab}")
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    size, mem_name = get_size(decoder_size), matched_memory(decoder_size).name
+    g = torch.Generator(device=dev).manual_seed(seed)
+    ids = torch.randint(0, vocab + 1 - keep, (batch, seq_len, 1), generator=g, device=dev)
+    data = {"input_ids": torch.randint(0, vocab, (batch, seq_len), generator=g, device=dev),
+            "labels": torch.randint(0, vocab, (batch, seq_len), generator=g, device=dev),
+            "keys": torch.randn(batch, seq_len, size.d_model, generator=g, device=dev),
+            "knn_ids": ids + torch.arange(keep, device=dev),  # distinct within a row, as targets.py stores them
+            "knn_probs": torch.softmax(torch.randn(batch, seq_len, keep, generator=g, device=dev), -1)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        build_decoder(size, vocab).save_pretrained(tmp)
+        for mode in ("online", "offline"):
+            module = MemoryLM(tmp, size=mem_name, mode=mode).to(dev).train()
+            module.decoder.to(dev)  # not a submodule: moved by MemoryLM.setup in a real run
+            module.tokens_per_step = batch * seq_len
+            stand_in = SimpleNamespace(hparams=module.hparams, lr=module.lr, memory=module.memory, device=dev,
+                                       trainer=SimpleNamespace(max_steps=warmup + steps))
+            opt_cfg = MemoryLM.configure_optimizers(stand_in)
+            opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+
+            def step(i: int) -> None:
+                with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
+                    loss = module.training_step(data, i)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*self.log.*")
+                times = [_seconds(lambda: step(i), dev) for i in range(warmup + steps)][warmup:]
+            ms = 1e3 * statistics.median(times)
+            rows.append({"bench": "memory_train", **_info(dev, dtype), "decoder_size": decoder_size,
+                         "memory_size": mem_name, "mode": mode, "batch": batch, "seq_len": seq_len, "keep": keep,
+                         "tokens_per_s": batch * seq_len / (ms / 1e3), "step_ms": ms})
+            module = opt = sched = None
+    return rows

@@ -1,0 +1,75 @@
+"""The `mlpmem` console script: a table of subcommands.
+
+``fit``, ``validate`` and ``test`` are LightningCLI (``--model`` picks the LightningModule, the data is always
+``LMDataModule``; :mod:`.lightning`); every other subcommand is a pipeline stage with plain argparse options,
+declared as a :class:`~.command.Command` in :mod:`.stages`, :mod:`.study` or :mod:`.tools`. To add one, append
+it to ``COMMANDS`` there. Errors a user can fix (``UserError``) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import sys
+from collections.abc import Sequence
+
+from mlpmem_lightning.cli import stages, study, tools
+from mlpmem_lightning.cli.command import Command
+from mlpmem_lightning.core.errors import EXIT_USER_ERROR, UserError
+
+LIGHTNING_COMMANDS = {"fit": "train a model", "validate": "evaluate on valid", "test": "evaluate on test"}
+COMMANDS: dict[str, Command] = {c.name: c for c in (*stages.COMMANDS, *study.COMMANDS, *tools.COMMANDS)}
+log = logging.getLogger("mlpmem_lightning")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            from mlpmem_lightning.cli.lightning import run_cli
+
+            run_cli(argv)
+        else:
+            args = build_parser().parse_args(argv)
+            if not hasattr(args, "func"):
+                build_parser().print_help()
+                sys.exit(EXIT_USER_ERROR)
+            args.func(args)
+    except UserError as err:
+        print(f"mlpmem: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"mlpmem: error: no space left on the device{where}: free some space or pass another --out, then run "
+              "the same command again (finished artifacts are reused, the partial one is resumed or rebuilt)",
+              file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _setup_logging() -> None:
+    """Our stages log progress at INFO; Lightning keeps its own handler, so no root handler."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlpmem", description="MLP Memory scaling studies: decoder-only, kNN-LM and decoder + MLP Memory.",
+        epilog="Each subcommand has its own --help.")
+    sub = parser.add_subparsers(title="subcommands", metavar="COMMAND")
+    for name, what in LIGHTNING_COMMANDS.items():
+        sub.add_parser(name, help=f"LightningCLI: {what} (--model DecoderLM|KNNLM|MemoryLM, --config …, --print_config)",
+                       add_help=False)
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+    return parser

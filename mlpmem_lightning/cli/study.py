@@ -1,0 +1,53 @@
+"""Subcommands of a study: sweep -> report, and the demo that runs both."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mlpmem_lightning.cli.command import Command
+
+
+# -- sweep and report -----------------------------------------------------------------------------
+def args_sweep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, help="sweep specification (see sweeps/)")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.study.sweep import run_sweep
+
+    print(f"results: {run_sweep(args.config)}")
+
+
+def args_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", required=True, type=Path, help="results.csv (DESIGN.md schema)")
+    p.add_argument("--out", required=True, type=Path, help="report directory")
+    p.add_argument("--split", default="test", choices=["valid", "test"], help="split whose losses are fitted")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.study.report import write_report
+
+    print(f"report: {write_report(args.results, args.out, split=args.split, bootstrap=args.bootstrap)}")
+
+
+# -- demo --------------------------------------------------------------------------------------
+def args_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where every artifact of the demo goes")
+    p.add_argument("--config", type=Path, help="sweep spec to run instead of sweeps/demo.yaml")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.study.demo import SPEC, run_demo
+
+    run_demo(args.out, args.config or SPEC)
+
+
+
+
+COMMANDS = (
+    Command("sweep", "Optuna study over decoder and memory sizes -> results.csv", args_sweep, cmd_sweep),
+    Command("report", "results.csv -> power-law fits, plots, report.md", args_report, cmd_report),
+    Command("demo", "a small end-to-end study on the embedded corpus (CPU)", args_demo, cmd_demo),
+)

@@ -1,0 +1,95 @@
+"""Subcommands around a trained model: generate, export, and the speed benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mlpmem_lightning.cli.command import Command, csv_list
+from mlpmem_lightning.core.errors import UserError
+
+
+# -- generate and export ---------------------------------------------------------------------
+def args_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", required=True, help="DecoderLM .ckpt or run directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--memory", help="MemoryLM checkpoint or exported memory directory")
+    p.add_argument("--datastore", help="datastore directory: generate with the kNN-LM")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.25, help="weight of the memory / kNN distribution")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampling temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--k", type=int, default=1024, help="kNN-LM neighbours")
+    p.add_argument("--knn-temperature", type=float, default=16.0, help="kNN-LM T in softmax(-d/T)")
+    p.add_argument("--index", default="flat", choices=["flat", "ivfflat", "ivfpq"])
+    p.add_argument("--tokenizer", help="token store or tokenizer.json (default: the decoder's token store)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.inference.generate import run_generate
+
+    print(run_generate(args.decoder, args.prompt, args.max_new_tokens, args.memory, args.datastore, args.lam,
+                       args.temperature, args.top_p, args.k, args.knn_temperature, args.index, args.tokenizer,
+                       args.device, args.seed))
+
+
+def args_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="MemoryLM checkpoint (.ckpt)")
+    p.add_argument("--out", required=True, type=Path)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+
+    out = MemoryLM.load_from_checkpoint(args.checkpoint, map_location="cpu").export(args.out)
+    print(f"memory exported to {out}")
+
+
+# -- bench ------------------------------------------------------------------------------------
+SECTIONS = ("train", "targets", "generate", "memory")
+
+
+def args_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sections", type=csv_list, default=list(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    p.add_argument("--out", type=Path, default=Path("analysis/bench"), help="CSV + bench.md directory")
+    p.add_argument("--data", default="runs/tokens/wiki-summaries", help="token store for the training sections")
+    p.add_argument("--sizes", type=csv_list, default=["1.6m", "6m", "12m", "25m", "50m", "100m", "150m"],
+                   help="decoder sizes for train (and memory)")
+    p.add_argument("--compile-sizes", type=csv_list, default=["100m", "150m"],
+                   help="also train these with torch.compile")
+    p.add_argument("--rows", type=lambda s: [int(float(x)) for x in s.split(",")], default=[1_000_000, 3_000_000,
+                   10_000_000], help="datastore sizes for targets (e.g. 1e6,3e6,1e7)")
+    p.add_argument("--targets-backends", type=csv_list, default=["clustered", "torch-ivf", "faiss"],
+                   help="targets backends besides exact search (the recall reference): clustered, torch-ivf, faiss")
+    p.add_argument("--generate-sizes", type=csv_list, default=["12m"], help="decoder sizes for generate")
+    p.add_argument("--datastore-rows", type=int, default=10_000_000, help="kNN-LM datastore keys for generate")
+    p.add_argument("--memory-sizes", type=csv_list, default=["6m", "12m"], help="decoder sizes for memory training")
+    p.add_argument("--work", type=Path, default=Path("runs/bench"), help="scratch space (synthetic datastores)")
+    p.add_argument("--repeats", type=int, default=3, help="timed generate calls per row (median)")
+    p.add_argument("--profile", action="store_true", help="also write torch-profiler tables into --out")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.bench import run_bench
+
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"unknown bench sections {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    run_bench(args.sections, args.out, args.data, args.sizes, args.rows, args.work, args.compile_sizes,
+              profile=args.profile, generate_sizes=args.generate_sizes, datastore_rows=args.datastore_rows,
+              memory_sizes=args.memory_sizes, repeats=args.repeats, targets_backends=tuple(args.targets_backends))
+    print(f"bench: {', '.join(args.sections)} -> {args.out / 'bench.md'}")
+
+
+
+
+COMMANDS = (
+    Command("generate", "prompt -> text: decoder alone, + MLP Memory (--memory) or kNN-LM (--datastore)",
+            args_generate, cmd_generate),
+    Command("export", "MemoryLM checkpoint -> memory directory (config.json + model.safetensors)", args_export,
+            cmd_export),
+    Command("bench", "throughput of every stage (train, targets, generate, memory) -> CSVs + bench.md", args_bench,
+            cmd_bench),
+)

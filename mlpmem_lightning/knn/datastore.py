@@ -1,0 +1,195 @@
+"""`mlpmem datastore`: run a frozen decoder over a split and store (key, value) per position.
+
+Row p belongs to input position p of the split and stores the key (the input of the
+chosen layer's feed-forward block, after its norm) and the value (token p+1), for every
+position the windows of the alignment convention cover. The forward pass stops at the
+key point, so neither later layers nor the vocabulary head are computed.
+
+The arrays are pre-allocated and filled in whole batches of windows; about every
+``SAVE_ROWS`` rows ``progress.rank<r>.json`` records how many windows are done, so a killed run resumes at the
+next chunk and, the batches being the same, ends with byte-identical files. Rows can be
+split across ranks (``rank``/``world_size``): each rank fills its own contiguous range.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mlpmem_lightning.core import artifacts
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.data.token_store import TokenStore
+from mlpmem_lightning.models.decoder import context_length, ffn_inputs
+from mlpmem_lightning.models.loading import load_decoder
+
+log = logging.getLogger(__name__)
+KIND = "datastore"
+SAVE_ROWS = 1 << 20  # rows between progress records (flush + fsync)
+
+
+@dataclass(frozen=True)
+class DatastoreSettings:
+    """Everything that determines the datastore's bytes (besides the two fingerprints)."""
+
+    split: str = "train"
+    layer: int = -1
+    seq_len: int | None = None  # default: the decoder's training seq_len
+    batch_size: int = 32  # windows per forward; part of the byte-identity contract
+    precision: str = "32"  # "32" or "bf16" (autocast on CUDA)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, settings: DatastoreSettings,
+                    device: str = "auto", rank: int = 0, world_size: int = 1,
+                    barrier: Callable[[], None] = lambda: None) -> dict[str, Any] | None:
+    """Build (resume, or reuse) the datastore; returns the manifest (rank 0) or None (other ranks).
+
+    With several ranks, rank 0 allocates the arrays, ``barrier`` (e.g. ``torch.distributed.barrier``)
+    lets the others open them, each fills its own window range, and rank 0 writes the manifest after a
+    second barrier.
+    """
+    out, store = Path(out), TokenStore(data)
+    dec = load_decoder(decoder)
+    seq_len = settings.seq_len or dec.seq_len
+    if seq_len is None:
+        raise UserError(f"{decoder} does not record its seq_len: pass --seq-len")
+    settings = DatastoreSettings(**{**asdict(settings), "seq_len": seq_len})
+    _check_inputs(dec, store, settings)
+    identity = {"settings": asdict(settings), "decoder_fingerprint": dec.fingerprint,
+                "token_store_fingerprint": store.fingerprint}
+    if artifacts.is_complete(out):
+        manifest = artifacts.read_manifest(out, KIND)
+        if {k: manifest.get(k) for k in identity} != identity:
+            raise UserError(f"{out} is a datastore of another decoder, token store or settings (recorded != "
+                            f"requested: {artifacts.diff(manifest, identity)}): choose another --out or delete it")
+        log.info("reusing datastore %s", out)
+        return manifest
+
+    tokens = store.split(settings.split)
+    n_windows = (len(tokens) - 1) // seq_len
+    n_rows, d = n_windows * seq_len, dec.net.config.hidden_size
+    with artifacts.artifact_lock(out) if rank == 0 else nullcontext(out):
+        keys = _open_arrays(out, identity, n_rows, d, tokens, rank, barrier)
+        lo, hi = _shard(n_windows, rank, world_size, settings.batch_size)
+        _fill(dec.net, tokens, keys, out, identity, settings, lo, hi, pick_device(device), rank)
+        barrier()
+        if rank != 0:
+            return None
+        fingerprint = artifacts.hash_json(identity)
+        return artifacts.write_manifest(out, KIND, {
+            **identity, "decoder": str(decoder), "token_store": str(data), "split": settings.split,
+            "layer": settings.layer, "seq_len": seq_len, "N": n_rows, "d": d, "keys_dtype": "float16",
+            "values_sha256": artifacts.hash_file(out / "values.npy"), "fingerprint": fingerprint,
+        })
+
+
+def _check_inputs(dec, store: TokenStore, s: DatastoreSettings) -> None:
+    if dec.data_fingerprint is not None and dec.data_fingerprint != store.fingerprint:
+        raise UserError(f"the decoder was trained on token store {dec.data_fingerprint} but --data {store.path} has "
+                        f"{store.fingerprint}: pass the token store it was trained on")
+    if s.seq_len > context_length(dec.net):
+        raise UserError(f"seq_len {s.seq_len} exceeds the decoder's context {context_length(dec.net)}")
+    if s.precision not in ("32", "bf16"):
+        raise UserError(f"precision {s.precision!r}: choose 32 or bf16")
+    if dec.net.config.vocab_size < store.vocab_size:
+        raise UserError(f"the decoder's vocabulary ({dec.net.config.vocab_size}) is smaller than the token "
+                        f"store's ({store.vocab_size}): pass the token store the decoder was trained on")
+
+
+def _shard(n_windows: int, rank: int, world_size: int, batch: int) -> tuple[int, int]:
+    """Rank ``rank``'s windows, cut at multiples of ``batch``.
+
+    So every rank runs exactly the batches one process would (same windows, same shapes): a GPU
+    picks its GEMM kernels by shape, and a batch cut differently gives keys that differ in the last bit.
+    """
+    n_batches = -(-n_windows // batch)
+    bounds = np.minimum(np.linspace(0, n_batches, world_size + 1).astype(int) * batch, n_windows)
+    return int(bounds[rank]), int(bounds[rank + 1])
+
+
+def _progress_path(out: Path, rank: int) -> Path:
+    return out / f"progress.rank{rank}.json"
+
+
+def _open_arrays(out: Path, identity: dict, n_rows: int, d: int, tokens: np.ndarray, rank: int,
+                 barrier: Callable[[], None]) -> np.ndarray:
+    """Open the pre-allocated keys of a run with the same identity, or start a new one (values written whole)."""
+    progress = _progress_path(out, rank)
+    same = progress.is_file() and json.loads(progress.read_text())["identity"] == identity
+    if not same and rank == 0:
+        artifacts.clear_partial(out)
+        np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.float16, shape=(n_rows, d)).flush()
+        artifacts.atomic_save_npy(out / "values.npy", np.asarray(tokens[1:n_rows + 1], dtype=np.int32))
+    barrier()
+    return np.load(out / "keys.npy", mmap_mode="r+")
+
+
+def _fill(net, tokens: np.ndarray, keys: np.ndarray, out: Path, identity: dict, s: DatastoreSettings,
+          lo: int, hi: int, device: torch.device, rank: int) -> None:
+    """Compute keys for windows [lo, hi) in batches, recording progress after each flushed chunk."""
+    progress = _progress_path(out, rank)
+    state = json.loads(progress.read_text()) if progress.is_file() else None
+    done = state["done"] if state and state["identity"] == identity else lo
+    net.to(device)
+    L, B = s.seq_len, s.batch_size
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16")
+    saved = done
+    with tqdm(total=hi - lo, initial=done - lo, desc=f"datastore rank {rank}", unit="win") as bar:
+        for start in range(done, hi, B):
+            stop = min(start + B, hi)
+            rows = np.arange(start * L, stop * L).reshape(stop - start, L)
+            x = torch.from_numpy(tokens[rows].astype(np.int64)).to(device)
+            with autocast:
+                h = ffn_inputs(net, x, s.layer).float()
+            if not torch.isfinite(h).all():
+                raise UserError(f"the decoder produced NaN/inf hidden states in windows {start}-{stop}: "
+                                "the checkpoint is broken; retrain or pick another checkpoint")
+            keys[start * L:stop * L] = h.reshape(-1, h.shape[-1]).cpu().numpy().astype(np.float16)
+            if (stop - saved) * L >= SAVE_ROWS or stop == hi:  # an fsync per batch would dominate on a GPU
+                keys.flush()
+                artifacts.atomic_write_text(progress, json.dumps({"identity": identity, "done": stop}))
+                saved = stop
+            bar.update(stop - start)
+
+
+class Datastore:
+    """Read side: memory-mapped keys and values of a finished datastore."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.manifest = artifacts.read_manifest(self.path, KIND)
+        self.keys = artifacts.load_npy(self.path / "keys.npy")
+        self.values = artifacts.load_npy(self.path / "values.npy")
+        n, d = self.manifest["N"], self.manifest["d"]
+        if self.keys.shape != (n, d) or self.values.shape != (n,):
+            raise UserError(f"{self.path}: keys {self.keys.shape} / values {self.values.shape} do not match the "
+                            f"manifest ({n}, {d}): delete it and rebuild with `mlpmem datastore`")
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    def __len__(self) -> int:
+        return int(self.manifest["N"])
+
+    def check_data(self, token_store_fingerprint: str, seq_len: int, what: str = "datastore") -> None:
+        """Refuse data this datastore was not built on: another token store, or another window cut."""
+        m = self.manifest
+        if m["token_store_fingerprint"] != token_store_fingerprint:
+            raise UserError(f"{what} {self.path} comes from token store {m['token_store_fingerprint']} but "
+                            f"--data.token_store has {token_store_fingerprint}: pass the matching --data.token_store")
+        if m["seq_len"] != seq_len:
+            raise UserError(f"{what} {self.path} uses seq_len {m['seq_len']} but --data.seq_len is {seq_len}: "
+                            f"pass --data.seq_len {m['seq_len']}")

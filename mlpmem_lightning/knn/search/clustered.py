@@ -1,0 +1,184 @@
+"""``ClusteredIVF``: inverted-file kNN search on a GPU as one matrix product per list.
+
+Why not per-query probing (``search.TorchIVF``, faiss IVF): with 10M self-queries each probing its
+own lists, the work is a scatter of tiny products and a float64 re-rank that gathers k key vectors
+per query (terabytes of traffic at k=1024). Here every query assigned to list ``c`` searches the
+same candidate set: the ``nprobe`` lists whose centroids are nearest to ``c``'s centroid (``c``
+first). The queries of one list and its candidates are then a dense [n_c, m_c] product and one
+``topk``, so the whole search is ``nlist`` large GEMMs. Queries near a list boundary see a slightly
+different neighbourhood than per-query probing would; recall against exact search is measured by
+``mlpmem bench`` and reported with each run. A list whose probe set would exceed a candidate budget (default twice the
+average, ``2 nprobe N / nlist``) stops at the probes that fit, so dense regions of duplicated text cannot
+make the cost quadratic. ``nprobe = nlist`` makes it exact search (the budget then covers every key).
+
+Distances are squared L2 by the expansion around the list's centroid (small norms, little
+cancellation), full-precision float32 matmul, clamped at 0. The k results are sorted by (float32
+distance, id); which of several keys tied exactly at the k-th distance is kept is up to ``topk``.
+A query's result depends only on its list, not on which other queries share the call, so a run
+split into pieces (resume, several GPUs) gives the same bytes on the same kind of device. Centroids
+come from a seeded ``faiss.Kmeans`` on a sample of the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from mlpmem_lightning import __version__
+from mlpmem_lightning.core import artifacts
+from mlpmem_lightning.knn.search import Searcher, composite, decode, ieee_fp32_matmul, load_keys, smallest
+
+log = logging.getLogger(__name__)
+SCORES = 1 << 28  # float32 elements of one [queries, candidates] score block (1 GiB)
+PER_LIST, NITER = 64, 10  # k-means: sampled keys per list, iterations
+
+
+def default_nlist(n_rows: int) -> int:
+    """About 256 keys per list (faiss wants at least 39 per centroid), capped at the paper's 4096."""
+    return int(min(4096, max(1, n_rows // 256)))
+
+
+def train_centroids(keys: np.ndarray, nlist: int, seed: int = 0, per_list: int = PER_LIST, niter: int = NITER
+                    ) -> np.ndarray:
+    """Seeded k-means centroids [nlist, d] float32 from ``per_list`` sampled keys per list (deterministic)."""
+    n = len(keys)
+    if not 1 <= nlist <= n:
+        raise ValueError(f"nlist={nlist} must be in [1, {n}] for {n} keys")
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, per_list * nlist), replace=False))
+    sample = np.ascontiguousarray(np.asarray(keys[rows], dtype=np.float32))
+    km = faiss.Kmeans(sample.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=per_list,
+                      min_points_per_centroid=1, verbose=False)
+    km.train(sample)
+    return km.centroids.copy()
+
+
+def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, seed: int = 0,
+                     fingerprint: str | None = None) -> np.ndarray:
+    """``train_centroids`` once per datastore: saved beside the keys (the targets run, the kNN-LM's
+    validate and test all reuse it; a finished datastore's keys never change).
+
+    ``centroids-<nlist>-seed<seed>.json``, written after the array, records what they were made from: the
+    datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings, the array's
+    sha256 and the package version. A cache whose record does not match is retrained, never used.
+    """
+    path = Path(datastore_dir) / f"centroids-{nlist}-seed{seed}.npy"
+    record_path = path.with_suffix(".json")
+    if fingerprint is None and artifacts.is_complete(datastore_dir):
+        fingerprint = json.loads((Path(datastore_dir) / artifacts.MANIFEST).read_text()).get("fingerprint")
+    want = {"datastore_fingerprint": fingerprint, "nlist": nlist, "seed": seed, "per_list": PER_LIST,
+            "niter": NITER, "shape": [nlist, int(keys.shape[1])]}
+    if path.is_file() and record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except json.JSONDecodeError:
+            record = {}
+        stale = artifacts.diff(record, {**want, "sha256": artifacts.hash_file(path)})
+        if not stale:
+            return np.load(path)
+        log.info("retraining the centroids %s (recorded != wanted: %s)", path, stale)
+    cen = train_centroids(keys, nlist, seed, PER_LIST, NITER)
+    artifacts.atomic_save_npy(path, cen)
+    record = {**want, "sha256": artifacts.hash_file(path), "mlpmem_version": __version__}
+    artifacts.atomic_write_text(record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return cen
+
+
+class ClusteredIVF(Searcher):
+    """IVF search where all queries of one list share its probe set (see the module docstring).
+
+    ``keys`` [N, d] (float16 or float32, memory-mapped is fine) go to ``device`` as float16, grouped
+    by list; ``ids`` maps a storage position back to the datastore row.
+    """
+
+    def __init__(self, keys: np.ndarray, nlist: int, nprobe: int = 32, device: str | torch.device = "cpu",
+                 centroids: np.ndarray | None = None, seed: int = 0, chunk: int = 1 << 20,
+                 max_candidates: int | None = None):
+        self.device, self.chunk = torch.device(device), chunk
+        cen = train_centroids(keys, nlist, seed) if centroids is None else np.asarray(centroids, np.float32)
+        self.centroids = torch.from_numpy(cen).to(self.device)
+        self.nlist, self.nprobe = len(cen), max(1, min(nprobe, len(cen)))
+        keys_t = load_keys(keys, self.device, chunk)
+        self.n, self.d = keys_t.shape
+        assign = torch.cat([self.nearest(keys_t[s:s + chunk].float(), 1)[:, 0] for s in range(0, self.n, chunk)])
+        self.ids = torch.argsort(assign, stable=True)
+        self.keys = keys_t[self.ids]  # grouped by list
+        del keys_t
+        counts = torch.bincount(assign, minlength=self.nlist)
+        self.offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.counts = counts
+        # each list's probe set: the nprobe centroids nearest its own, itself first (distance 0)
+        self.probes = self.nearest(self.centroids, self.nprobe, sort=True)
+        # a candidate budget (faiss's max_codes): lists in dense regions stop probing once their
+        # candidates exceed it, which bounds the quadratic cost of large lists (own list always kept)
+        budget = max_candidates or 2 * self.nprobe * -(-self.n // self.nlist)
+        cum = counts[self.probes].cumsum(1)
+        self.used = ((cum <= budget).sum(1).clamp_min(1)).tolist()  # probes kept per list, on the host
+        self.sizes = cum.gather(1, torch.tensor(self.used, device=self.device)[:, None] - 1)[:, 0].tolist()
+        self.bounds = self.offsets.tolist()
+        log.info("clustered IVF: %d keys in %d lists (largest %d), %d probed, budget %d candidates cuts %d lists",
+                 self.n, self.nlist, int(counts.max()), self.nprobe, budget, sum(u < self.nprobe for u in self.used))
+
+    def nearest(self, x: torch.Tensor, p: int, sort: bool = False) -> torch.Tensor:
+        """Indices [len(x), p] of the p nearest centroids (ties to the lower index when ``sort``)."""
+        with ieee_fp32_matmul(self.device):
+            dist = torch.addmm(self.centroids.square().sum(1)[None], x, self.centroids.T, alpha=-2)
+        if sort:
+            return smallest(composite(dist.clamp_min(0), torch.arange(self.nlist, device=self.device).expand_as(dist)),
+                            p) & 0xFFFFFFFF
+        return dist.topk(p, dim=1, largest=False, sorted=False).indices
+
+    def candidates(self, lst: int) -> torch.Tensor:
+        """Storage positions of the keys in ``lst``'s probe set, concatenated list by list."""
+        probe = self.probes[lst, :self.used[lst]]
+        sizes, starts, total = self.counts[probe], self.offsets[probe], self.sizes[lst]
+        first = torch.repeat_interleave(starts - (sizes.cumsum(0) - sizes), sizes, output_size=total)
+        return first + torch.arange(total, device=self.device)
+
+    def search_list(self, q: torch.Tensor, lst: int, k: int) -> torch.Tensor:
+        """Composites [len(q), k] of queries assigned to ``lst`` against its probe set, sorted by (dist, id)."""
+        pos = self.candidates(lst)
+        cen = self.centroids[lst]
+        kc = self.keys[pos].float() - cen
+        kn, ids = kc.square().sum(1), self.ids[pos]
+        out = []
+        with ieee_fp32_matmul(self.device):
+            for qb in q.split(max(1, SCORES // max(1, len(pos)))):
+                qc = qb - cen
+                dist = torch.addmm(qc.square().sum(1)[:, None] + kn[None], qc, kc.T, alpha=-2).clamp_min_(0)
+                kk = min(k, len(pos))
+                v, j = dist.topk(kk, dim=1, largest=False, sorted=False)
+                out.append(smallest(composite(v, ids[j]), k))  # (dist, id) order, padded to k
+        return torch.cat(out)
+
+    def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assign = torch.cat([self.nearest(b, 1)[:, 0] for b in queries.split(self.chunk)])
+        order = torch.argsort(assign, stable=True)
+        lists, counts = torch.unique_consecutive(assign[order], return_counts=True)
+        out = torch.empty(len(queries), k, dtype=torch.int64, device=self.device)
+        start = 0
+        for lst, count in zip(lists.tolist(), counts.tolist()):
+            rows = order[start:start + count]
+            out[rows] = self.search_list(queries[rows], lst, k)
+            start += count
+        return decode(out)
+
+    def self_search(self, k: int, first_list: int = 0, last_list: int | None = None
+                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every stored key as a query, list by list: (list, datastore rows, dist [n_c, k], ids [n_c, k]).
+
+        The bulk path of ``mlpmem targets``: a list's queries are its own keys (already grouped), so
+        nothing is assigned or gathered twice. Results for a list do not depend on the range asked for.
+        """
+        last = self.nlist if last_list is None else last_list
+        for lst in range(first_list, last):
+            a, b = self.bounds[lst], self.bounds[lst + 1]
+            if a == b:
+                yield lst, self.ids[a:b], *decode(torch.empty(0, k, dtype=torch.int64, device=self.device))
+                continue
+            yield lst, self.ids[a:b], *decode(self.search_list(self.keys[a:b].float(), lst, k))

@@ -1,0 +1,155 @@
+"""`DecoderLM`: the decoder-only baseline as a thin LightningModule.
+
+Training is cross-entropy on the windows of ``LMDataModule`` with AdamW (weight decay
+on matrices only), linear warmup then cosine decay, and a token budget
+(``max_tokens``) that sets ``trainer.max_steps``. Evaluation accumulates the summed
+token NLL and the token count (torchmetrics), so perplexity is exp of the exact
+token-weighted mean over the split, independent of batching and of the number of GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from mlpmem_lightning import __version__
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.lightning.evaluation import TokenNLL
+from mlpmem_lightning.lightning.optim import ClipGradients, FiniteLossGuard, adamw_warmup_cosine, apply_token_budget
+from mlpmem_lightning.models.decoder import build_decoder, context_length
+from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, flops_per_token, get_size, non_embedding_params
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood in float32, shape of ``labels``."""
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
+
+
+class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
+    """Decoder-only causal LM on the size ladder.
+
+    Args:
+        size: ladder rung (``mlpmem sizes`` lists them).
+        family: ``llama`` (RMSNorm, SwiGLU, RoPE) or ``gpt2``.
+        vocab_size: taken from the token store when ``None``; if set, it must match it.
+        context: maximum sequence length of the positions.
+        tie_embeddings: share the input embedding and the output head.
+        lr: peak learning rate (default: the rung's).
+        weight_decay: AdamW decay, applied to matrices only.
+        betas: AdamW betas.
+        warmup_fraction: share of the steps spent warming up.
+        min_lr_ratio: final LR as a fraction of the peak.
+        max_tokens: training token budget; sets ``trainer.max_steps`` (``None``: use the trainer's).
+        compile: ``torch.compile`` the network (GPU).
+        dropout: dropout probability in the blocks.
+        data_fingerprint: token store this model belongs to (recorded at fit; checked later).
+    """
+
+    def __init__(self, size: str = "200k", family: Literal["llama", "gpt2"] = "llama", vocab_size: int | None = None,
+                 context: int = DEFAULT_CONTEXT, tie_embeddings: bool = False, lr: float | None = None,
+                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), warmup_fraction: float = 0.02,
+                 min_lr_ratio: float = 0.1, max_tokens: int | None = 2_000_000, compile: bool = False,
+                 dropout: float = 0.0, data_fingerprint: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.ladder = get_size(size)
+        self.lr = lr if lr is not None else self.ladder.lr
+        self.net = None
+        if vocab_size is not None:
+            self._build(vocab_size)
+        self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
+
+    def _build(self, vocab_size: int) -> None:
+        hp = self.hparams
+        self.net = build_decoder(self.ladder, vocab_size, hp.family, hp.context, hp.tie_embeddings, hp.dropout)
+        self.hparams["vocab_size"] = vocab_size
+
+    # -- set-up: bind the model to its data and its budget -------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if self.net is None:
+            self._build(dm.vocab_size)
+        elif self.hparams.vocab_size != dm.vocab_size:
+            raise UserError(f"the model's vocab_size is {self.hparams.vocab_size} but the token store's tokenizer has "
+                            f"{dm.vocab_size}: drop --model.vocab_size or prepare the data with the model's tokenizer")
+        self._check_data(dm)
+        if dm.seq_len > context_length(self.net):
+            raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
+                            "lower --data.seq_len or raise --model.context")
+        self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
+        self.tokens_per_step = apply_token_budget(self, self.hparams.max_tokens if stage == "fit" else None)
+        if stage == "fit" and self.hparams.compile:
+            self.net.compile()
+
+    def _check_data(self, dm) -> None:
+        have, fp = self.hparams.data_fingerprint, dm.fingerprint
+        if have is None:
+            self.hparams["data_fingerprint"] = fp
+        elif have != fp:
+            raise UserError(f"this model was trained on token store {have} but --data.token_store {dm.token_store} "
+                            f"has {fp}: pass the token store the model was trained on")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Besides the hyper-parameters (``data_fingerprint``: the token store), the package version and the
+        sha256 of the tokenizer, which `mlpmem generate` checks the tokenizer it is given against."""
+        super().on_save_checkpoint(checkpoint)  # FiniteLossGuard: never a checkpoint of non-finite weights
+        checkpoint["mlpmem_version"] = __version__
+        dm = getattr(self._trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "store"):
+            checkpoint["tokenizer_sha256"] = dm.store.manifest["tokenizer"]["sha256"]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed fit gets its hyper-parameters from the command line, not the checkpoint: refuse weights
+        trained on another token store than the one set up (``validate``/``test`` check it in ``setup``)."""
+        have = (checkpoint.get("hyper_parameters") or {}).get("data_fingerprint")
+        now = self.hparams.get("data_fingerprint")
+        if None not in (have, now) and have != now:
+            raise UserError(f"the checkpoint was trained on token store {have} but --data.token_store has {now}: "
+                            "pass the token store of the run, or another --trainer.default_root_dir to start afresh")
+
+    # -- steps -------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=input_ids, use_cache=False).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = token_nll(self(batch["input_ids"]), batch["labels"]).mean()
+        self.guard_loss(loss)
+        tokens = (self.global_step + 1) * self.tokens_per_step
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
+        self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
+        metric.update(token_nll(self(batch["input_ids"]), batch["labels"]))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_nll)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_nll)
+
+    def _log_epoch(self, metric: TokenNLL, prefix: str) -> None:
+        """Token-weighted mean NLL over the whole split (synced across ranks) and its perplexity."""
+        loss = metric.compute().reshape(-1)[0]
+        metric.reset()
+        self.log_dict({f"{prefix}/loss": loss, f"{prefix}/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_nll, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_nll, "test")
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        return adamw_warmup_cosine(self, list(self.parameters()), self.lr, hp.weight_decay, hp.betas,
+                                   hp.warmup_fraction, hp.min_lr_ratio)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def param_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.net.parameters())
+        return {"params_total": total, "params_non_embedding": non_embedding_params(self.ladder, self.hparams.family)}

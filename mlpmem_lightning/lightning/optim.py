@@ -1,0 +1,104 @@
+"""Optimisation shared by every trained module: token budgets, AdamW, warmup + cosine.
+
+Decoders and memories are trained the same way so that their scaling curves differ by
+architecture, not by recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def apply_token_budget(module: L.LightningModule, max_tokens: int | None) -> int:
+    """Set ``trainer.max_steps`` from a token budget; returns the tokens of one optimizer step."""
+    t, dm = module.trainer, module.trainer.datamodule
+    tokens_per_step = dm.batch_size * dm.seq_len * t.accumulate_grad_batches * t.world_size
+    if max_tokens is not None:
+        t.fit_loop.epoch_loop.max_steps = max(1, math.ceil(max_tokens / tokens_per_step))
+    return tokens_per_step
+
+
+def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                        betas: tuple[float, float], warmup_fraction: float, min_lr_ratio: float) -> dict[str, Any]:
+    """AdamW with decay on matrices only (not norms or biases), stepped per optimizer step."""
+    params = [p for p in params if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=module.device.type == "cuda")
+    total = max(1, module.trainer.max_steps)
+    warmup = max(1, round(warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_lr_ratio))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ClipGradients:
+    """Gradient clipping that works with fused AdamW under bf16-mixed (a LightningModule mixin).
+
+    Lightning refuses ``gradient_clip_val`` with any optimizer that unscales gradients itself
+    (``fused=True``), because with an fp16 loss scaler it could not unscale them first. bf16 and
+    fp32 have no scaler, so the gradients are already true gradients: clip them directly.
+    """
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if not gradient_clip_val:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            from mlpmem_lightning.core.errors import UserError
+
+            raise UserError("gradient clipping with an fp16 loss scaler is not supported with fused AdamW: "
+                            "use --trainer.precision bf16-mixed or 32")
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+
+class FiniteLossGuard:
+    """Stop training on a NaN/inf loss without a host-device sync every step (a LightningModule mixin).
+
+    ``bool(torch.isfinite(loss))`` each step would make the host wait for the GPU and stop it from
+    queueing the next step. Instead the first bad step is recorded on the device and read every
+    ``log_every_n_steps`` steps, at epoch end, and before any checkpoint is written, so the
+    checkpoints on disk still all hold finite weights: the last good one is kept.
+    """
+
+    _first_bad: torch.Tensor | None = None
+
+    def guard_loss(self, loss: torch.Tensor) -> None:
+        """Record ``loss``; check every ``log_every_n_steps`` steps (each step when not in a Trainer)."""
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self._first_bad = torch.where((self._first_bad < 0) & bad, self.global_step, self._first_bad)
+        trainer = getattr(self, "_trainer", None)
+        every = trainer.log_every_n_steps if trainer is not None else 1
+        if (self.global_step + 1) % max(1, every) == 0:
+            self.check_finite_loss()
+
+    def check_finite_loss(self) -> None:
+        """One sync: raise the one-line error if any step since the start had a non-finite loss."""
+        if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
+            from mlpmem_lightning.core.errors import UserError
+
+            raise UserError(f"training loss became NaN/inf at step {step}: lower --model.lr; "
+                            "the last good checkpoint is kept")
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite_loss()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite_loss()

@@ -1,0 +1,32 @@
+"""Compute accounting per pipeline stage, so that ``flops_train_total`` is honest per architecture.
+
+- decoder training: tokens x (6 N_matmul + 12 n_layer d_model L)            (``sizes.flops_per_token``)
+- datastore pass:   rows x one forward (a third of the above)               (keys only; an upper bound,
+                    since the pass stops at the last FFN's input)
+- search (targets): exact 2 d N_q N_k (distances as a matmul); IVF 2 d N_q (nlist + nprobe N_k / nlist)
+- memory training:  tokens x 6 N_memory, plus a decoder forward per token when keys are recomputed online
+kNN-LM = decoder + datastore; decoder + memory = decoder + datastore + search + memory training.
+"""
+
+from __future__ import annotations
+
+from mlpmem_lightning.models.ladder import DecoderSize, flops_per_token, forward_flops_per_token
+
+
+def decoder_train_flops(size: DecoderSize, vocab: int, seq_len: int, tokens: int) -> int:
+    return tokens * flops_per_token(size, vocab, seq_len)
+
+
+def datastore_flops(size: DecoderSize, vocab: int, seq_len: int, rows: int) -> int:
+    return rows * forward_flops_per_token(size, vocab, seq_len)
+
+
+def search_flops(n_queries: int, n_keys: int, d: int, index: str = "flat", nlist: int = 1, nprobe: int = 1) -> int:
+    if index == "flat":
+        return 2 * d * n_queries * n_keys
+    return int(2 * d * n_queries * (nlist + min(nprobe, nlist) * n_keys / nlist))
+
+
+def memory_train_flops(memory_flops_per_token: int, tokens: int, decoder_forward_per_token: int = 0) -> int:
+    """``memory_flops_per_token`` is the memory's 6N; add the frozen decoder's forward in online mode."""
+    return tokens * (memory_flops_per_token + decoder_forward_per_token)

@@ -1,0 +1,1 @@
+"""Sweep specifications shipped with mlpmem (package data)."""
