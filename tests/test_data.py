@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlpmem_lightning.data.datamodule import BudgetSampler, ShardSampler, TokenWindows
+from mlpmem_lightning.data.windows import BudgetSampler, ShardSampler, TokenWindows
 
 
 @pytest.fixture

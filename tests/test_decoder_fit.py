@@ -44,7 +44,7 @@ def test_smallest_decoder_learns(wiki_store, tmp_path):
     # valid perplexity is exp of the token-weighted mean NLL, recomputed here by brute force
     import torch
 
-    from mlpmem_lightning.data.datamodule import TokenWindows
+    from mlpmem_lightning.data.windows import TokenWindows
     from mlpmem_lightning.lightning.decoder_lm import DecoderLM, token_nll
 
     model = DecoderLM.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").eval()

@@ -38,7 +38,8 @@ def test_datastore_rows_follow_the_alignment(datastore, small_decoder, small_sto
 
 
 def test_killed_datastore_resumes_byte_identical(datastore, small_decoder, small_store, tmp_path):
-    code = ("from mlpmem_lightning.knn.datastore import *; import mlpmem_lightning.knn.datastore as m; m.SAVE_ROWS = 512; "
+    code = ("from mlpmem_lightning.knn.datastore import *; import mlpmem_lightning.knn.datastore as m; "
+            "m.SAVE_ROWS = 512; "
             f"build_datastore({str(small_decoder)!r}, {str(small_store)!r}, {str(tmp_path / 'ds')!r}, "
             "DatastoreSettings(batch_size=16), device='cpu')")
     n_windows = Datastore(datastore).manifest["N"] // SEQ

@@ -34,7 +34,8 @@ def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             for a in node.names:  # `from pkg import module` is an edge to the module, else to pkg
                 out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
     return {m for m in out if m in known and m != name}

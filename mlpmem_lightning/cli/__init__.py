@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each subcommand has its own --help.")
     sub = parser.add_subparsers(title="subcommands", metavar="COMMAND")
     for name, what in LIGHTNING_COMMANDS.items():
-        sub.add_parser(name, help=f"LightningCLI: {what} (--model DecoderLM|KNNLM|MemoryLM, --config …, --print_config)",
-                       add_help=False)
+        sub.add_parser(name, add_help=False,
+                       help=f"LightningCLI: {what} (--model DecoderLM|KNNLM|MemoryLM, --config …, --print_config)")
     for command in COMMANDS.values():
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(p)

@@ -1,131 +1,21 @@
-"""`LMDataModule`: token-store windows in the alignment convention of DESIGN.md.
+"""`LMDataModule`: the shared data module of every model, windows of a token store.
 
-A split's stream is cut into non-overlapping windows of ``seq_len`` inputs: window j
-holds inputs ``[j*L, (j+1)*L)`` and labels ``[j*L+1, (j+1)*L+1)``, and the batch's
-``positions`` entry is ``j*L``, the datastore/target row of the window's first input.
-Every stage (fit, datastore, targets, evaluation) reads windows through this module,
-so rows line up everywhere.
-
-Training runs on a token budget: the sampler yields exactly the samples the budget
-needs, cycling through one seeded permutation of the windows per epoch, and starts
-where a resumed run left off (from the restored global step), so an interrupted fit
-sees the same data order as an uninterrupted one.
+The window cut, the dataset and the samplers live in :mod:`.windows`; this module binds them to a
+token store, optional kNN targets and the Trainer (budget, ranks, resume point).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.data.token_store import TokenStore
-
-
-class TokenWindows(Dataset):
-    """Windows of one split; fetched a whole batch at a time by fancy indexing.
-
-    With ``extras`` (name -> .npy path of an array with one row per position, e.g. the kNN
-    targets' ``ids``/``probs`` or the datastore's ``keys``), each batch also carries those
-    rows for every position of every window, [B, L, ...], read straight from the memory
-    maps: sparse targets stay sparse.
-    """
-
-    def __init__(self, path: Path, seq_len: int, n_tokens: int, extras: dict[str, Path] | None = None):
-        self.path, self.seq_len = path, seq_len
-        self.n_windows = (n_tokens - 1) // seq_len
-        self.extras = dict(extras or {})
-        self._arrays: dict[str, np.ndarray] = {}  # opened lazily: memmaps must not be pickled to workers
-
-    def _array(self, name: str) -> np.ndarray:
-        if name not in self._arrays:
-            self._arrays[name] = np.load(self.extras.get(name, self.path), mmap_mode="r")
-        return self._arrays[name]
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return self._array("tokens")
-
-    def __len__(self) -> int:
-        return self.n_windows
-
-    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
-        return self.__getitems__([j])
-
-    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        starts = np.asarray(idx, dtype=np.int64) * self.seq_len
-        rows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int64)
-        chunk = torch.from_numpy(rows)
-        batch = {"input_ids": chunk[:, :-1], "labels": chunk[:, 1:], "positions": torch.from_numpy(starts)}
-        flat = (starts[:, None] + np.arange(self.seq_len)).reshape(-1)
-        for name in self.extras:
-            arr = self._array(name)
-            part = np.asarray(arr[flat]).reshape(len(starts), self.seq_len, *arr.shape[1:])
-            batch[name] = torch.from_numpy(part.astype(_LOADED_DTYPE.get(part.dtype.kind, part.dtype)))
-        return batch
-
-
-# integers become int64 (indexing), floats float32 (fp16 storage is for disk, not for arithmetic)
-_LOADED_DTYPE = {"i": np.int64, "u": np.int64, "f": np.float32}
-
-
-def _passthrough(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return batch
-
-
-class BudgetSampler(DistributedSampler):
-    """Samples for a token budget: per-epoch seeded permutations, resumable, rank-aware.
-
-    Global sample i of step s lives at ``s*B*world + rank*B + b``, so the global batch
-    of every step is the same whatever the number of GPUs. Subclassing
-    ``DistributedSampler`` tells Lightning not to wrap it again.
-    """
-
-    def __init__(self, n_windows: int, batches: int, batch_size: int, seed: int, start_batch: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        self.n_windows, self.batches, self.batch_size = n_windows, batches, batch_size
-        self.seed, self.start_batch, self.rank, self.world = seed, start_batch, rank, world_size
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        """The whole budget, also when resuming: Lightning restores the epoch's batch index to
-        ``start_batch`` and counts on from there, so a shorter length would end the epoch early
-        and start a new one from ``start_batch`` again (the same batches twice)."""
-        return self.batches * self.batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        b, w = self.batch_size, self.world
-        local = np.arange(self.start_batch * b, self.batches * b, dtype=np.int64)
-        global_idx = (local // b) * b * w + self.rank * b + local % b
-        epochs = global_idx // self.n_windows
-        out = np.empty_like(global_idx)
-        for e in np.unique(epochs):  # one permutation per epoch touched, not per sample
-            perm = np.random.default_rng([self.seed, int(e)]).permutation(self.n_windows)
-            mask = epochs == e
-            out[mask] = perm[global_idx[mask] % self.n_windows]
-        return iter(out.tolist())
-
-
-class ShardSampler(DistributedSampler):
-    """Evaluation order: contiguous, unshuffled, no padding (so no row counts twice)."""
-
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
-        bounds = np.linspace(0, n, world_size + 1).astype(int)
-        self.lo, self.hi = int(bounds[rank]), int(bounds[rank + 1])
-
-    def __len__(self) -> int:
-        return self.hi - self.lo
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.lo, self.hi))
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
+from mlpmem_lightning.data.windows import BudgetSampler, ShardSampler, TokenWindows, passthrough
 
 
 class LMDataModule(L.LightningDataModule):
@@ -226,7 +116,7 @@ class LMDataModule(L.LightningDataModule):
 
     def _loader(self, ds: TokenWindows, sampler: DistributedSampler, batch_size: int) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=_passthrough, persistent_workers=self.num_workers > 0,
+                          collate_fn=passthrough, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
