@@ -12,9 +12,11 @@ What it adds to the stock CLI, and why:
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -75,14 +77,20 @@ class MlpmemCLI(LightningCLI):
             self.config_init["fit"]["ckpt_path"] = str(last)
 
 
-def run_cli(argv: list[str]) -> MlpmemCLI:
-    """Run one LightningCLI command in-process (used by `mlpmem`, the demo and the tests)."""
+def run_cli(args: list[str] | dict[str, Any], callbacks: Sequence[Callback] = ()) -> MlpmemCLI:
+    """Run one LightningCLI command in-process (used by `mlpmem`, the sweep, the demo and the tests).
+
+    ``args`` is a command line (``["fit", "--config", ...]``) or the same as a structured config
+    (``{"subcommand": "fit", "fit": {"model": {...}, "data": {...}, ...}}``), which is how the sweep builds
+    its stages from settings objects. ``callbacks`` are added to the Trainer's (objects such as an Optuna
+    pruning callback, which no config can name).
+    """
     try:
         return MlpmemCLI(
             LightningModule, LMDataModule, subclass_mode_model=True,
-            args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given both
+            args=None if args == sys.argv[1:] else args,  # LightningCLI warns when given both
             save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mlpmem"},
-            seed_everything_default=0,
+            seed_everything_default=0, trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
         )
     except Exception as err:  # jsonargparse wraps errors raised in __init__; surface ours
         user_error = _find_user_error(err)
