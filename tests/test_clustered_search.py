@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlpmem_lightning.core.distributed import spawn
+from mlpmem_lightning.core.distributed import run_on_ranks
 from mlpmem_lightning.knn.search.clustered import ClusteredIVF, train_centroids
 from mlpmem_lightning.knn.targets import KNNTargets, TargetSettings, build_targets
 
@@ -67,8 +67,8 @@ def test_two_ranks_write_the_same_bytes_as_one(tmp_path):
     ds = _ds(tmp_path, n=3000, d=8)
     s = TargetSettings(index="ivfflat", k=32, keep=8, nlist=16, nprobe=4)
     one = build_targets(ds, tmp_path / "one", s, backend="clustered", device="cpu")
-    spawn(build_targets, 2, port=29533, datastore=str(ds), out=str(tmp_path / "two"), settings=s,
-          backend="clustered")
+    run_on_ranks(build_targets, 2, "cpu", datastore=str(ds), out=str(tmp_path / "two"), settings=s,
+                 backend="clustered")
     two = KNNTargets(tmp_path / "two").manifest
     for name in ("ids.npy", "probs.npy"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

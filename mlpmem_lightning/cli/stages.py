@@ -97,7 +97,8 @@ def args_datastore(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--devices", type=int, default=1,
-                   help="processes, one per GPU (NCCL) or CPU processes (gloo), each writing its own rows")
+                   help="processes, one per GPU (NCCL) or CPU processes (gloo), each writing its own rows; under "
+                        "torchrun the launcher's ranks are used instead")
     p.add_argument("--index", choices=["flat", "ivfflat", "ivfpq"], help="also build this faiss index")
     args_index(p)
 
@@ -109,6 +110,8 @@ def cmd_datastore(args: argparse.Namespace) -> None:
                                  batch_size=args.batch_size, precision=args.precision)
     m = _on_devices(build_datastore, KIND, args.out, args.devices, args.device, decoder=str(args.decoder),
                     data=str(args.data), settings=settings)
+    if m is None:
+        return
     if args.index:
         from mlpmem_lightning.knn.targets import TargetSettings, ensure_index
 
@@ -135,22 +138,23 @@ def args_targets(p: argparse.ArgumentParser) -> None:
                    help="auto: torch exact (flat) or clustered IVF on CUDA, faiss on CPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--devices", type=int, default=1,
-                   help="processes, one per GPU (NCCL) or CPU (gloo), each taking a share of the IVF lists "
-                        "(clustered backend); the files are identical to a one-device run")
+                   help="processes, one per GPU (NCCL) or CPU (gloo), each taking a share of the rows; the files "
+                        "are identical to a one-device run; under torchrun the launcher's ranks are used instead")
     p.add_argument("--mass-curve", type=int, metavar="ROWS",
                    help="only print the mass kept by K tokens, for K = 8 ... k, on ROWS sampled rows")
     args_index(p)
 
 
 def _on_devices(build: Callable[..., dict | None], kind: str, out: Path, devices: int, device: str,
-                **kwargs) -> dict:
-    """A rank-sharded stage in this process, or on ``devices`` processes (``ranks.spawn``); its manifest."""
-    if devices <= 1:
-        return build(out=out, device=device, **kwargs)
+                **kwargs) -> dict | None:
+    """A rank-sharded stage on this process, ``--devices`` processes or the ranks torchrun started; its manifest
+    (None on ranks other than 0, which print nothing)."""
     from mlpmem_lightning.core.artifacts import read_manifest
-    from mlpmem_lightning.core.distributed import spawn
+    from mlpmem_lightning.core.distributed import launched_externally, run_on_ranks
 
-    spawn(build, devices, out=str(out), **kwargs)
+    result = run_on_ranks(build, devices, device, out=str(out), **kwargs)
+    if launched_externally() and result is None:
+        return None
     return read_manifest(out, kind)
 
 
@@ -170,6 +174,8 @@ def cmd_targets(args: argparse.Namespace) -> None:
         return
     m = _on_devices(build_targets, KIND, args.out, args.devices, args.device, datastore=str(args.datastore),
                     settings=settings, backend=args.backend)
+    if m is None:
+        return
     print(f"targets {args.out}: {m['N']:,} rows, K={m['K']}, mass kept mean {m['mass_kept_mean']:.4f} "
           f"min {m['mass_kept_min']:.4f}")
 
