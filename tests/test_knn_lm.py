@@ -98,8 +98,8 @@ def test_two_process_datastore_is_identical(datastore, small_decoder, small_stor
     """Rank-sharded (2 gloo processes, each its own window range) == the single-process datastore."""
     from mlpmem_lightning.core.distributed import run_on_ranks
 
-    run_on_ranks(build_datastore, 2, "cpu", decoder=str(small_decoder), data=str(small_store), out=str(tmp_path / "ds2"),
-                 settings=DatastoreSettings(batch_size=16))
+    run_on_ranks(build_datastore, 2, "cpu", decoder=str(small_decoder), data=str(small_store),
+                 out=str(tmp_path / "ds2"), settings=DatastoreSettings(batch_size=16))
     for name in ("keys.npy", "values.npy"):
         assert (datastore / name).read_bytes() == (tmp_path / "ds2" / name).read_bytes()
     assert Datastore(tmp_path / "ds2").fingerprint == Datastore(datastore).fingerprint

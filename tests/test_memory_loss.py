@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mlpmem_lightning.bench.memory_peak import LOSS_VARIANTS, peak_memory_step
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.lightning.losses import LOSS_VARIANTS, fused_memory_loss, memory_loss, peak_memory_step
+from mlpmem_lightning.lightning.losses import fused_memory_loss, memory_loss
 
 T, V, K = 48, 64, 8
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.inference.generate import LogProbFn, generate, knn_logprobs, memory_logprobs
+from mlpmem_lightning.inference.generate import generate, knn_logprobs, memory_logprobs
 from mlpmem_lightning.models.decoder import build_decoder, context_length
 from mlpmem_lightning.models.ladder import get_size, matched_memory
 from mlpmem_lightning.models.memory import build_memory
@@ -76,15 +76,6 @@ def synthetic_datastore(rows: int, dim: int, vocab: int, device: torch.device, s
     return keys, torch.from_numpy(zipf_values(rows, vocab, seed).astype(np.int64)).to(device)
 
 
-def _exact_fp32(fn: LogProbFn, dev: torch.device) -> LogProbFn:
-    """Run a kNN search outside autocast: autocast would turn the torch searchers' float32 matmuls
-    into bf16 ones, voiding their error certificate (every row then falls back to a full scan)."""
-    def wrapped(keys: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(dev.type, enabled=False):
-            return fn(keys.float())
-    return wrapped
-
-
 def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: str, batches: tuple[int, ...] = (1, 32),
                    prompt_len: int = 256, new_tokens: int = 256, k: int = 1024, temperature: float = 16.0,
                    nlist: int | None = None, nprobe: int = 32, dtype: torch.dtype = torch.bfloat16, repeats: int = 3,
@@ -120,7 +111,7 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
 
             n_lists = nlist or default_nlist(datastore_rows)
             searcher = ClusteredIVF(keys, nlist=n_lists, nprobe=min(nprobe, n_lists), device=str(dev))
-        return _exact_fp32(knn_logprobs(searcher, values, vocab, k, temperature), dev), searcher
+        return knn_logprobs(searcher, values, vocab, k, temperature), searcher  # searches run outside autocast
 
     modes = [("decoder", "", lambda: (None, None)), ("memory", "", lambda: (memory_logprobs(mem), None)),
              ("knn", "ivf", lambda: knn("ivf")), ("knn", "exact", lambda: knn("exact")),

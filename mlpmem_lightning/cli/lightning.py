@@ -6,7 +6,11 @@ What it adds to the stock CLI, and why:
   ``checkpoints/{best,last}.ckpt``, so a run can be found, compared and resumed;
 - ``fit`` resumes from that directory's ``last.ckpt`` when one exists, so re-running an
   interrupted command continues it (and re-running a finished one trains no further);
-- validate/test log into ``<run dir>/<subcommand>/`` so they never overwrite the fit's logs.
+- a token budget: ``--model.max_tokens`` sets ``trainer.max_steps`` before the Trainer exists
+  (``--trainer.max_steps``, when given, wins);
+- every fit logs throughput and MFU (Lightning's ``ThroughputMonitor``, from the module's ``flops_per_batch``);
+- validate/test log into ``<run dir>/<subcommand>/`` so they never overwrite the fit's logs;
+- ``--config experiments/...`` finds the shipped configs from any directory, checkout or not.
 """
 
 from __future__ import annotations
@@ -16,18 +20,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.core.resources import resolve_shipped
 from mlpmem_lightning.data.datamodule import LMDataModule
-from mlpmem_lightning.lightning import (
-    memory_lm,  # noqa: F401  (register the models for --model)
-)
+from mlpmem_lightning.lightning.decoder_lm import DecoderLM
+from mlpmem_lightning.lightning.knn_lm import KNNLM
+from mlpmem_lightning.lightning.memory_lm import MemoryLM
+from mlpmem_lightning.lightning.optim import steps_for_tokens
 
-EVAL_ONLY = ("lambdas", "lambda_")
+MODELS = (DecoderLM, KNNLM, MemoryLM)  # imported so that --model finds them by class name
 
 
 class MlpmemCLI(LightningCLI):
@@ -39,14 +46,12 @@ class MlpmemCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False, "checkpoint.enable_version_counter": False,
         })
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning applies a checkpoint's hparams over the command line; evaluation settings (the λ grid
-        and the λ chosen on valid) are not the model's, so the command line keeps them."""
-        args = self.config[self.config.subcommand].model.get("init_args") if self.config.get("subcommand") else None
-        keep = {k: args[k] for k in EVAL_ONLY if args is not None and k in args}
-        super()._parse_ckpt_path()
-        for key, value in keep.items():
-            self.config[self.config.subcommand].model.init_args[key] = value
+    def parse_arguments(self, parser, args) -> None:
+        """As LightningCLI's, with shipped ``--config experiments/...`` paths found from any directory."""
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(shipped_configs(sys.argv[1:] if args is None else list(args)))
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -59,7 +64,18 @@ class MlpmemCLI(LightningCLI):
         self.run_dir = Path(cfg.trainer.default_root_dir)
         if self.subcommand != "fit":
             cfg.trainer.default_root_dir = str(self.run_dir / self.subcommand)
+        else:
+            self._apply_token_budget(cfg)
         self._default_loggers = cfg.trainer.logger in (None, True)
+
+    @staticmethod
+    def _apply_token_budget(cfg) -> None:
+        """``trainer.max_steps`` from ``model.max_tokens``, unless the command line set max_steps itself."""
+        max_tokens = (cfg.model.init_args or {}).get("max_tokens")
+        if max_tokens is None or (cfg.trainer.max_steps or -1) > 0:
+            return
+        step = cfg.data.batch_size * cfg.data.seq_len * (cfg.trainer.accumulate_grad_batches or 1) * _world_size(cfg)
+        cfg.trainer.max_steps = steps_for_tokens(max_tokens, step)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -67,6 +83,8 @@ class MlpmemCLI(LightningCLI):
             root = trainer.default_root_dir
             trainer.loggers = [CSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
             trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "fit":
+            trainer.callbacks.append(ThroughputMonitor(batch_size_fn=_windows, length_fn=_tokens))
         return trainer
 
     def before_fit(self) -> None:
@@ -75,6 +93,43 @@ class MlpmemCLI(LightningCLI):
         if self.config_init["fit"].get("ckpt_path") is None and last.is_file():
             print(f"resuming from {last}")
             self.config_init["fit"]["ckpt_path"] = str(last)
+
+
+def _windows(batch: dict) -> int:
+    return int(batch["input_ids"].shape[0])
+
+
+def _tokens(batch: dict) -> int:
+    return int(batch["input_ids"].numel())
+
+
+def _world_size(cfg) -> int:
+    """Processes the Trainer will run, from its config (the Trainer does not exist yet when max_steps is set)."""
+    import torch
+
+    devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes or 1
+    if isinstance(devices, (list, tuple)):
+        n = len(devices)
+    elif str(devices).lstrip("-").isdigit() and int(devices) > 0:
+        n = int(devices)
+    else:  # "auto" or -1: every visible GPU when the accelerator may be one, else one CPU process
+        gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        n = torch.cuda.device_count() if gpu else 1
+    return n * nodes
+
+
+def shipped_configs(args: list[str]) -> list[str]:
+    """``--config experiments/x.yaml`` resolved to the installed copy when the path does not exist here."""
+    out, expect = [], False
+    for a in args:
+        if expect:
+            a, expect = str(resolve_shipped(a)), False
+        elif a in ("-c", "--config"):
+            expect = True
+        elif a.startswith("--config="):
+            a = "--config=" + str(resolve_shipped(a.split("=", 1)[1]))
+        out.append(a)
+    return out
 
 
 def run_cli(args: list[str] | dict[str, Any], callbacks: Sequence[Callback] = ()) -> MlpmemCLI:

@@ -9,7 +9,6 @@ token). Temperature and top-p are applied to the mixture, then greedy or samplin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.knn.distributions import dense_distribution, mix
 from mlpmem_lightning.models.decoder import ffn_block
 from mlpmem_lightning.models.loading import LoadedDecoder, load_decoder
 
@@ -25,16 +25,14 @@ LogProbFn = Callable[[torch.Tensor], torch.Tensor]  # keys [B, d] -> log-probs [
 
 
 def memory_logprobs(memory: torch.nn.Module) -> LogProbFn:
-    return lambda keys: torch.log_softmax(memory(keys.float()).float(), dim=-1)
+    return lambda keys: torch.log_softmax(memory(keys.float()).double(), dim=-1)
 
 
 def knn_logprobs(searcher, values: torch.Tensor, vocab: int, k: int, temperature: float) -> LogProbFn:
-    """Dense p_kNN over the vocabulary for a handful of queries (what generation needs to sample)."""
+    """log p_kNN over the vocabulary for a handful of queries (the float64 weighting of evaluation and targets)."""
     def fn(keys: torch.Tensor) -> torch.Tensor:
         dist, ids = searcher.search(keys.float(), k)
-        w = torch.softmax(torch.where(ids >= 0, -dist / temperature, float("-inf")), dim=1)
-        p = torch.zeros(keys.shape[0], vocab, device=keys.device).scatter_add_(1, values[ids.clamp_min(0)], w)
-        return torch.log(p)
+        return torch.log(dense_distribution(dist, ids, values[ids.clamp_min(0)], vocab, temperature))
     return fn
 
 
@@ -61,10 +59,9 @@ def generate(net, input_ids: torch.Tensor, max_new_tokens: int, other: LogProbFn
         out, past, step_ids = input_ids, None, input_ids
         for _ in range(max_new_tokens):
             res = net(input_ids=step_ids, past_key_values=past, use_cache=True)
-            past, logp = res.past_key_values, torch.log_softmax(res.logits[:, -1].float(), dim=-1)
+            past, logp = res.past_key_values, torch.log_softmax(res.logits[:, -1].double(), dim=-1)
             if other is not None and lam > 0:
-                logp = torch.logaddexp(math.log1p(-lam) + logp if lam < 1 else torch.full_like(logp, -math.inf),
-                                       math.log(lam) + other(captured[-1]))
+                logp = mix(logp, other(captured[-1]), lam)
             captured.clear()
             if temperature > 0:
                 logp = top_p_filter(torch.log_softmax(logp / temperature, dim=-1), top_p)

@@ -67,9 +67,21 @@ def label_log_prob(dist: torch.Tensor, ids: torch.Tensor, neighbour_tokens: torc
     return torch.log(p)
 
 
+def mix(lp_lm: torch.Tensor, lp_other: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
+    """log((1-λ) p_LM + λ p_other), elementwise (λ broadcasts). λ=0 returns log p_LM and λ=1 log p_other exactly."""
+    lam = torch.as_tensor(lam, dtype=lp_lm.dtype, device=lp_lm.device)
+    return torch.logaddexp(torch.log1p(-lam) + lp_lm, torch.log(lam) + lp_other)
+
+
 def interpolate(lp_lm: torch.Tensor, lp_knn: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
-    """log((1-λ) p_LM + λ p_kNN) for every λ: [Λ, Q]. λ=0 returns log p_LM exactly."""
-    lam = lambdas.to(lp_lm.dtype)[:, None]
-    a = torch.log1p(-lam) + lp_lm[None, :]
-    b = torch.log(lam) + lp_knn[None, :]
-    return torch.logaddexp(a, b)
+    """log((1-λ) p_LM + λ p_kNN) for every λ of a grid: [Λ, Q]. λ=0 returns log p_LM exactly."""
+    return mix(lp_lm[None, :], lp_knn[None, :], lambdas.to(lp_lm.dtype)[:, None])
+
+
+def dense_distribution(dist: torch.Tensor, ids: torch.Tensor, neighbour_tokens: torch.Tensor, vocab: int,
+                       temperature: float) -> torch.Tensor:
+    """p_kNN over the whole vocabulary [Q, vocab], float64, for a handful of queries (sampling needs it dense;
+    evaluation and targets never build it)."""
+    w = neighbour_weights(dist, ids, temperature)
+    tokens = torch.where(ids >= 0, neighbour_tokens, 0)
+    return torch.zeros(len(w), vocab, dtype=w.dtype, device=w.device).scatter_add_(1, tokens, w)

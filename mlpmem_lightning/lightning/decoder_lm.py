@@ -13,19 +13,20 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from mlpmem_lightning import __version__
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.lightning.evaluation import TokenNLL
-from mlpmem_lightning.lightning.optim import ClipGradients, FiniteLossGuard, adamw_warmup_cosine, apply_token_budget
+from mlpmem_lightning.lightning.evaluation import TokenNLL, token_nll
+from mlpmem_lightning.lightning.optim import (
+    OPTIM,
+    ClipGradients,
+    FiniteLossGuard,
+    OptimSettings,
+    adamw_warmup_cosine,
+    tokens_per_step,
+)
 from mlpmem_lightning.models.decoder import build_decoder, context_length
-from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, flops_per_token, get_size, non_embedding_params
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood in float32, shape of ``labels``."""
-    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
+from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, flops_per_token, get_size
 
 
 class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
@@ -42,20 +43,23 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         betas: AdamW betas.
         warmup_fraction: share of the steps spent warming up.
         min_lr_ratio: final LR as a fraction of the peak.
-        max_tokens: training token budget; sets ``trainer.max_steps`` (``None``: use the trainer's).
+        max_tokens: training token budget; `mlpmem fit` sets ``trainer.max_steps`` from it unless
+            ``--trainer.max_steps`` is given (``None``: the trainer's).
         compile: ``torch.compile`` the network (GPU).
         dropout: dropout probability in the blocks.
         data_fingerprint: token store this model belongs to (recorded at fit; checked later).
     """
 
     def __init__(self, size: str = "200k", family: Literal["llama", "gpt2"] = "llama", vocab_size: int | None = None,
-                 context: int = DEFAULT_CONTEXT, tie_embeddings: bool = False, lr: float | None = None,
-                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), warmup_fraction: float = 0.02,
-                 min_lr_ratio: float = 0.1, max_tokens: int | None = 2_000_000, compile: bool = False,
-                 dropout: float = 0.0, data_fingerprint: str | None = None):
+                 context: int = DEFAULT_CONTEXT, tie_embeddings: bool = False, lr: float | None = OPTIM.lr,
+                 weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
+                 warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
+                 max_tokens: int | None = 2_000_000, compile: bool = False, dropout: float = 0.0,
+                 data_fingerprint: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.ladder = get_size(size)
+        self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio)
         self.lr = lr if lr is not None else self.ladder.lr
         self.net = None
         if vocab_size is not None:
@@ -80,7 +84,8 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
                             "lower --data.seq_len or raise --model.context")
         self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
-        self.tokens_per_step = apply_token_budget(self, self.hparams.max_tokens if stage == "fit" else None)
+        self.flops_per_batch = self.flops_per_token * dm.batch_size * dm.seq_len  # read by ThroughputMonitor
+        self.tokens_per_step = tokens_per_step(self)
         if stage == "fit" and self.hparams.compile:
             self.net.compile()
 
@@ -145,11 +150,4 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        return adamw_warmup_cosine(self, list(self.parameters()), self.lr, hp.weight_decay, hp.betas,
-                                   hp.warmup_fraction, hp.min_lr_ratio)
-
-    # -- bookkeeping ---------------------------------------------------------------------------
-    def param_counts(self) -> dict[str, int]:
-        total = sum(p.numel() for p in self.net.parameters())
-        return {"params_total": total, "params_non_embedding": non_embedding_params(self.ladder, self.hparams.family)}
+        return adamw_warmup_cosine(self, list(self.parameters()), self.lr, self.optim)

@@ -1,9 +1,24 @@
-"""Token-level NLL accumulated exactly, for one or many interpolation weights at once."""
+"""Evaluation shared by every module: exact token NLL, and the λ grid of the mixtures.
+
+Perplexity is exp of the token-weighted mean NLL over a whole split, accumulated in float64 (torchmetrics sums
+the states across ranks), so it does not depend on batch size or on how rows are spread over devices. The
+mixtures (kNN-LM, decoder + memory) accumulate the NLL of every λ of a grid in one pass; λ is then chosen on
+valid and test is reported at that λ.
+"""
 
 from __future__ import annotations
 
+import lightning as L
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric
+
+from mlpmem_lightning.core.errors import UserError
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood in float32, shape of ``labels``."""
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
 
 
 class TokenNLL(Metric):
@@ -29,3 +44,63 @@ class TokenNLL(Metric):
     def compute(self) -> torch.Tensor:
         """Mean NLL per λ: [n] (torchmetrics squeezes n == 1 to a scalar)."""
         return self.nll_sum / self.count
+
+
+DEFAULT_LAMBDAS = tuple(round(0.05 * i, 2) for i in range(21))
+
+
+def check_lambdas(lambdas, fixed: float | None = None) -> None:
+    """λ in [0, 1], a non-empty grid, and a fixed λ that is one of its points (never silently the nearest)."""
+    if not len(lambdas):
+        raise UserError("the λ grid is empty: pass --model.lambdas with at least one value in [0, 1]")
+    bad = [x for x in (*lambdas, *([] if fixed is None else [fixed])) if not 0.0 <= x <= 1.0]
+    if bad:
+        raise UserError(f"λ must lie in [0, 1], got {bad}: fix --model.lambdas / --model.lambda_")
+    if fixed is not None and min(abs(fixed - x) for x in lambdas) > 1e-9:
+        raise UserError(f"--model.lambda_ {fixed} is not on the λ grid {sorted(lambdas)}: pass a value of the grid "
+                        "or add it with --model.lambdas")
+
+
+def log_lambda_grid(module: L.LightningModule, metric: TokenNLL, lambdas: torch.Tensor, prefix: str,
+                    fixed: float | None) -> None:
+    """Log perplexity per λ, the best λ, and the headline loss/ppl (at ``fixed`` λ if given, else the best)."""
+    loss = metric.compute().reshape(-1)  # torchmetrics squeezes a one-λ grid to a scalar
+    metric.reset()
+    best = int(torch.argmin(loss))
+    for lam, value in zip(lambdas.tolist(), loss):
+        module.log(f"{prefix}/ppl_lambda_{lam:.2f}", torch.exp(value))
+    pick = best if fixed is None else int(torch.argmin((lambdas - fixed).abs()))
+    module.log_dict({f"{prefix}/best_lambda": lambdas[best].float(), f"{prefix}/best_ppl": torch.exp(loss[best]),
+                     f"{prefix}/decoder_ppl": torch.exp(loss[0]) if lambdas[0] == 0 else torch.tensor(float("nan")),
+                     f"{prefix}/lambda": lambdas[pick].float(), f"{prefix}/loss": loss[pick],
+                     f"{prefix}/ppl": torch.exp(loss[pick])}, prog_bar=False)
+
+
+class LambdaGridEvaluation:
+    """Validation/test hooks shared by KNNLM and MemoryLM: ``_eval_step`` accumulates the NLL of every λ
+    into ``val_nll``/``test_nll``; the epoch ends log the grid (``log_lambda_grid``).
+
+    The grid and the fixed λ are evaluation settings, not the model's: modules keep them out of their saved
+    hyper-parameters, so a checkpoint never overrides the λ a ``validate``/``test`` command line asks for.
+    """
+
+    EVAL_ONLY = ["lambdas", "lambda_"]  # for save_hyperparameters(ignore=...)
+
+    def init_lambda_grid(self, lambdas: list[float] | None, lambda_: float | None) -> None:
+        lambdas = list(DEFAULT_LAMBDAS) if lambdas is None else list(lambdas)
+        check_lambdas(lambdas, lambda_)
+        self.lambda_ = lambda_
+        self.register_buffer("lambdas", torch.tensor(sorted(lambdas), dtype=torch.float64), persistent=False)
+        self.val_nll, self.test_nll = TokenNLL(len(lambdas)), TokenNLL(len(lambdas))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_nll)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_nll)
+
+    def on_validation_epoch_end(self) -> None:
+        log_lambda_grid(self, self.val_nll, self.lambdas, "val", self.lambda_)
+
+    def on_test_epoch_end(self) -> None:
+        log_lambda_grid(self, self.test_nll, self.lambdas, "test", self.lambda_)

@@ -22,15 +22,21 @@ import torch
 from mlpmem_lightning import __version__
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.distributions import interpolate
-from mlpmem_lightning.lightning.decoder_lm import token_nll
-from mlpmem_lightning.lightning.evaluation import TokenNLL
-from mlpmem_lightning.lightning.knn_lm import DEFAULT_LAMBDAS, LambdaGridEvaluation, check_lambdas
-from mlpmem_lightning.lightning.losses import memory_loss
-from mlpmem_lightning.lightning.optim import ClipGradients, FiniteLossGuard, adamw_warmup_cosine, apply_token_budget
+from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation, TokenNLL, token_nll
+from mlpmem_lightning.lightning.losses import fused_memory_loss, memory_loss
+from mlpmem_lightning.lightning.optim import (
+    OPTIM,
+    ClipGradients,
+    FiniteLossGuard,
+    OptimSettings,
+    adamw_warmup_cosine,
+    tokens_per_step,
+)
 from mlpmem_lightning.models.decoder import ffn_inputs, logits_and_ffn_inputs
+from mlpmem_lightning.models.flops import forward_flops_of
 from mlpmem_lightning.models.ladder import get_memory_size, get_size, matched_memory
 from mlpmem_lightning.models.loading import load_decoder
-from mlpmem_lightning.models.memory import build_memory, save_memory
+from mlpmem_lightning.models.memory import build_memory, memory_flops_per_token, save_memory
 
 # fingerprints a MemoryLM checkpoint records besides its decoder's: (what, the flag a later run checks them against)
 RECORDED = {"token_store_fingerprint": ("token store", "--data.token_store"),
@@ -57,20 +63,24 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         lambdas: λ grid evaluated in one pass (default 0, 0.05, ..., 1).
         lambda_: λ of the headline ``loss``/``ppl`` (e.g. chosen on valid); best of the grid if unset.
         compile: ``torch.compile`` the memory (GPU).
+        loss: ``sparse`` (log_softmax of the logits, then the K target ids) or ``fused`` (head, log_softmax
+            and loss chunk by chunk with the gradient computed in forward: same values, no [tokens, vocab]
+            tensor kept for backward; for long batches and large vocabularies).
     """
 
     def __init__(self, decoder: str, size: str | None = None, block: Literal["swiglu", "gelu"] = "swiglu",
                  alpha: float = 0.5, mode: Literal["online", "offline"] = "online",
-                 init_head_from_decoder: bool = True, lr: float | None = None, weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_fraction: float = 0.02, min_lr_ratio: float = 0.1,
+                 init_head_from_decoder: bool = True, lr: float | None = OPTIM.lr,
+                 weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
+                 warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, lambdas: list[float] | None = None,
-                 lambda_: float | None = None, compile: bool = False):
+                 lambda_: float | None = None, compile: bool = False, loss: Literal["sparse", "fused"] = "sparse"):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"alpha {alpha} must lie in [0, 1]: fix --model.alpha")
-        lambdas = list(DEFAULT_LAMBDAS) if lambdas is None else lambdas
-        check_lambdas(lambdas, lambda_)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=self.EVAL_ONLY)
+        self.init_lambda_grid(lambdas, lambda_)
+        self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio)
         dec = load_decoder(decoder)
         object.__setattr__(self, "decoder", dec.net)  # frozen and reloaded: not a submodule, not checkpointed
         self.decoder_fingerprint, self.decoder_data = dec.fingerprint, dec.data_fingerprint
@@ -81,8 +91,6 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         self.lr = lr if lr is not None else get_size(get_memory_size(size).decoder).lr
         if init_head_from_decoder:
             self.memory.init_head_from(dec.net.get_output_embeddings().weight.detach())
-        self.register_buffer("lambdas", torch.tensor(sorted(lambdas), dtype=torch.float64), persistent=False)
-        self.val_nll, self.test_nll = TokenNLL(len(lambdas)), TokenNLL(len(lambdas))
         self.layer = -1
 
     # -- set-up: bind to the data, its targets and the budget ------------------------------------
@@ -105,7 +113,10 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
                                 "decoder's targets")
             self.layer = datastore["layer"]
             dm.serve_keys = self.hparams.mode == "offline"
-            self.tokens_per_step = apply_token_budget(self, self.hparams.max_tokens)
+            self.tokens_per_step = tokens_per_step(self)
+            decoder = forward_flops_of(self.decoder, dm.seq_len) if self.hparams.mode == "online" else 0
+            per_token = memory_flops_per_token(self.memory.cfg) + decoder
+            self.flops_per_batch = per_token * dm.batch_size * dm.seq_len  # read by ThroughputMonitor
             if self.hparams.compile:
                 self.memory.compile()
 
@@ -138,9 +149,12 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
             return ffn_inputs(self.decoder, batch["input_ids"], self.layer)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.memory(self.keys(batch).float())
-        out = memory_loss(logits.flatten(0, 1), batch["knn_ids"].flatten(0, 1), batch["knn_probs"].flatten(0, 1),
-                          batch["labels"].flatten(), self.hparams.alpha)
+        keys, ids, probs = self.keys(batch).float(), batch["knn_ids"].flatten(0, 1), batch["knn_probs"].flatten(0, 1)
+        labels, alpha = batch["labels"].flatten(), self.hparams.alpha
+        if self.hparams.loss == "fused":
+            out = fused_memory_loss(self.memory.features(keys), self.memory.head_w, ids, probs, labels, alpha)
+        else:
+            out = memory_loss(self.memory(keys).flatten(0, 1), ids, probs, labels, alpha)
         self.guard_loss(out["loss"])
         self.log_dict({"train/loss": out["loss"], "train/kl": out["kl"], "train/ce": out["ce"]}, prog_bar=True,
                       sync_dist=True)  # the global batch's losses under DDP
@@ -148,9 +162,7 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         return out["loss"]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        return adamw_warmup_cosine(self, list(self.memory.parameters()), self.lr, hp.weight_decay, hp.betas,
-                                   hp.warmup_fraction, hp.min_lr_ratio)
+        return adamw_warmup_cosine(self, list(self.memory.parameters()), self.lr, self.optim)
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()

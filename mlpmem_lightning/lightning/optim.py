@@ -1,16 +1,33 @@
 """Optimisation shared by every trained module: token budgets, AdamW, warmup + cosine.
 
 Decoders and memories are trained the same way so that their scaling curves differ by
-architecture, not by recipe.
+architecture, not by recipe: both take their defaults from one :class:`OptimSettings`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
+
+from mlpmem_lightning.core.errors import UserError
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """AdamW with linear warmup then cosine decay; one default per setting for every trained module."""
+
+    lr: float | None = None  # peak LR; None: the size rung's
+    weight_decay: float = 0.1  # on matrices only
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_fraction: float = 0.02  # share of the steps spent warming up
+    min_lr_ratio: float = 0.1  # final LR as a fraction of the peak
+
+
+OPTIM = OptimSettings()
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -21,25 +38,27 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def apply_token_budget(module: L.LightningModule, max_tokens: int | None) -> int:
-    """Set ``trainer.max_steps`` from a token budget; returns the tokens of one optimizer step."""
+def steps_for_tokens(max_tokens: int, tokens_per_step: int) -> int:
+    """Optimizer steps of a token budget: whole steps, at least one (the CLI sets ``trainer.max_steps`` with it)."""
+    return max(1, math.ceil(max_tokens / tokens_per_step))
+
+
+def tokens_per_step(module: L.LightningModule) -> int:
+    """Tokens of one optimizer step across every rank: batch x seq_len x accumulation x world size."""
     t, dm = module.trainer, module.trainer.datamodule
-    tokens_per_step = dm.batch_size * dm.seq_len * t.accumulate_grad_batches * t.world_size
-    if max_tokens is not None:
-        t.fit_loop.epoch_loop.max_steps = max(1, math.ceil(max_tokens / tokens_per_step))
-    return tokens_per_step
+    return dm.batch_size * dm.seq_len * t.accumulate_grad_batches * t.world_size
 
 
-def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Parameter], lr: float, weight_decay: float,
-                        betas: tuple[float, float], warmup_fraction: float, min_lr_ratio: float) -> dict[str, Any]:
-    """AdamW with decay on matrices only (not norms or biases), stepped per optimizer step."""
+def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Parameter], lr: float,
+                        s: OptimSettings) -> dict[str, Any]:
+    """AdamW with decay on matrices only (not norms or biases), stepped per optimizer step, at peak ``lr``."""
     params = [p for p in params if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": s.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=module.device.type == "cuda")
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(s.betas), fused=module.device.type == "cuda")
     total = max(1, module.trainer.max_steps)
-    warmup = max(1, round(warmup_fraction * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_lr_ratio))
+    warmup = max(1, round(s.warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total, s.min_lr_ratio))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -56,8 +75,6 @@ class ClipGradients:
         if not gradient_clip_val:
             return
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            from mlpmem_lightning.core.errors import UserError
-
             raise UserError("gradient clipping with an fp16 loss scaler is not supported with fused AdamW: "
                             "use --trainer.precision bf16-mixed or 32")
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -92,8 +109,6 @@ class FiniteLossGuard:
     def check_finite_loss(self) -> None:
         """One sync: raise the one-line error if any step since the start had a non-finite loss."""
         if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
-            from mlpmem_lightning.core.errors import UserError
-
             raise UserError(f"training loss became NaN/inf at step {step}: lower --model.lr; "
                             "the last good checkpoint is kept")
 

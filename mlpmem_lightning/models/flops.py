@@ -30,3 +30,18 @@ def search_flops(n_queries: int, n_keys: int, d: int, index: str = "flat", nlist
 def memory_train_flops(memory_flops_per_token: int, tokens: int, decoder_forward_per_token: int = 0) -> int:
     """``memory_flops_per_token`` is the memory's 6N; add the frozen decoder's forward in online mode."""
     return tokens * (memory_flops_per_token + decoder_forward_per_token)
+
+
+def forward_flops_of(net, seq_len: int) -> int:
+    """Forward FLOPs per token of any loaded causal LM, from its weights: 2 per matmul weight (every matrix but
+    the input embedding, a lookup) plus the attention scores and weighted values (4·n_layer·d·seq_len).
+
+    For decoders that are not ladder rungs (a transformers directory), where the closed form has no rung to read.
+    """
+    embedding = net.get_input_embeddings().weight
+    matmul = sum(p.numel() for p in net.parameters() if p.ndim == 2 and p is not embedding)
+    if net.get_output_embeddings() is not None and net.get_output_embeddings().weight is embedding:  # tied head
+        matmul += embedding.numel()
+    cfg = net.config
+    n_layer = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    return 2 * matmul + 4 * n_layer * cfg.hidden_size * seq_len
