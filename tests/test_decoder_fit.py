@@ -45,7 +45,8 @@ def test_smallest_decoder_learns(wiki_store, tmp_path):
     import torch
 
     from mlpmem_lightning.data.windows import TokenWindows
-    from mlpmem_lightning.lightning.decoder_lm import DecoderLM, token_nll
+    from mlpmem_lightning.lightning.decoder_lm import DecoderLM
+    from mlpmem_lightning.lightning.evaluation import token_nll
 
     model = DecoderLM.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").eval()
     windows = TokenWindows(wiki_store / "valid.npy", SEQ, store.manifest["tokens"]["valid"])

@@ -85,15 +85,15 @@ class BudgetSampler(DistributedSampler):
     """Samples for a token budget: per-epoch seeded permutations, resumable, rank-aware.
 
     Global sample i of step s lives at ``s*B*world + rank*B + b``, so the global batch
-    of every step is the same whatever the number of GPUs. Subclassing
-    ``DistributedSampler`` tells Lightning not to wrap it again.
+    of every step is the same whatever the number of GPUs. It is a ``DistributedSampler`` (initialised as
+    one) because that is how Lightning knows a sampler already shards by rank and must not be wrapped again.
     """
 
     def __init__(self, n_windows: int, batches: int, batch_size: int, seed: int, start_batch: int = 0,
                  rank: int = 0, world_size: int = 1):
+        super().__init__(range(n_windows), num_replicas=world_size, rank=rank, shuffle=False, seed=seed)
         self.n_windows, self.batches, self.batch_size = n_windows, batches, batch_size
-        self.seed, self.start_batch, self.rank, self.world = seed, start_batch, rank, world_size
-        self.epoch = 0
+        self.start_batch, self.world = start_batch, world_size
 
     def __len__(self) -> int:
         """The whole budget, also when resuming: Lightning restores the epoch's batch index to
@@ -118,6 +118,7 @@ class ShardSampler(DistributedSampler):
     """Evaluation order: contiguous, unshuffled, no padding (so no row counts twice)."""
 
     def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=False)
         bounds = np.linspace(0, n, world_size + 1).astype(int)
         self.lo, self.hi = int(bounds[rank]), int(bounds[rank + 1])
 
