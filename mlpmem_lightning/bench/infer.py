@@ -188,7 +188,8 @@ def bench_memory_training(decoder_size: str, vocab: int, device: str, batch: int
             module = MemoryLM(tmp, size=mem_name, mode=mode).to(dev).train()
             module.decoder.to(dev)  # not a submodule: moved by MemoryLM.setup in a real run
             module.tokens_per_step = batch * seq_len
-            stand_in = SimpleNamespace(hparams=module.hparams, lr=module.lr, memory=module.memory, device=dev,
+            stand_in = SimpleNamespace(hparams=module.hparams, lr=module.lr, optim=module.optim, memory=module.memory,
+                                       device=dev,
                                        trainer=SimpleNamespace(max_steps=warmup + steps))
             opt_cfg = MemoryLM.configure_optimizers(stand_in)
             opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
