@@ -169,3 +169,9 @@ def test_toy_fits_and_its_datastore_keys_are_the_ffn_inputs(toy, toy_run, small_
     torch.testing.assert_close(keys.float(), expected.half().float(), rtol=1e-3, atol=1e-3)
     values = np.load(out / "values.npy")
     assert np.array_equal(values, batch["labels"].flatten().numpy())
+
+
+def test_a_checkpoint_of_an_unregistered_family_says_how_to_load_it(toy, toy_run, monkeypatch):
+    monkeypatch.delitem(FAMILIES, "toy")
+    with pytest.raises(UserError, match=r"family 'toy', which is not registered: register it in"):
+        load_decoder(toy_run)
