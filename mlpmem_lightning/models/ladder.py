@@ -49,6 +49,8 @@ def get_size(name: str) -> DecoderSize:
     return SIZES[name]
 
 
+# The counts by family name, read off the registry. Their default is DecoderLM's default family; the
+# accounting of a trained decoder (models/flops.py) takes the family without a default instead.
 FamilyArg = str | DecoderFamily  # a registry name or a family object
 
 
