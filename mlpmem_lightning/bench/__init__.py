@@ -94,10 +94,11 @@ def bench_train(sizes: list[str], token_store: str, seq_len: int = 256, batch: i
         step = statistics.median(timer.step_seconds())
         vocab = dm.vocab_size
         tps = batch * seq_len / step
-        fpt = flops_per_token(get_size(size), vocab, seq_len)
+        family = model.hparams.family  # the family it trained as, not a default
+        fpt = flops_per_token(get_size(size), vocab, seq_len, family)
         peak = peak_flops(gpu)
         rows.append({"bench": "train", "gpu": gpu, "dtype": "bf16-mixed" if gpu != "cpu" else "fp32",
-                     "decoder_size": size, "params_total": total_params(get_size(size), vocab), "vocab": vocab,
+                     "decoder_size": size, "params_total": total_params(get_size(size), vocab, family), "vocab": vocab,
                      "batch": batch, "seq_len": seq_len, "compile": compile, "step_ms": round(step * 1e3, 3),
                      "tokens_per_s": round(tps), "model_tflops": round(fpt * tps / 1e12, 2),
                      "mfu": round(fpt * tps / peak, 4) if peak else None})

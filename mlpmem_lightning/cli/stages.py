@@ -45,9 +45,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 # -- sizes -------------------------------------------------------------------------------------
 def args_sizes(p: argparse.ArgumentParser) -> None:
+    from mlpmem_lightning.models.families import FAMILIES
+
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--seq-len", type=int, default=256, help="context used in the attention FLOPs term")
-    p.add_argument("--family", default="llama", choices=["llama", "gpt2"])
+    p.add_argument("--family", default="llama", choices=list(FAMILIES))
     p.add_argument("--tie", action="store_true", help="tied input embedding and output head")
     p.add_argument("--ladder", default="both", choices=["both", "decoder", "memory"],
                    help="which ladder (csv and json print one: decoder unless memory is asked for)")
@@ -57,9 +59,10 @@ def args_sizes(p: argparse.ArgumentParser) -> None:
 def cmd_sizes(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from mlpmem_lightning.models.families import get_family
     from mlpmem_lightning.models.ladder import ladder_table, memory_ladder_table
 
-    block = "gelu" if args.family == "gpt2" else "swiglu"
+    block = get_family(args.family).memory_block
     tables = {"decoder": pd.DataFrame(ladder_table(args.vocab_size, args.seq_len, args.family, args.tie)),
               "memory": pd.DataFrame(memory_ladder_table(args.vocab_size, block))}
     if args.format != "table":

@@ -9,7 +9,7 @@ token-weighted mean over the split, independent of batching and of the number of
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,6 +26,7 @@ from mlpmem_lightning.lightning.optim import (
     tokens_per_step,
 )
 from mlpmem_lightning.models.decoder import build_decoder, context_length
+from mlpmem_lightning.models.families import get_family
 from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, flops_per_token, get_size
 
 
@@ -34,7 +35,8 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
 
     Args:
         size: ladder rung (``mlpmem sizes`` lists them).
-        family: ``llama`` (RMSNorm, SwiGLU, RoPE) or ``gpt2``.
+        family: a registered decoder family (``mlpmem sizes --help`` lists them): ``llama`` (RMSNorm, SwiGLU,
+            RoPE), ``gpt2``, ...
         vocab_size: taken from the token store when ``None``; if set, it must match it.
         context: maximum sequence length of the positions.
         tie_embeddings: share the input embedding and the output head.
@@ -50,13 +52,14 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         data_fingerprint: token store this model belongs to (recorded at fit; checked later).
     """
 
-    def __init__(self, size: str = "200k", family: Literal["llama", "gpt2"] = "llama", vocab_size: int | None = None,
+    def __init__(self, size: str = "200k", family: str = "llama", vocab_size: int | None = None,
                  context: int = DEFAULT_CONTEXT, tie_embeddings: bool = False, lr: float | None = OPTIM.lr,
                  weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, compile: bool = False, dropout: float = 0.0,
                  data_fingerprint: str | None = None):
         super().__init__()
+        get_family(family)  # a str, not a Literal, so that registered families are accepted: checked here
         self.save_hyperparameters()
         self.ladder = get_size(size)
         self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio)

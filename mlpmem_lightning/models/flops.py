@@ -1,24 +1,28 @@
 """Compute accounting per pipeline stage, so that ``flops_train_total`` is honest per architecture.
 
-- decoder training: tokens x (6 N_matmul + 12 n_layer d_model L)            (``sizes.flops_per_token``)
+- decoder training: tokens x (6 N_matmul + 12 n_layer d_model L)            (the family's ``flops_per_token``)
 - datastore pass:   rows x one forward (a third of the above)               (keys only; an upper bound,
                     since the pass stops at the last FFN's input)
 - search (targets): exact 2 d N_q N_k (distances as a matmul); IVF 2 d N_q (nlist + nprobe N_k / nlist)
 - memory training:  tokens x 6 N_memory, plus a decoder forward per token when keys are recomputed online
 kNN-LM = decoder + datastore; decoder + memory = decoder + datastore + search + memory training.
+
+The decoder's family is a required argument: N_matmul differs between families (GPT-2's biases and
+4d FFN against Llama's SwiGLU), so a count that defaulted to one family would be silently wrong for the other.
 """
 
 from __future__ import annotations
 
-from mlpmem_lightning.models.ladder import DecoderSize, flops_per_token, forward_flops_per_token
+from mlpmem_lightning.models.families import DecoderFamily, DecoderSize, get_family
 
 
-def decoder_train_flops(size: DecoderSize, vocab: int, seq_len: int, tokens: int) -> int:
-    return tokens * flops_per_token(size, vocab, seq_len)
+def decoder_train_flops(size: DecoderSize, vocab: int, seq_len: int, tokens: int, *,
+                        family: str | DecoderFamily) -> int:
+    return tokens * get_family(family).flops_per_token(size, vocab, seq_len)
 
 
-def datastore_flops(size: DecoderSize, vocab: int, seq_len: int, rows: int) -> int:
-    return rows * forward_flops_per_token(size, vocab, seq_len)
+def datastore_flops(size: DecoderSize, vocab: int, seq_len: int, rows: int, *, family: str | DecoderFamily) -> int:
+    return rows * get_family(family).forward_flops_per_token(size, vocab, seq_len)
 
 
 def search_flops(n_queries: int, n_keys: int, d: int, index: str = "flat", nlist: int = 1, nprobe: int = 1) -> int:

@@ -1,17 +1,12 @@
-"""The decoder size ladder, parameter counts and FLOPs per token.
+"""The decoder size ladder, and its parameter counts and FLOPs per token by family.
 
 Pythia-style: along the ladder only depth, width, heads and learning rate change;
 everything else (family, vocabulary, context, FFN ratio) is shared, so the
-differences between rungs are differences of scale. Counts are computed in closed
-form (checked in the tests against hand counts and ``sum(p.numel())``) so that a
-sweep can be planned without building a model.
-
-FLOPs follow the PaLM / nanoGPT convention: a training step costs
-``6 * N_matmul + 12 * n_layer * d_model * seq_len`` FLOPs per token, where
-``N_matmul`` is every parameter that takes part in a matrix multiply (all
-non-embedding weights plus the output head; the input embedding is a lookup) and
-the second term is the attention score and value products, forward and backward,
-counted over the full (unmasked) sequence.
+differences between rungs are differences of scale. Counts are closed-form (checked
+in the tests against hand counts and ``sum(p.numel())``) so that a sweep can be
+planned without building a model; each comes from the decoder family's registry
+entry (``models/families/``), including the FLOPs convention
+``6 * N_matmul + 12 * n_layer * d_model * seq_len`` per training token.
 """
 
 from __future__ import annotations
@@ -20,21 +15,16 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.models.families import (
+    DEFAULT_CONTEXT,
+    FAMILIES,
+    DecoderFamily,
+    DecoderSize,
+    family_for_block,
+    get_family,
+)
 
-Family = Literal["llama", "gpt2"]
-FAMILIES: tuple[str, ...] = ("llama", "gpt2")
-
-
-@dataclass(frozen=True)
-class DecoderSize:
-    """One rung of the ladder: the only things that vary with scale."""
-
-    name: str
-    n_layer: int
-    d_model: int
-    n_head: int
-    lr: float
-
+__all__ = ["DEFAULT_CONTEXT", "FAMILIES", "DecoderSize"]  # re-exported: the ladder's vocabulary
 
 # Each rung has about 2x the non-embedding parameters of the one before (llama family).
 LADDER: tuple[DecoderSize, ...] = (
@@ -52,10 +42,6 @@ LADDER: tuple[DecoderSize, ...] = (
 )
 SIZES: dict[str, DecoderSize] = {s.name: s for s in LADDER}
 
-# Shared, not scaled: the SwiGLU hidden size is 8/3 d rounded up to this multiple.
-FFN_MULTIPLE = 64
-DEFAULT_CONTEXT = 1024
-
 
 def get_size(name: str) -> DecoderSize:
     if name not in SIZES:
@@ -63,75 +49,54 @@ def get_size(name: str) -> DecoderSize:
     return SIZES[name]
 
 
-def check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise UserError(f"unknown decoder family {family!r}: choose one of {', '.join(FAMILIES)}")
+# The counts by family name, read off the registry. Their default is DecoderLM's default family; the
+# accounting of a trained decoder (models/flops.py) takes the family without a default instead.
+FamilyArg = str | DecoderFamily  # a registry name or a family object
 
 
-def ffn_hidden(d_model: int, family: str = "llama") -> int:
-    """SwiGLU keeps the 4d MLP's parameter count with 2/3 of the width (LLaMA)."""
-    if family == "gpt2":
-        return 4 * d_model
-    hidden = int(8 * d_model / 3)
-    return FFN_MULTIPLE * -(-hidden // FFN_MULTIPLE)
+def ffn_hidden(d_model: int, family: FamilyArg = "llama") -> int:
+    return get_family(family).ffn_hidden(d_model)
 
 
-def layer_params(d_model: int, family: str = "llama") -> int:
+def layer_params(d_model: int, family: FamilyArg = "llama") -> int:
     """Parameters of one transformer block."""
-    d, f = d_model, ffn_hidden(d_model, family)
-    if family == "gpt2":  # biased projections, two LayerNorms with bias
-        return (3 * d * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d
-    return 4 * d * d + 3 * d * f + 2 * d  # no biases, two RMSNorm gains
+    return get_family(family).layer_params(d_model)
 
 
-def non_embedding_params(size: DecoderSize, family: str = "llama") -> int:
+def non_embedding_params(size: DecoderSize, family: FamilyArg = "llama") -> int:
     """Blocks plus the final norm: what scaling laws call N (Kaplan et al.)."""
-    final_norm = 2 * size.d_model if family == "gpt2" else size.d_model
-    return size.n_layer * layer_params(size.d_model, family) + final_norm
+    return get_family(family).non_embedding_params(size)
 
 
-def embedding_params(
-    size: DecoderSize, vocab_size: int, family: str = "llama", tie: bool = False, context: int = DEFAULT_CONTEXT
-) -> int:
-    """Input embedding, untied output head and (GPT-2) learned positions."""
-    n = vocab_size * size.d_model * (1 if tie else 2)
-    if family == "gpt2":
-        n += context * size.d_model
-    return n
+def embedding_params(size: DecoderSize, vocab_size: int, family: FamilyArg = "llama", tie: bool = False,
+                     context: int = DEFAULT_CONTEXT) -> int:
+    """Input embedding, untied output head and learned positions (GPT-2)."""
+    return get_family(family).embedding_params(size, vocab_size, tie, context)
 
 
-def total_params(
-    size: DecoderSize, vocab_size: int, family: str = "llama", tie: bool = False, context: int = DEFAULT_CONTEXT
-) -> int:
-    return non_embedding_params(size, family) + embedding_params(size, vocab_size, family, tie, context)
+def total_params(size: DecoderSize, vocab_size: int, family: FamilyArg = "llama", tie: bool = False,
+                 context: int = DEFAULT_CONTEXT) -> int:
+    return get_family(family).total_params(size, vocab_size, tie, context)
 
 
-def flops_per_token(size: DecoderSize, vocab_size: int, seq_len: int, family: str = "llama") -> int:
-    """Training FLOPs per token (forward + backward), see the module docstring."""
-    matmul_params = non_embedding_params(size, family) + vocab_size * size.d_model
-    return 6 * matmul_params + 12 * size.n_layer * size.d_model * seq_len
+def flops_per_token(size: DecoderSize, vocab_size: int, seq_len: int, family: FamilyArg = "llama") -> int:
+    """Training FLOPs per token (forward + backward), see ``families/base.py``."""
+    return get_family(family).flops_per_token(size, vocab_size, seq_len)
 
 
-def forward_flops_per_token(size: DecoderSize, vocab_size: int, seq_len: int, family: str = "llama") -> int:
+def forward_flops_per_token(size: DecoderSize, vocab_size: int, seq_len: int, family: FamilyArg = "llama") -> int:
     """Inference FLOPs per token: one third of a training step."""
-    return flops_per_token(size, vocab_size, seq_len, family) // 3
+    return get_family(family).forward_flops_per_token(size, vocab_size, seq_len)
 
 
-def ladder_table(vocab_size: int = 8192, seq_len: int = 256, family: str = "llama", tie: bool = False) -> list[dict]:
+def ladder_table(vocab_size: int = 8192, seq_len: int = 256, family: FamilyArg = "llama",
+                 tie: bool = False) -> list[dict]:
     """The ladder as rows, for `mlpmem sizes` and the README."""
-    rows = []
-    for s in LADDER:
-        rows.append(
-            {
-                **asdict(s),
-                "head_dim": s.d_model // s.n_head,
-                "ffn": ffn_hidden(s.d_model, family),
-                "params_non_embedding": non_embedding_params(s, family),
-                "params_total": total_params(s, vocab_size, family, tie),
-                "flops_per_token": flops_per_token(s, vocab_size, seq_len, family),
-            }
-        )
-    return rows
+    fam = get_family(family)
+    return [{**asdict(s), "head_dim": s.d_model // s.n_head, "ffn": fam.ffn_hidden(s.d_model),
+             "params_non_embedding": fam.non_embedding_params(s), "params_total": fam.total_params(s, vocab_size, tie),
+             "flops_per_token": fam.flops_per_token(s, vocab_size, seq_len)}
+            for s in LADDER]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,15 +107,15 @@ def ladder_table(vocab_size: int = 8192, seq_len: int = 256, family: str = "llam
 # depth is round(1.5 x decoder depth) and the FFN hidden size is then solved in closed form so
 # that the memory's non-embedding parameters (blocks, norms, input projection; not the vocabulary
 # head) are as close as possible to the decoder's, with the hidden size a multiple of 32. The
-# default "swiglu" block is matched to the llama decoder family, "gelu" to gpt2. Counts here are
-# torch-free; ``memory.py`` builds the modules and the tests check these against sum(p.numel()).
+# block is matched to the first registered decoder family that uses it (``memory_block``: "swiglu"
+# to llama, "gelu" to gpt2). Counts here are torch-free; ``memory.py`` builds the modules and the
+# tests check these against sum(p.numel()).
 # ---------------------------------------------------------------------------------------------
 
 MemoryBlock = Literal["swiglu", "gelu"]
 MEMORY_BLOCKS: tuple[str, ...] = ("swiglu", "gelu")
 MEMORY_FFN_MULTIPLE = 32
 MEMORY_DEPTH_RATIO = 1.5
-_BLOCK_FAMILY = {"swiglu": "llama", "gelu": "gpt2"}  # the decoder family a block type is matched to
 
 
 @dataclass(frozen=True)
@@ -209,7 +174,7 @@ def memory_ffn(size: MemorySize, block: str = "swiglu") -> int:
     and the best multiple of 32 is f* rounded to the nearest one (at least 32).
     """
     check_block(block)
-    target = non_embedding_params(get_size(size.decoder), _BLOCK_FAMILY[block])
+    target = family_for_block(block).non_embedding_params(get_size(size.decoder))
     b = memory_non_embedding_count(size.n_layer, size.d_model, 0, size.d_model, block)
     a = memory_non_embedding_count(size.n_layer, size.d_model, 1, size.d_model, block) - b
     m = MEMORY_FFN_MULTIPLE
@@ -235,6 +200,8 @@ def matched_memory(decoder_size_name: str) -> MemorySize:
 
 def memory_ladder_table(vocab_size: int = 8192, block: str = "swiglu") -> list[dict]:
     """The memory ladder as rows (input width = the matched decoder's width, so no projection)."""
+    check_block(block)
+    family = family_for_block(block)
     rows = []
     for s in MEMORY_LADDER:
         f = memory_ffn(s, block)
@@ -247,7 +214,7 @@ def memory_ladder_table(vocab_size: int = 8192, block: str = "swiglu") -> list[d
                 "params_non_embedding": non_emb,
                 "params_total": non_emb + vocab_size * s.d_model,
                 "flops_per_token": memory_flops_count(non_emb, s.d_model, vocab_size),
-                "ratio_to_decoder": non_emb / non_embedding_params(get_size(s.decoder), _BLOCK_FAMILY[block]),
+                "ratio_to_decoder": non_emb / family.non_embedding_params(get_size(s.decoder)),
             }
         )
     return rows

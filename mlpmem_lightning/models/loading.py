@@ -2,9 +2,10 @@
 
 A decoder is given as a ``DecoderLM`` checkpoint (``.ckpt``), a run directory (its
 ``checkpoints/best.ckpt``), or a transformers causal-LM directory (``config.json`` +
-weights) of a supported family. The fingerprint hashes the weights themselves, so the
-datastore, targets and memories made from a decoder can be checked against it whatever
-file it was loaded from.
+weights) whose model type a registered family loads (``models/families/``). Either way the
+loaded decoder names its family, which later stages count its FLOPs and parameters by. The
+fingerprint hashes the weights themselves, so the datastore, targets and memories made from a
+decoder can be checked against it whatever file it was loaded from.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from transformers import PreTrainedModel
 
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.models.decoder import build_decoder
+from mlpmem_lightning.models.families import FAMILIES, family_for_model_type, model_types
 from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, get_size
-
-SUPPORTED_FAMILIES = ("llama", "gpt2", "mistral", "qwen2")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class LoadedDecoder:
     size_name: str | None = None  # its ladder rung, when it is a DecoderLM
     token_store: str | None = None  # the path of the token store it was trained on, when known
     tokenizer_sha256: str | None = None  # sha256 of that store's tokenizer.json, when recorded
+    family: str = "llama"  # its registered decoder family: what its FLOPs and parameters are counted as
 
 
 def weights_fingerprint(net: torch.nn.Module) -> str:
@@ -72,8 +73,9 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
         raise UserError(f"{path} is not a DecoderLM checkpoint: pass the decoder's checkpoint")
     # Built from the recorded hyper-parameters, not through DecoderLM: no LightningModule is
     # constructed, so loading works inside another module's __init__ (LightningCLI's hparams context).
-    net = build_decoder(get_size(hp["size"]), hp["vocab_size"], hp.get("family", "llama"),
-                        hp.get("context", DEFAULT_CONTEXT), hp.get("tie_embeddings", False))
+    family = _recorded_family(hp, path)
+    net = build_decoder(get_size(hp["size"]), hp["vocab_size"], family, hp.get("context", DEFAULT_CONTEXT),
+                        hp.get("tie_embeddings", False))
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
@@ -82,15 +84,25 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
     net = net.eval().requires_grad_(False)
     data_hp = ckpt.get("datamodule_hyper_parameters") or {}
     return LoadedDecoder(net, weights_fingerprint(net), str(path), hp.get("data_fingerprint"), data_hp.get("seq_len"),
-                         hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"))
+                         hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family)
+
+
+def _recorded_family(hp: dict, path: Path) -> str:
+    """The family a DecoderLM checkpoint was trained as (checkpoints from before families were recorded: llama)."""
+    family = hp.get("family", "llama")
+    if family not in FAMILIES:
+        raise UserError(f"{path} is a decoder of family {family!r}, which is not registered: register it in "
+                        f"mlpmem_lightning/models/families/ (registered: {', '.join(FAMILIES)})")
+    return family
 
 
 def _load_hf(path: Path) -> LoadedDecoder:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
-    if config.model_type not in SUPPORTED_FAMILIES:
+    if config.model_type not in model_types():
         raise UserError(f"{path} is a {config.model_type!r} model: supported families are "
-                        f"{', '.join(SUPPORTED_FAMILIES)}")
+                        f"{', '.join(model_types())} (register another in mlpmem_lightning/models/families/)")
+    family = family_for_model_type(config.model_type).name
     net = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval().requires_grad_(False)
-    return LoadedDecoder(net, weights_fingerprint(net), str(path))
+    return LoadedDecoder(net, weights_fingerprint(net), str(path), family=family)

@@ -72,6 +72,7 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     """Rows of the results table for this trial, and its attributes (sizes, tokens, FLOPs per stage)."""
     from mlpmem_lightning.knn.datastore import Datastore, DatastoreSettings, build_datastore
     from mlpmem_lightning.knn.targets import TargetSettings, build_targets, default_nlist
+    from mlpmem_lightning.models.loading import load_decoder
     from mlpmem_lightning.models.memory import memory_config, memory_flops_per_token, memory_params
 
     out, store = spec.out_dir, prepare_tokens(spec)
@@ -116,15 +117,16 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     mem_tokens = math.ceil(spec.memory_tokens / step) * step
     mcfg = memory_config(memory_size, dec.d_model, vocab)
     nlist = knn.nlist or default_nlist(n_rows)
+    family = load_decoder(run).family  # FLOPs and parameters are those of the family it was trained as
     flops = {
-        "flops_decoder_train": decoder_train_flops(dec, vocab, L, dec_tokens),
-        "flops_datastore": datastore_flops(dec, vocab, L, n_rows),
+        "flops_decoder_train": decoder_train_flops(dec, vocab, L, dec_tokens, family=family),
+        "flops_datastore": datastore_flops(dec, vocab, L, n_rows, family=family),
         "flops_search": search_flops(n_rows, n_rows, dec.d_model, knn.index, nlist, knn.nprobe),
         "flops_memory_train": memory_train_flops(
             memory_flops_per_token(mcfg, train=True), mem_tokens,
-            forward_flops_per_token(dec, vocab, L) if spec.memory_mode == "online" else 0),
+            forward_flops_per_token(dec, vocab, L, family) if spec.memory_mode == "online" else 0),
     }
-    p_dec, p_mem = total_params(dec, vocab), memory_params(mcfg)
+    p_dec, p_mem = total_params(dec, vocab, family), memory_params(mcfg)
     base = {"study": spec.study, "decoder_size": decoder_size, "params_decoder": p_dec, "seed": seed,
             "datastore_rows": n_rows,  # provenance: what the row was computed from (checked by `report`)
             "token_store_fingerprint": token_store.fingerprint, "decoder_fingerprint": decoder_fp,
