@@ -52,6 +52,8 @@ SECTIONS = ("train", "targets", "generate", "memory")
 
 
 def args_bench(p: argparse.ArgumentParser) -> None:
+    from mlpmem_lightning.knn.search import REGISTRY
+
     p.add_argument("--sections", type=csv_list, default=list(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--out", type=Path, default=Path("analysis/bench"), help="CSV + bench.md directory")
     p.add_argument("--data", default="runs/tokens/wiki-summaries", help="token store for the training sections")
@@ -61,8 +63,9 @@ def args_bench(p: argparse.ArgumentParser) -> None:
                    help="also train these with torch.compile")
     p.add_argument("--rows", type=lambda s: [int(float(x)) for x in s.split(",")], default=[1_000_000, 3_000_000,
                    10_000_000], help="datastore sizes for targets (e.g. 1e6,3e6,1e7)")
-    p.add_argument("--targets-backends", type=csv_list, default=["clustered", "torch-ivf", "faiss"],
-                   help="targets backends besides exact search (the recall reference): clustered, torch-ivf, faiss")
+    p.add_argument("--targets-backends", type=csv_list, default=list(REGISTRY),
+                   help="targets backends besides exact search (the recall reference), from the search registry: "
+                        f"{', '.join(REGISTRY)}")
     p.add_argument("--generate-sizes", type=csv_list, default=["12m"], help="decoder sizes for generate")
     p.add_argument("--datastore-rows", type=int, default=10_000_000, help="kNN-LM datastore keys for generate")
     p.add_argument("--memory-sizes", type=csv_list, default=["6m", "12m"], help="decoder sizes for memory training")
