@@ -25,6 +25,7 @@ from mlpmem_lightning.inference.generate import LogProbFn, generate, knn_logprob
 from mlpmem_lightning.knn.datastore import Datastore
 from mlpmem_lightning.knn.search import ClusteredIVF, TorchExact
 from mlpmem_lightning.knn.search.clustered import default_nlist
+from mlpmem_lightning.knn.settings import KNN
 from mlpmem_lightning.models.decoder import build_decoder, context_length
 from mlpmem_lightning.models.ladder import get_size, matched_memory
 from mlpmem_lightning.models.memory import build_memory
@@ -60,9 +61,10 @@ def _exact_fp32(fn: LogProbFn, dev: torch.device) -> LogProbFn:
 
 
 def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: str, batches: tuple[int, ...] = (1, 32),
-                   prompt_len: int = 256, new_tokens: int = 256, k: int = 1024, temperature: float = 16.0,
-                   nlist: int | None = None, nprobe: int = 32, dtype: torch.dtype = torch.bfloat16, repeats: int = 3,
-                   seed: int = 0, trace: dict | None = None, work: str | Path | None = None) -> list[dict]:
+                   prompt_len: int = 256, new_tokens: int = 256, k: int = KNN.k, temperature: float = KNN.temperature,
+                   nlist: int | None = None, nprobe: int = KNN.nprobe, dtype: torch.dtype = torch.bfloat16,
+                   repeats: int = 3, seed: int = 0, trace: dict | None = None, work: str | Path | None = None
+                   ) -> list[dict]:
     """Greedy generation speed of decoder, decoder + matched MLP Memory (λ 0.5) and kNN-LM (λ 0.25).
 
     ``generate`` has no hook between prefill and decoding, so time to first token is timed as a

@@ -26,7 +26,7 @@ from mlpmem_lightning.knn.datastore import Datastore
 from mlpmem_lightning.knn.index import build_index, load_index
 from mlpmem_lightning.knn.search import REGISTRY, FaissSearcher, TorchExact, TorchIVF, open_searcher
 from mlpmem_lightning.knn.search.clustered import ClusteredIVF, cached_centroids, default_nlist
-from mlpmem_lightning.knn.settings import KNNSettings
+from mlpmem_lightning.knn.settings import KNN, KNNSettings
 from mlpmem_lightning.knn.targets import TargetSettings, build_targets, ensure_index
 
 
@@ -40,8 +40,8 @@ def target_backends() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
-def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep: int = 128, vocab: int = 16384,
-                  nprobe: int = 32, sample: int = 2048, pq_m: int = 64, faiss_threads: int | None = None,
+def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = KNN.k, keep: int = 128, vocab: int = 16384,
+                  nprobe: int = KNN.nprobe, sample: int = 2048, pq_m: int = 64, faiss_threads: int | None = None,
                   profile_dir: Path | None = None, emit: Callable[[dict], None] | None = None,
                   backends: tuple[str, ...] | None = None) -> list[dict]:
     """rows/s of each search backend at each datastore size (see the module docstring).

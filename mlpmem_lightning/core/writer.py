@@ -114,6 +114,8 @@ class ArtifactWriter:
         """Start or resume the build: rank 0 takes the lock (held until the block ends) and, unless a
         partial run of this identity can be resumed (``resume``), clears its own partial run, writes the
         marker and calls ``allocate`` (pre-allocated arrays); then every rank passes the barrier."""
+        if self.rank == 0:
+            self._check_owned()  # before the lock, so a refused folder is left as it was (not even a lock file)
         with artifacts.artifact_lock(self.out) if self.rank == 0 else nullcontext():
             if self.rank == 0 and not (resume and self._resumable()):
                 self._start(allocate)
@@ -122,8 +124,10 @@ class ArtifactWriter:
 
     def _marker(self) -> dict[str, Any] | None:
         path = self.out / MARKER
+        if not path.is_file():
+            return None
         try:
-            marker = json.loads(path.read_text()) if path.is_file() else None
+            marker = json.loads(path.read_text())
         except json.JSONDecodeError:
             return {}  # a marker it cannot read is still ours: written by this writer, cut by a crash
         return marker if isinstance(marker, dict) else {}
@@ -137,13 +141,19 @@ class ArtifactWriter:
         """The writer's own bookkeeping, which does not make a directory the user's."""
         return name == artifacts.LOCK or name == MARKER or (name.startswith(MARKER + ".") and name.endswith(".tmp"))
 
-    def _start(self, allocate: Callable[[], None]) -> None:
+    def _check_owned(self) -> None:
+        """Refuse a folder this writer may not clear: the user's files, or another stage's partial artifact."""
+        if not self.out.is_dir():
+            return
         marker = self._marker()
         if marker is None and any(not self._ours(p.name) for p in self.out.iterdir()):
             raise UserError(f"{self.out} is not empty and holds no partial {self.kind} (no {MARKER}): "
                             "pick another --out (a new or empty folder)")
         if marker and marker.get("kind") not in (None, self.kind):
             raise UserError(f"{self.out} holds a partial {marker['kind']}, not a {self.kind}: pick another --out")
+
+    def _start(self, allocate: Callable[[], None]) -> None:
+        self._check_owned()  # again under the lock: another writer may have come and gone
         self._write_marker(allocated=False)
         for p in self.out.iterdir():  # our own partial run (crashed, or of other settings): start from nothing
             if not self._ours(p.name):
