@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlpmem_lightning.bench import _recall, bench_targets, bench_train, write_section
+from mlpmem_lightning.bench import bench_train, write_section
+from mlpmem_lightning.bench.targets import _recall, bench_targets
 from mlpmem_lightning.models.ladder import flops_per_token, get_size
 
 

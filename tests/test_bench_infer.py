@@ -4,14 +4,16 @@ import math
 
 import torch
 
-from mlpmem_lightning.bench.infer import bench_generate, bench_memory_training, synthetic_datastore
+from mlpmem_lightning.bench.infer import bench_generate, bench_memory_training
+from mlpmem_lightning.bench.synthetic import synthetic_datastore
 from mlpmem_lightning.inference.generate import generate, knn_logprobs, memory_logprobs
+from mlpmem_lightning.knn.datastore import Datastore
 from mlpmem_lightning.knn.search import TorchExact
 
 VOCAB, ROWS, PROMPT, NEW, BATCHES = 512, 5000, 16, 8, (1, 2)
 
 
-def test_bench_generate_rows_and_tokens():
+def test_bench_generate_rows_and_tokens(tmp_path):
     trace: dict = {}
     rows = bench_generate("200k", VOCAB, ROWS, "cpu", batches=BATCHES, prompt_len=PROMPT, new_tokens=NEW, k=64,
                           repeats=1, trace=trace)
@@ -30,7 +32,8 @@ def test_bench_generate_rows_and_tokens():
 
     # independent check: the timed calls are the real thing (same tokens as generate() called directly)
     net, prompts, tokens = trace["net"], trace["prompts"], trace["tokens"]
-    keys, values = synthetic_datastore(ROWS, net.config.hidden_size, VOCAB, torch.device("cpu"), 0)
+    ds = Datastore(synthetic_datastore(tmp_path / "ds", ROWS, net.config.hidden_size, VOCAB, 0))
+    keys, values = ds.keys, torch.from_numpy(ds.values.astype("int64"))
     others = {"decoder": (None, 0.0), "memory": (memory_logprobs(trace["memory"]), 0.5),
               "knn-exact": (knn_logprobs(TorchExact(keys), values, VOCAB, 64, 16.0), 0.25)}
     for b in BATCHES:

@@ -54,8 +54,8 @@ def _ds(tmp_path, n=1500, d=8, vocab=40, seed=0):
 
 def test_clustered_targets_match_the_reference_when_every_list_is_probed(tmp_path):
     ds = _ds(tmp_path, n=300)
-    s = TargetSettings(index="ivfflat", k=24, temperature=2.0, keep=6, nlist=4, nprobe=4)
-    m = build_targets(ds, tmp_path / "t", s, backend="clustered", device="cpu")
+    s = TargetSettings(index="ivfflat", k=24, temperature=2.0, keep=6, nlist=4, nprobe=4, backend="clustered")
+    m = build_targets(ds, tmp_path / "t", s, device="cpu")
     t = KNNTargets(tmp_path / "t")
     keys, values = np.load(ds / "keys.npy"), np.load(ds / "values.npy")
     ref = reference_targets(keys, values, 24, 2.0, 6)
@@ -65,10 +65,9 @@ def test_clustered_targets_match_the_reference_when_every_list_is_probed(tmp_pat
 
 def test_two_ranks_write_the_same_bytes_as_one(tmp_path):
     ds = _ds(tmp_path, n=3000, d=8)
-    s = TargetSettings(index="ivfflat", k=32, keep=8, nlist=16, nprobe=4)
-    one = build_targets(ds, tmp_path / "one", s, backend="clustered", device="cpu")
-    run_on_ranks(build_targets, 2, "cpu", datastore=str(ds), out=str(tmp_path / "two"), settings=s,
-                 backend="clustered")
+    s = TargetSettings(index="ivfflat", k=32, keep=8, nlist=16, nprobe=4, backend="clustered")
+    one = build_targets(ds, tmp_path / "one", s, device="cpu")
+    run_on_ranks(build_targets, 2, "cpu", datastore=str(ds), out=str(tmp_path / "two"), settings=s)
     two = KNNTargets(tmp_path / "two").manifest
     for name in ("ids.npy", "probs.npy"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

@@ -162,7 +162,7 @@ def test_targets_record_version_datastore_and_search_inputs(small_targets, small
     assert m["settings"]["k"] == 64 and m["backend"] == "faiss"
     # the clustered backend records its centroids instead
     ds2 = make_datastore(tmp_path / "ds", clustered(600, 8, 4, 2), fingerprint="fp-b")
-    got = build_targets(ds2, tmp_path / "t", TargetSettings(index="ivfflat", k=8, keep=4, nlist=4), backend="clustered",
+    got = build_targets(ds2, tmp_path / "t", TargetSettings(index="ivfflat", k=8, keep=4, nlist=4, backend="clustered"),
                         device="cpu")
     cen = np.load(ds2 / "centroids-4-seed0.npy")
     assert got["search_inputs"] == {"centroids_sha256": hashlib.sha256(cen.tobytes()).hexdigest(), "nlist": 4}

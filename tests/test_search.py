@@ -9,7 +9,8 @@ import torch
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.index import build_index, index_path, load_index
-from mlpmem_lightning.knn.search import FaissSearcher, TorchExact, TorchIVF, ieee_fp32_matmul, make_searcher
+from mlpmem_lightning.knn.search import FaissSearcher, TorchExact, TorchIVF, make_searcher
+from mlpmem_lightning.knn.search.base import ieee_fp32_matmul
 
 
 def reference(q: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

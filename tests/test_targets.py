@@ -62,8 +62,8 @@ def test_targets_match_the_float64_reference(tmp_path, kind):
         keys[50:60] = keys[49]  # a block of duplicates of row 49
     values = rng.integers(0, vocab, size=n)
     ds = make_datastore(tmp_path / "ds", keys, values)
-    manifest = build_targets(ds, tmp_path / "t", TargetSettings(k=k, temperature=T, keep=K, chunk=64),
-                             backend="torch", device="cpu")
+    manifest = build_targets(ds, tmp_path / "t", TargetSettings(k=k, temperature=T, keep=K, chunk=64, backend="torch"),
+                             device="cpu")
     t = KNNTargets(tmp_path / "t")
     ref_ids, ref_probs, masses = reference_targets(keys.astype(np.float16), values, k, T, K)
     assert_same_targets(np.asarray(t.ids), np.asarray(t.probs), ref_ids, ref_probs, masses)
@@ -112,22 +112,23 @@ def test_incomplete_datastore_is_refused(tmp_path):
         build_targets(ds, tmp_path / "t", TargetSettings(k=3, keep=2), device="cpu")
 
 
-@pytest.mark.parametrize("settings, backend, kill_range", [
-    ({"k": 64, "keep": 16, "chunk": 256}, "torch", (256, 15000)),  # row chunks; done counts rows of 20000
-    ({"index": "ivfflat", "k": 64, "keep": 16, "nlist": 64, "nprobe": 8}, "clustered", (2, 48)),  # lists of 64
+@pytest.mark.parametrize("settings, kill_range", [
+    ({"k": 64, "keep": 16, "chunk": 256, "backend": "torch"}, (2, 60)),  # row chunks: done counts 79 chunks
+    ({"index": "ivfflat", "k": 64, "keep": 16, "nlist": 64, "nprobe": 8, "backend": "clustered"}, (2, 48)),  # lists
 ])
-def test_killed_targets_resume_byte_identical(tmp_path, settings, backend, kill_range):
+def test_killed_targets_resume_byte_identical(tmp_path, settings, kill_range):
+    backend = settings["backend"]
     done_at = kill_rng(f"targets-{backend}").randint(*kill_range)  # a random point after progress
     rng = np.random.default_rng(1)
     ds = make_datastore(tmp_path / "ds", rng.normal(size=(20000, 16)), rng.integers(0, 500, 20000))
     s = TargetSettings(**settings)
-    build_targets(ds, tmp_path / "full", s, backend=backend, device="cpu")
+    build_targets(ds, tmp_path / "full", s, device="cpu")
     code = ("import mlpmem_lightning.knn.targets as m; m.SAVE_ROWS = m.GROUP_ROWS = 256; "
             f"m.build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, m.TargetSettings(**{settings!r}), "
-            f"backend={backend!r}, device='cpu')")
+            "device='cpu')")
     kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=done_at)
     assert not (tmp_path / "killed" / "manifest.json").exists(), f"killed at {done_at} (MLPMEM_KILL_SEED={KILL_SEED})"
-    build_targets(ds, tmp_path / "killed", s, backend=backend, device="cpu")
+    build_targets(ds, tmp_path / "killed", s, device="cpu")
     for name in ("ids.npy", "probs.npy"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
 
@@ -138,9 +139,25 @@ def test_mass_curve_matches_the_reference(tmp_path):
     rng = np.random.default_rng(2)
     keys, values = rng.normal(size=(200, 6)), rng.integers(0, 30, size=200)
     ds = make_datastore(tmp_path / "ds", keys, values)
-    curve = mass_curve(ds, TargetSettings(k=20, keep=20, temperature=1.0), rows=200, backend="torch", device="cpu")
+    curve = mass_curve(ds, TargetSettings(k=20, keep=20, temperature=1.0, backend="torch"), rows=200, device="cpu")
     _, ref_probs, _ = reference_targets(keys.astype(np.float16), values, 20, 1.0, 20)
     cum = np.cumsum(ref_probs, axis=1)
     for K, v in curve.items():
         assert v["mean"] == pytest.approx(cum[:, K - 1].mean(), abs=1e-9)
         assert v["rows_ge_99"] == pytest.approx((cum[:, K - 1] >= 0.99).mean())
+
+
+def test_two_ranks_of_row_chunks_write_the_same_bytes_as_one(tmp_path):
+    """Every backend splits its self-search units across ranks (here exact search's row chunks)."""
+    from mlpmem_lightning.core.distributed import run_on_ranks
+
+    rng = np.random.default_rng(3)
+    ds = make_datastore(tmp_path / "ds", rng.normal(size=(3000, 8)), rng.integers(0, 40, 3000))
+    s = TargetSettings(k=16, keep=4, chunk=256, backend="torch")
+    one = build_targets(ds, tmp_path / "one", s, device="cpu")
+    run_on_ranks(build_targets, 2, "cpu", datastore=str(ds), out=str(tmp_path / "two"), settings=s)
+    for name in ("ids.npy", "probs.npy"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    two = KNNTargets(tmp_path / "two").manifest
+    assert two["fingerprint"] == one["fingerprint"] and two["searcher"] == "TorchExact"
+    assert abs(two["mass_kept_mean"] - one["mass_kept_mean"]) < 1e-9

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.data.token_store import PrepareSettings, TokenStore, prepare, split_documents
 
@@ -52,19 +53,28 @@ def test_split_is_a_seeded_partition():
     assert not np.array_equal(a["test"], split_documents(100, 0.1, 0.2, seed=2)["test"])
 
 
-def test_rerun_reuses_and_crash_rebuilds_identically(corpus_dir, tmp_path):
+def test_rerun_reuses_and_crash_rebuilds_identically(corpus_dir, tmp_path, monkeypatch):
+    def files(path):
+        return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and p.name != ".lock"}
+
     out = tmp_path / "tok"
     first = prepare(settings(corpus_dir), out, num_proc=1)
-    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
     mtime = (out / "train.npy").stat().st_mtime_ns
     assert prepare(settings(corpus_dir), out, num_proc=1) == first  # reused, not rebuilt
     assert (out / "train.npy").stat().st_mtime_ns == mtime
-    (out / "manifest.json").unlink()  # a crash before the manifest: incomplete
-    (out / "valid.npy").write_bytes(b"garbage")
+    def killed(*args):
+        raise RuntimeError("killed")
+
+    crashed = tmp_path / "crashed"
+    with monkeypatch.context() as patch:  # a crash just before the manifest: incomplete, with the writer's marker
+        patch.setattr(artifacts, "write_manifest", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            prepare(settings(corpus_dir), crashed, num_proc=1)
+    (crashed / "valid.npy").write_bytes(b"garbage")
     with pytest.raises(UserError, match="incomplete"):
-        TokenStore(out)
-    prepare(settings(corpus_dir), out, num_proc=2)
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == files
+        TokenStore(crashed)
+    prepare(settings(corpus_dir), crashed, num_proc=2)
+    assert files(crashed) == files(out)
 
 
 def test_other_settings_into_same_dir_is_refused(corpus_dir, tmp_path):

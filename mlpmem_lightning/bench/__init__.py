@@ -6,10 +6,13 @@ Sections (each row names the GPU, dtype, sizes and batch):
   and the optimizer step are included. MFU = ``sizes.flops_per_token`` x tokens/s over the chip's
   dense bf16 peak.
 - ``targets``: rows/s of the kNN search + aggregation of ``mlpmem targets`` (k=1024) on synthetic
-  clustered keys at several datastore sizes: the clustered IVF (whole run through ``build_targets``),
-  and, on a sample of queries, exact torch search, per-query-probe ``TorchIVF`` (the "before") and
-  faiss-cpu IVFPQ on the host's cores. Recall@k of the approximate ones against exact search.
-- ``generate`` and ``memory``: see ``bench_infer``.
+  clustered keys (``bench.synthetic``) at several datastore sizes, per backend of the search registry:
+  ``clustered`` as a whole run through ``build_targets``, and, on a sample of queries, ``torch``
+  (per-query-probe ``TorchIVF``, the "before"), ``faiss`` (faiss-cpu IVFPQ on the host's cores) and any
+  other registered backend through the registry. Exact torch search always runs: recall@k of the
+  others is measured against it.
+  (``bench.targets``)
+- ``generate`` and ``memory``: see ``bench.infer``.
 A ``--profile`` run also writes torch-profiler tables of one decoder training window and one
 clustered-search list, which is how the stage's dominant kernels were found.
 """
@@ -18,29 +21,20 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
+from mlpmem_lightning.bench.targets import bench_targets
+from mlpmem_lightning.bench.timing import gpu_name, peak_flops
 from mlpmem_lightning.core import artifacts
+from mlpmem_lightning.core.errors import UserError
 
 log = logging.getLogger(__name__)
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s (datasheets)
-
-
-def gpu_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-
-
-def peak_flops(name: str) -> float | None:
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
 # -- decoder training ---------------------------------------------------------------------------
@@ -139,174 +133,6 @@ def _profile_train(model, dm, path: Path, steps: int = 5) -> None:
     path.write_text(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
-# -- kNN targets ----------------------------------------------------------------------------------
-def synthetic_datastore(path: Path, n: int, d: int, vocab: int, seed: int = 0) -> Path:
-    """A datastore directory of ``n`` mixture keys and Zipf tokens (``bench_infer.fill_mixture_keys``)."""
-    from mlpmem_lightning.bench.infer import fill_mixture_keys, zipf_values
-
-    path.mkdir(parents=True, exist_ok=True)
-    keys = np.lib.format.open_memmap(path / "keys.npy", mode="w+", dtype=np.float16, shape=(n, d))
-    fill_mixture_keys(keys, seed).flush()
-    np.save(path / "values.npy", zipf_values(n, vocab, seed))
-    artifacts.write_manifest(path, "datastore", {"N": n, "d": d, "fingerprint": f"synthetic-{n}-{d}-{seed}",
-                                                 "layer": -1, "seq_len": 256})
-    return path
-
-
-def _rate(fn, queries: int) -> tuple[float, Any]:
-    """(queries per second, result) of one synchronised call, after an untimed one (CUDA and cuBLAS
-    start-up, lazy uploads: the first GPU work of a process ran 3x slower in lease 6d)."""
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return queries / (time.perf_counter() - t), out
-
-
-def _recall(ids: torch.Tensor, exact: torch.Tensor) -> float:
-    a, b = ids.cpu().numpy(), exact.cpu().numpy()
-    return float(np.mean([len(np.intersect1d(x[x >= 0], y)) / len(y) for x, y in zip(a, b)]))
-
-
-TARGET_BACKENDS = ("clustered", "torch-ivf", "faiss")
-
-
-def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = 1024, keep: int = 128, vocab: int = 16384,
-                  nprobe: int = 32, sample: int = 2048, pq_m: int = 64, faiss_threads: int | None = None,
-                  profile_dir: Path | None = None, emit: Callable[[dict], None] | None = None,
-                  backends: tuple[str, ...] = TARGET_BACKENDS) -> list[dict]:
-    """rows/s of each search backend at each datastore size (see the module docstring).
-
-    ``emit`` receives each row as soon as it is measured (a 10M-row size takes minutes). ``backends``
-    picks among ``TARGET_BACKENDS``; exact search always runs, as the recall reference.
-    """
-    import faiss
-
-    from mlpmem_lightning.knn.search import TorchExact
-    from mlpmem_lightning.knn.search.clustered import default_nlist
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    gpu, out = gpu_name(), _Rows(emit)
-    if faiss_threads:
-        faiss.omp_set_num_threads(faiss_threads)
-    for n in rows:
-        ds = synthetic_datastore(work / f"ds-{n}", n, d, vocab)
-        keys = np.load(ds / "keys.npy", mmap_mode="r")
-        nlist = default_nlist(n)
-        base = {"bench": "targets", "gpu": gpu, "dtype": "fp32 (keys fp16)", "rows": n, "d": d, "k": k,
-                "keep": keep, "nlist": nlist, "nprobe": nprobe}
-        pick = np.sort(np.random.default_rng(1).choice(n, size=sample, replace=False))
-        q = torch.from_numpy(np.asarray(keys[pick], dtype=np.float32)).to(dev)
-
-        exact = TorchExact(keys, dev)
-        rate, (_, exact_ids) = _rate(lambda: exact.search(q, k + 1), sample)
-        out.append({**base, "backend": "torch exact", "queries": sample, "rows_per_s": round(rate),
-                    "recall": 1.0, "projected_full_s": round(n / rate, 1)})
-        exact = None  # free its device copy of the keys
-
-        if "clustered" in backends or "torch-ivf" in backends:
-            _bench_ivf(ds, keys, q, exact_ids, work, base, out, k, keep, nlist, nprobe, dev,
-                       profile_dir if n == rows[-1] else None, "torch-ivf" in backends)
-        if "faiss" in backends:
-            _bench_faiss(ds, q, exact_ids, base, out, pq_m, nlist, nprobe, k, sample)
-        shutil.rmtree(work / f"targets-{n}", ignore_errors=True)
-        shutil.rmtree(ds, ignore_errors=True)
-    return list(out)
-
-
-def _bench_faiss(ds: Path, q: torch.Tensor, exact_ids: torch.Tensor, base: dict, out: list, pq_m: int, nlist: int,
-                 nprobe: int, k: int, sample: int) -> None:
-    """faiss-cpu IVFPQ on the host's cores: index build, then ``sample`` queries."""
-    import faiss
-
-    from mlpmem_lightning.knn.index import build_index, load_index
-    from mlpmem_lightning.knn.search import FaissSearcher
-
-    n = base["rows"]
-    t0 = time.perf_counter()
-    build_index(ds, "ivfpq", nlist=nlist, m=pq_m, nbits=8, train_size=min(n, 256 * nlist))
-    built = time.perf_counter() - t0
-    pq = FaissSearcher(load_index(ds, "ivfpq"), nprobe=nprobe)
-    rate, (_, pq_ids) = _rate(lambda: pq.search(q.cpu(), k + 1), sample)
-    out.append({**base, "backend": f"faiss-cpu IVFPQ m={pq_m} ({faiss.omp_get_max_threads()} threads)",
-                "queries": sample, "rows_per_s": round(rate), "recall": round(_recall(pq_ids, exact_ids), 4),
-                "projected_full_s": round(built + n / rate, 1), "index_build_s": round(built, 1)})
-
-
-class _Rows(list):
-    """A list that hands each appended row to ``emit`` too."""
-
-    def __init__(self, emit: Callable[[dict], None] | None) -> None:
-        super().__init__()
-        self.emit = emit
-
-    def append(self, row: dict) -> None:
-        super().append(row)
-        if self.emit is not None:
-            self.emit(row)
-
-
-def _bench_ivf(ds: Path, keys: np.ndarray, q: torch.Tensor, exact_ids: torch.Tensor, work: Path, base: dict,
-               out: list, k: int, keep: int, nlist: int, nprobe: int, dev: str, profile_dir: Path | None,
-               per_query: bool) -> None:
-    """The clustered IVF as a whole ``build_targets`` run, then (``per_query``) ``TorchIVF`` on 512 queries."""
-    from mlpmem_lightning.knn.search import TorchIVF
-    from mlpmem_lightning.knn.search.clustered import ClusteredIVF, cached_centroids
-    from mlpmem_lightning.knn.targets import TargetSettings, build_targets
-
-    n = len(keys)
-    settings = TargetSettings(index="ivfflat", k=k, keep=keep, nprobe=nprobe, nlist=nlist)
-    t0 = time.perf_counter()
-    m = build_targets(ds, work / f"targets-{n}", settings, backend="clustered", device=dev)
-    full = time.perf_counter() - t0
-    # the centroids build_targets cached beside the datastore: the same lists, no second k-means
-    ivf = ClusteredIVF(keys, nlist, nprobe, dev, centroids=cached_centroids(ds, keys, nlist))
-    _, ivf_ids = ivf.search(q, k + 1)
-    out.append({**base, "backend": "clustered IVF (whole targets run)", "queries": n,
-                "rows_per_s": round(n / full), "recall": round(_recall(ivf_ids, exact_ids), 4),
-                "projected_full_s": round(full, 1), "mass_kept_mean": round(m["mass_kept_mean"], 4)})
-    if profile_dir is not None:
-        values = torch.from_numpy(np.load(ds / "values.npy").astype(np.int64)).to(dev)
-        _profile_search(ivf, values, profile_dir / f"profile_targets_{n}.txt", k + 1, keep)
-    if not per_query:
-        return
-    lists = TorchIVF(keys, ivf.centroids.cpu().numpy(), dev, nprobe)
-    ivf = None  # free its device copy of the keys
-    few = q[:512]
-    rate, (_, lst_ids) = _rate(lambda: lists.search(few, k + 1), len(few))
-    out.append({**base, "backend": "torch IVF per-query probes (before)", "queries": len(few),
-                "rows_per_s": round(rate), "recall": round(_recall(lst_ids, exact_ids[:512]), 4),
-                "projected_full_s": round(n / rate, 1)})
-
-
-
-def _profile_search(ivf, values: torch.Tensor, path: Path, k: int, keep: int, lists: int = 16) -> None:
-    """Profiler table of the targets list path (search, then aggregation) over a few lists."""
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    from mlpmem_lightning.knn.targets import TargetSettings, _targets
-
-    s = TargetSettings(index="ivfflat", k=k - 1, keep=keep)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ivf.device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        it = ivf.self_search(k, 0, min(lists, ivf.nlist))
-        while True:
-            with record_function("search_list"):
-                got = next(it, None)
-            if got is None:
-                break
-            _, rows, dist, nbr = got
-            with record_function("aggregate"):
-                _targets(s, values, rows, dist, nbr)
-        if ivf.device.type == "cuda":
-            torch.cuda.synchronize()
-    key = "cuda_time_total" if ivf.device.type == "cuda" else "cpu_time_total"
-    path.write_text(prof.key_averages().table(sort_by=key, row_limit=25))
-
-
 # -- files -----------------------------------------------------------------------------------------
 KEY_COLUMNS = ("gpu", "decoder_size", "memory_size", "compile", "batch", "seq_len", "rows", "backend", "mode",
                "search", "datastore_rows")  # what a row measured; the other columns are what it found
@@ -367,14 +193,15 @@ def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str]
     def targets() -> None:
         for n in rows:
             bench_targets([n], work, profile_dir=prof if n == rows[-1] else None, emit=lambda r: add("targets", [r]),
-                          backends=kw.get("targets_backends", TARGET_BACKENDS))
+                          backends=kw.get("targets_backends"))
 
     def generate() -> None:
         from mlpmem_lightning.bench.infer import bench_generate
 
         for s in kw.get("generate_sizes", ["12m"]):
+            work.mkdir(parents=True, exist_ok=True)
             add("generate", bench_generate(s, kw.get("vocab", 16384), kw.get("datastore_rows", 10_000_000), dev,
-                                           repeats=kw.get("repeats", 3)))
+                                           repeats=kw.get("repeats", 3), work=work))
 
     def memory() -> None:
         from mlpmem_lightning.bench.infer import bench_memory_training
@@ -391,7 +218,5 @@ def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str]
             log.exception("bench section %s failed", section)
             failed.append(section)
     if failed:
-        from mlpmem_lightning.core.errors import UserError
-
         raise UserError(f"bench sections {', '.join(failed)} failed (traceback above); the others' rows are written")
     log.info("bench: %s", json.dumps(sections))

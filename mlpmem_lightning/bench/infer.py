@@ -13,13 +13,19 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from mlpmem_lightning.bench.synthetic import synthetic_datastore
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.inference.generate import generate, knn_logprobs, memory_logprobs
+from mlpmem_lightning.knn.datastore import Datastore
+from mlpmem_lightning.knn.search import ClusteredIVF, TorchExact
+from mlpmem_lightning.knn.search.clustered import default_nlist
+from mlpmem_lightning.knn.settings import KNN
 from mlpmem_lightning.models.decoder import build_decoder, context_length
 from mlpmem_lightning.models.ladder import get_size, matched_memory
 from mlpmem_lightning.models.memory import build_memory
@@ -45,50 +51,22 @@ def _info(dev: torch.device, dtype: torch.dtype) -> dict:
             "dtype": str(dtype).removeprefix("torch.") if cuda else "float32"}
 
 
-def fill_mixture_keys(keys: np.ndarray, seed: int = 0, per_centre: int = 1024, chunk: int = 1 << 20) -> np.ndarray:
-    """Fill float16 ``keys`` [N, d] (an array or a memory map) with a Gaussian mixture.
-
-    About ``per_centre`` keys per component, so a query's k=1024 neighbours mostly share its
-    component and IVF lists have the uneven, clustered occupancy of real hidden states. Drawn in
-    chunks on the GPU when there is one (10M x 256 normals take minutes on a CPU).
-    """
-    n, d = keys.shape
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    g = torch.Generator(device=dev).manual_seed(seed)
-    centres = max(1, n // per_centre)
-    means = torch.randn(centres, d, generator=g, device=dev) * 2
-    for s in range(0, n, chunk):
-        m = min(chunk, n - s)
-        which = torch.randint(0, centres, (m,), generator=g, device=dev)
-        keys[s:s + m] = (means[which] + torch.randn(m, d, generator=g, device=dev)).half().cpu().numpy()
-    return keys
-
-
-def zipf_values(n: int, vocab: int, seed: int = 0) -> np.ndarray:
-    """Token values [n] int32 with a Zipf-like frequency profile, as text has."""
-    return (np.random.default_rng(seed).zipf(1.2, size=n) % vocab).astype(np.int32)
-
-
-def synthetic_datastore(rows: int, dim: int, vocab: int, device: torch.device, seed: int = 0
-                        ) -> tuple[np.ndarray, torch.Tensor]:
-    """float16 keys [rows, dim] on the host (what searchers load) and int64 values on ``device``."""
-    keys = fill_mixture_keys(np.empty((rows, dim), dtype=np.float16), seed)
-    return keys, torch.from_numpy(zipf_values(rows, vocab, seed).astype(np.int64)).to(device)
 
 
 def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: str, batches: tuple[int, ...] = (1, 32),
-                   prompt_len: int = 256, new_tokens: int = 256, k: int = 1024, temperature: float = 16.0,
-                   nlist: int | None = None, nprobe: int = 32, dtype: torch.dtype = torch.bfloat16, repeats: int = 3,
-                   seed: int = 0, trace: dict | None = None) -> list[dict]:
+                   prompt_len: int = 256, new_tokens: int = 256, k: int = KNN.k, temperature: float = KNN.temperature,
+                   nlist: int | None = None, nprobe: int = KNN.nprobe, dtype: torch.dtype = torch.bfloat16,
+                   repeats: int = 3, seed: int = 0, trace: dict | None = None, work: str | Path | None = None
+                   ) -> list[dict]:
     """Greedy generation speed of decoder, decoder + matched MLP Memory (λ 0.5) and kNN-LM (λ 0.25).
 
     ``generate`` has no hook between prefill and decoding, so time to first token is timed as a
     separate ``max_new_tokens=1`` call (prefill + one mixture + argmax) and throughput as
     batch·new_tokens over the full call (prefill included); each is a median over ``repeats`` after
     one full warm-up call. Searchers are built one at a time (build not timed) and freed after
-    their rows, so the device holds one copy of the keys. The IVF rows use
-    ``clustered_search.ClusteredIVF``. ``trace``, if given,
-    receives the network, memory, prompts and last generated tokens per (mode, batch), for checks.
+    their rows, so the device holds one copy of the keys. The IVF rows use ``ClusteredIVF``. The
+    datastore is a synthetic one (``bench.synthetic``), written in a temporary folder under ``work``.
+    ``trace``, if given, receives the network, memory, prompts and last generated tokens per (mode, batch).
     """
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -98,17 +76,16 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
         raise UserError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the decoder's context "
                         f"{context_length(net)}")
     mem = build_memory(mem_name, size.d_model, vocab).to(dev).eval().requires_grad_(False)
-    keys, values = synthetic_datastore(datastore_rows, size.d_model, vocab, dev, seed)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:  # keys read into memory: what a searcher loads anyway
+        ds = Datastore(synthetic_datastore(Path(tmp) / "ds", datastore_rows, size.d_model, vocab, seed))
+        keys, values = np.array(ds.keys), torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
     prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     prompts = {b: prompt.repeat(b, 1).to(dev) for b in batches}
 
     def knn(search: str):
         if search == "exact":
-            from mlpmem_lightning.knn.search import TorchExact
             searcher = TorchExact(keys, dev)
         else:
-            from mlpmem_lightning.knn.search.clustered import ClusteredIVF, default_nlist
-
             n_lists = nlist or default_nlist(datastore_rows)
             searcher = ClusteredIVF(keys, nlist=n_lists, nprobe=min(nprobe, n_lists), device=str(dev))
         return knn_logprobs(searcher, values, vocab, k, temperature), searcher  # searches run outside autocast

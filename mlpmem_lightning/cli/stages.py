@@ -82,14 +82,18 @@ def cmd_sizes(args: argparse.Namespace) -> None:
 
 # -- datastore and targets -------------------------------------------------------------------
 def args_index(p: argparse.ArgumentParser) -> None:
+    from mlpmem_lightning.knn.settings import TARGETS as d
+
     g = p.add_argument_group("index (faiss; built next to the datastore when missing)")
-    g.add_argument("--nlist", type=int, help="IVF lists (default: about N/256, at most 4096)")
-    g.add_argument("--m", type=int, default=64, help="PQ sub-quantizers (ivfpq; must divide d)")
-    g.add_argument("--nbits", type=int, default=8, help="bits per PQ code (ivfpq)")
-    g.add_argument("--train-size", type=int, default=1_000_000, help="keys sampled to train the index")
+    g.add_argument("--nlist", type=int, default=d.nlist, help="IVF lists (default: about N/256, at most 4096)")
+    g.add_argument("--m", type=int, default=d.m, help="PQ sub-quantizers (ivfpq; must divide d)")
+    g.add_argument("--nbits", type=int, default=d.nbits, help="bits per PQ code (ivfpq)")
+    g.add_argument("--train-size", type=int, default=d.train_size, help="keys sampled to train the index")
 
 
 def args_datastore(p: argparse.ArgumentParser) -> None:
+    from mlpmem_lightning.knn.settings import INDEXES
+
     p.add_argument("--decoder", required=True, help="DecoderLM .ckpt, run directory, or transformers model directory")
     p.add_argument("--data", required=True, type=Path, help="token store the decoder was trained on")
     p.add_argument("--out", required=True, type=Path, help="datastore directory")
@@ -102,7 +106,7 @@ def args_datastore(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=1,
                    help="processes, one per GPU (NCCL) or CPU processes (gloo), each writing its own rows; under "
                         "torchrun the launcher's ranks are used instead")
-    p.add_argument("--index", choices=["flat", "ivfflat", "ivfpq"], help="also build this faiss index")
+    p.add_argument("--index", choices=INDEXES, help="also build this faiss index")
     args_index(p)
 
 
@@ -125,24 +129,27 @@ def cmd_datastore(args: argparse.Namespace) -> None:
 
 
 def args_targets(p: argparse.ArgumentParser) -> None:
-    from mlpmem_lightning.knn.targets import TargetSettings
+    from mlpmem_lightning.knn.search import REGISTRY, choices
+    from mlpmem_lightning.knn.settings import INDEXES
+    from mlpmem_lightning.knn.settings import TARGETS as d
 
-    d = TargetSettings()
     p.add_argument("--datastore", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="targets directory")
-    p.add_argument("--index", default=d.index, choices=["flat", "ivfflat", "ivfpq"], help="flat is exact search")
+    p.add_argument("--index", default=d.index, choices=INDEXES, help="flat is exact search")
     p.add_argument("--k", type=int, default=d.k, help="neighbours per row (the row itself excluded)")
     p.add_argument("--temperature", type=float, default=d.temperature, help="T in softmax(-d/T)")
     p.add_argument("--keep", type=int, default=d.keep, help="K: most probable tokens kept per row")
     p.add_argument("--nprobe", type=int, default=d.nprobe, help="IVF lists scanned per query")
-    p.add_argument("--rerank", action="store_true", help="re-rank approximate candidates exactly")
-    p.add_argument("--chunk", type=int, default=d.chunk, help="rows per search batch")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "clustered", "faiss"],
-                   help="auto: torch exact (flat) or clustered IVF on CUDA, faiss on CPU")
+    p.add_argument("--rerank", action="store_true", default=d.rerank, help="re-rank approximate candidates exactly")
+    p.add_argument("--chunk", type=int, default=d.chunk, help="rows per search batch (row-chunk backends)")
+    p.add_argument("--backend", default=d.backend, choices=choices(),
+                   help="auto: torch exact (flat) or clustered IVF on CUDA, faiss on CPU; "
+                        + "; ".join(f"{b.name}: {b.help}" for b in REGISTRY.values()))
     p.add_argument("--device", default="auto")
     p.add_argument("--devices", type=int, default=1,
-                   help="processes, one per GPU (NCCL) or CPU (gloo), each taking a share of the rows; the files "
-                        "are identical to a one-device run; under torchrun the launcher's ranks are used instead")
+                   help="processes, one per GPU (NCCL) or CPU (gloo), each taking a share of the search's units "
+                        "(row chunks, or IVF lists); the files are identical to a one-device run; under torchrun "
+                        "the launcher's ranks are used instead")
     p.add_argument("--mass-curve", type=int, metavar="ROWS",
                    help="only print the mass kept by K tokens, for K = 8 ... k, on ROWS sampled rows")
     args_index(p)
@@ -161,22 +168,29 @@ def _on_devices(build: Callable[..., dict | None], kind: str, out: Path, devices
     return read_manifest(out, kind)
 
 
-def cmd_targets(args: argparse.Namespace) -> None:
-    from mlpmem_lightning.knn.targets import KIND, TargetSettings, build_targets
+def target_settings(args: argparse.Namespace):
+    """The ``TargetSettings`` of ``mlpmem targets``'s flags (their defaults are the dataclass's)."""
+    from mlpmem_lightning.knn.settings import TargetSettings
 
-    settings = TargetSettings(index=args.index, k=args.k, temperature=args.temperature, keep=args.keep,
-                              nprobe=args.nprobe, rerank=args.rerank, chunk=args.chunk, nlist=args.nlist,
-                              m=args.m, nbits=args.nbits, train_size=args.train_size)
+    return TargetSettings(index=args.index, k=args.k, temperature=args.temperature, keep=args.keep,
+                          nprobe=args.nprobe, rerank=args.rerank, chunk=args.chunk, nlist=args.nlist, m=args.m,
+                          nbits=args.nbits, train_size=args.train_size, backend=args.backend)
+
+
+def cmd_targets(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.knn.targets import KIND, build_targets
+
+    settings = target_settings(args)
     if args.mass_curve:
         from mlpmem_lightning.knn.targets import mass_curve
 
-        curve = mass_curve(args.datastore, settings, args.mass_curve, backend=args.backend, device=args.device)
+        curve = mass_curve(args.datastore, settings, args.mass_curve, device=args.device)
         print("K\tmean mass kept\trows keeping >= 99%")
         for K, v in curve.items():
             print(f"{K}\t{v['mean']:.4f}\t{v['rows_ge_99']:.3f}")
         return
     m = _on_devices(build_targets, KIND, args.out, args.devices, args.device, datastore=str(args.datastore),
-                    settings=settings, backend=args.backend)
+                    settings=settings)
     if m is None:
         return
     print(f"targets {args.out}: {m['N']:,} rows, K={m['K']}, mass kept mean {m['mass_kept_mean']:.4f} "

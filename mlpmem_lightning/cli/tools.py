@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mlpmem_lightning.cli.command import Command, csv_list
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.knn.settings import INDEXES, KNN
 
 
 # -- generate and export ---------------------------------------------------------------------
@@ -19,9 +20,9 @@ def args_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda", dest="lam", type=float, default=0.25, help="weight of the memory / kNN distribution")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampling temperature")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    p.add_argument("--k", type=int, default=1024, help="kNN-LM neighbours")
-    p.add_argument("--knn-temperature", type=float, default=16.0, help="kNN-LM T in softmax(-d/T)")
-    p.add_argument("--index", default="flat", choices=["flat", "ivfflat", "ivfpq"])
+    p.add_argument("--k", type=int, default=KNN.k, help="kNN-LM neighbours")
+    p.add_argument("--knn-temperature", type=float, default=KNN.temperature, help="kNN-LM T in softmax(-d/T)")
+    p.add_argument("--index", default=KNN.index, choices=INDEXES)
     p.add_argument("--tokenizer", help="token store or tokenizer.json (default: the decoder's token store)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -52,6 +53,8 @@ SECTIONS = ("train", "targets", "generate", "memory")
 
 
 def args_bench(p: argparse.ArgumentParser) -> None:
+    from mlpmem_lightning.knn.search import REGISTRY
+
     p.add_argument("--sections", type=csv_list, default=list(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--out", type=Path, default=Path("analysis/bench"), help="CSV + bench.md directory")
     p.add_argument("--data", default="runs/tokens/wiki-summaries", help="token store for the training sections")
@@ -61,8 +64,9 @@ def args_bench(p: argparse.ArgumentParser) -> None:
                    help="also train these with torch.compile")
     p.add_argument("--rows", type=lambda s: [int(float(x)) for x in s.split(",")], default=[1_000_000, 3_000_000,
                    10_000_000], help="datastore sizes for targets (e.g. 1e6,3e6,1e7)")
-    p.add_argument("--targets-backends", type=csv_list, default=["clustered", "torch-ivf", "faiss"],
-                   help="targets backends besides exact search (the recall reference): clustered, torch-ivf, faiss")
+    p.add_argument("--targets-backends", type=csv_list, default=list(REGISTRY),
+                   help="targets backends besides exact search (the recall reference), from the search registry: "
+                        f"{', '.join(REGISTRY)}")
     p.add_argument("--generate-sizes", type=csv_list, default=["12m"], help="decoder sizes for generate")
     p.add_argument("--datastore-rows", type=int, default=10_000_000, help="kNN-LM datastore keys for generate")
     p.add_argument("--memory-sizes", type=csv_list, default=["6m", "12m"], help="decoder sizes for memory training")

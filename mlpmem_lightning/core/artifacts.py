@@ -1,9 +1,10 @@
 """Artifact directories: manifest written last, atomic files, one writer at a time.
 
 Every stage's output is a directory whose ``manifest.json`` is written last (DESIGN.md).
-A directory without a manifest is incomplete: it is never read as done, and the stage
-that owns it resumes or rebuilds it. Files inside are written to a temporary name and
-renamed, so a crash leaves either the old file or the new one, never half of one.
+A directory without a manifest is incomplete: it is never read as done. Files inside are
+written to a temporary name and renamed, so a crash leaves either the old file or the new
+one, never half of one. How a stage builds, resumes or reuses its directory, and which
+partial directories it may clear, is :mod:`mlpmem_lightning.core.writer`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,19 +137,19 @@ os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
 @contextmanager
-def artifact_lock(path: str | Path) -> Iterator[Path]:
+def artifact_lock(path: str | Path, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on an artifact directory while writing it.
 
-    A second writer fails at once with a clear error instead of interleaving files.
-    The lock is released by the kernel if the process dies, so a killed run never
-    leaves a stale lock behind.
+    A second writer fails at once with a clear error instead of interleaving files (``wait``: it
+    waits its turn instead, for files that several ranks may want to create, e.g. cached centroids).
+    The lock is released by the kernel if the process dies, so a killed run never leaves a stale lock.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(
                 f"{path} is being written by another process: wait for it or choose another --out"
@@ -159,13 +159,6 @@ def artifact_lock(path: str | Path) -> Iterator[Path]:
     finally:
         _HELD_LOCKS.discard(fd)
         os.close(fd)
-
-
-def clear_partial(path: str | Path) -> None:
-    """Empty an artifact directory left incomplete by a crashed run, keeping the writer's lock file."""
-    for p in Path(path).iterdir():
-        if p.name != LOCK:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def load_npy(path: str | Path, mmap: bool = True) -> np.ndarray:

@@ -8,8 +8,8 @@ across splits; each document is followed by the separator token.
 Tokenization is a batched, multi-process ``datasets.map`` whose results go to Arrow
 files on disk, and each split's array is filled through a memory map, so at most one
 split's tokens are ever in memory. A rerun with the same settings reuses the store; a
-rerun after a crash (no manifest) rebuilds it from scratch, which is deterministic,
-so the result is byte-identical either way.
+rerun after a crash (no manifest, the writer's marker) rebuilds it from scratch, which is
+deterministic, so the result is byte-identical either way (``core.writer.ArtifactWriter``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.core.writer import ArtifactWriter
 from mlpmem_lightning.data.tokenizer import TOKENIZER_FILE, load_tokenizer, separator_id, train_bpe
 
 log = logging.getLogger(__name__)
@@ -70,24 +71,20 @@ def prepare(
 ) -> dict[str, Any]:
     """Build (or reuse) the token store for ``settings`` in ``out``; returns its manifest."""
     out = Path(out)
-    wanted = asdict(settings)
-    if artifacts.is_complete(out):
-        manifest = artifacts.read_manifest(out, KIND)
-        if manifest["settings"] != wanted:
-            raise UserError(
-                f"{out} is a token store built with other settings (recorded != requested: "
-                f"{artifacts.diff(manifest['settings'], wanted)}): choose another --out or delete it"
-            )
-        log.info("reusing token store %s (fingerprint %s)", out, manifest["fingerprint"])
+    corpus = settings.corpus if Path(settings.corpus).exists() else None  # a local corpus is an input
+    writer = ArtifactWriter(out, KIND, {"settings": asdict(settings)}, "is a token store built with other settings",
+                            inputs=(corpus,))
+    if (manifest := writer.reuse()) is not None:
         return manifest
-    with artifacts.artifact_lock(out):
-        artifacts.clear_partial(out)  # a store without a manifest is a crashed run: start from nothing
-        return _build(settings, out, num_proc or min(4, os.cpu_count() or 1), cache_dir)
+    with writer.open(resume=False):  # a partial store is a crashed run: rebuilt from nothing (deterministic)
+        return _build(settings, writer, num_proc or min(4, os.cpu_count() or 1), cache_dir)
 
 
-def _build(settings: PrepareSettings, out: Path, num_proc: int, cache_dir: str | Path | None) -> dict[str, Any]:
+def _build(settings: PrepareSettings, writer: ArtifactWriter, num_proc: int, cache_dir: str | Path | None
+           ) -> dict[str, Any]:
     from mlpmem_lightning.data.corpora import corpus_info, load_corpus
 
+    out = writer.out
     docs = load_corpus(settings.corpus, cache_dir=cache_dir)
     if settings.max_documents is not None:
         docs = docs.select(range(min(settings.max_documents, len(docs))))
@@ -115,21 +112,16 @@ def _build(settings: PrepareSettings, out: Path, num_proc: int, cache_dir: str |
     info = corpus_info(settings.corpus, cache_dir=cache_dir)
     tok_hash = artifacts.hash_file(out / TOKENIZER_FILE)
     fingerprint = artifacts.hash_json({"tokens": hashes, "tokenizer": tok_hash})
-    return artifacts.write_manifest(
-        out,
-        KIND,
-        {
-            "settings": asdict(settings),
-            "corpus": info,
-            "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok_hash, "separator_id": separator_id(tok)},
-            "vocab_size": vocab,
-            "dtype": token_dtype(vocab).name,
-            "documents": {k: int(len(v)) for k, v in parts.items()},
-            "tokens": counts,
-            "sha256": hashes,
-            "fingerprint": fingerprint,
-        },
-    )
+    return writer.finish(lambda: {
+        "corpus": info,
+        "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok_hash, "separator_id": separator_id(tok)},
+        "vocab_size": vocab,
+        "dtype": token_dtype(vocab).name,
+        "documents": {k: int(len(v)) for k, v in parts.items()},
+        "tokens": counts,
+        "sha256": hashes,
+        "fingerprint": fingerprint,
+    })
 
 
 def _write_split(ds, tok: Tokenizer, path: Path, work: Path, num_proc: int, dtype: np.dtype) -> int:

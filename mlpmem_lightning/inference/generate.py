@@ -18,6 +18,7 @@ import torch
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.distributions import dense_distribution, mix
+from mlpmem_lightning.knn.settings import KNN
 from mlpmem_lightning.models.decoder import ffn_block
 from mlpmem_lightning.models.loading import LoadedDecoder, load_decoder
 
@@ -78,13 +79,15 @@ def generate(net, input_ids: torch.Tensor, max_new_tokens: int, other: LogProbFn
 
 def run_generate(decoder: str, prompt: str, max_new_tokens: int = 50, memory: str | None = None,
                  datastore: str | None = None, lam: float = 0.25, temperature: float = 0.0, top_p: float = 1.0,
-                 k: int = 1024, knn_temperature: float = 16.0, index: str = "flat", tokenizer: str | None = None,
+                 k: int = KNN.k, knn_temperature: float = KNN.temperature, index: str = KNN.index,
+                 tokenizer: str | None = None,
                  device: str = "auto", seed: int = 0) -> str:
     """The `mlpmem generate` command: load everything, encode the prompt, decode the continuation."""
     from tokenizers import Tokenizer
 
+    from mlpmem_lightning.core.distributed import pick_device
     from mlpmem_lightning.data.tokenizer import separator_id
-    from mlpmem_lightning.knn.datastore import Datastore, pick_device
+    from mlpmem_lightning.knn.datastore import Datastore
 
     if memory and datastore:
         raise UserError("pass --memory or --datastore, not both")

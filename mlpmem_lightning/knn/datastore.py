@@ -8,15 +8,14 @@ key point, so neither later layers nor the vocabulary head are computed.
 The arrays are pre-allocated and filled in whole batches of windows; about every
 ``SAVE_ROWS`` rows ``progress.rank<r>.json`` records how many windows are done, so a killed run resumes at the
 next chunk and, the batches being the same, ends with byte-identical files. Rows can be
-split across ranks (``rank``/``world_size``): each rank fills its own contiguous range.
+split across ranks (``rank``/``world_size``): each rank fills its own contiguous range. Reuse, resume,
+the lock and the manifest are :class:`~mlpmem_lightning.core.writer.ArtifactWriter`'s; the window cut is
+the one of :mod:`mlpmem_lightning.data.windows`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from mlpmem_lightning.core import artifacts
+from mlpmem_lightning.core.distributed import pick_device
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.core.writer import ArtifactWriter
 from mlpmem_lightning.data.token_store import TokenStore
+from mlpmem_lightning.data.windows import window_count, window_starts
 from mlpmem_lightning.models.decoder import context_length, ffn_inputs
 from mlpmem_lightning.models.loading import load_decoder
 
-log = logging.getLogger(__name__)
 KIND = "datastore"
 SAVE_ROWS = 1 << 20  # rows between progress records (flush + fsync)
 
@@ -45,10 +46,6 @@ class DatastoreSettings:
     seq_len: int | None = None  # default: the decoder's training seq_len
     batch_size: int = 32  # windows per forward; part of the byte-identity contract
     precision: str = "32"  # "32" or "bf16" (autocast on CUDA)
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
 def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, settings: DatastoreSettings,
@@ -69,29 +66,27 @@ def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, sett
     _check_inputs(dec, store, settings)
     identity = {"settings": asdict(settings), "decoder_fingerprint": dec.fingerprint,
                 "token_store_fingerprint": store.fingerprint}
-    if artifacts.is_complete(out):
-        manifest = artifacts.read_manifest(out, KIND)
-        if {k: manifest.get(k) for k in identity} != identity:
-            raise UserError(f"{out} is a datastore of another decoder, token store or settings (recorded != "
-                            f"requested: {artifacts.diff(manifest, identity)}): choose another --out or delete it")
-        log.info("reusing datastore %s", out)
+    writer = ArtifactWriter(out, KIND, identity, "is a datastore of another decoder, token store or settings",
+                            inputs=(decoder, data), rank=rank, world_size=world_size, barrier=barrier)
+    if (manifest := writer.reuse()) is not None:
         return manifest
 
     tokens = store.split(settings.split)
-    n_windows = (len(tokens) - 1) // seq_len
+    n_windows = window_count(len(tokens), seq_len)
     n_rows, d = n_windows * seq_len, dec.net.config.hidden_size
-    with artifacts.artifact_lock(out) if rank == 0 else nullcontext(out):
-        keys = _open_arrays(out, identity, n_rows, d, tokens, rank, barrier)
+
+    def allocate() -> None:  # values are known up front: written whole; keys filled window by window
+        np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.float16, shape=(n_rows, d)).flush()
+        artifacts.atomic_save_npy(out / "values.npy", np.asarray(tokens[1:n_rows + 1], dtype=np.int32))
+
+    with writer.open(allocate):
+        keys = np.load(out / "keys.npy", mmap_mode="r+")
         lo, hi = _shard(n_windows, rank, world_size, settings.batch_size)
-        _fill(dec.net, tokens, keys, out, identity, settings, lo, hi, pick_device(device), rank)
-        barrier()
-        if rank != 0:
-            return None
-        fingerprint = artifacts.hash_json(identity)
-        return artifacts.write_manifest(out, KIND, {
-            **identity, "decoder": str(decoder), "token_store": str(data), "split": settings.split,
-            "layer": settings.layer, "seq_len": seq_len, "N": n_rows, "d": d, "keys_dtype": "float16",
-            "values_sha256": artifacts.hash_file(out / "values.npy"), "fingerprint": fingerprint,
+        _fill(dec.net, tokens, keys, writer, settings, lo, hi, pick_device(device))
+        return writer.finish(lambda: {
+            "decoder": str(decoder), "token_store": str(data), "split": settings.split, "layer": settings.layer,
+            "seq_len": seq_len, "N": n_rows, "d": d, "keys_dtype": "float16",
+            "values_sha256": artifacts.hash_file(out / "values.npy"), "fingerprint": artifacts.hash_json(identity),
         })
 
 
@@ -119,38 +114,19 @@ def _shard(n_windows: int, rank: int, world_size: int, batch: int) -> tuple[int,
     return int(bounds[rank]), int(bounds[rank + 1])
 
 
-def _progress_path(out: Path, rank: int) -> Path:
-    return out / f"progress.rank{rank}.json"
-
-
-def _open_arrays(out: Path, identity: dict, n_rows: int, d: int, tokens: np.ndarray, rank: int,
-                 barrier: Callable[[], None]) -> np.ndarray:
-    """Open the pre-allocated keys of a run with the same identity, or start a new one (values written whole)."""
-    progress = _progress_path(out, rank)
-    same = progress.is_file() and json.loads(progress.read_text())["identity"] == identity
-    if not same and rank == 0:
-        artifacts.clear_partial(out)
-        np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.float16, shape=(n_rows, d)).flush()
-        artifacts.atomic_save_npy(out / "values.npy", np.asarray(tokens[1:n_rows + 1], dtype=np.int32))
-    barrier()
-    return np.load(out / "keys.npy", mmap_mode="r+")
-
-
-def _fill(net, tokens: np.ndarray, keys: np.ndarray, out: Path, identity: dict, s: DatastoreSettings,
-          lo: int, hi: int, device: torch.device, rank: int) -> None:
+def _fill(net, tokens: np.ndarray, keys: np.ndarray, writer: ArtifactWriter, s: DatastoreSettings, lo: int,
+          hi: int, device: torch.device) -> None:
     """Compute keys for windows [lo, hi) in batches, recording progress after each flushed chunk."""
-    progress = _progress_path(out, rank)
-    state = json.loads(progress.read_text()) if progress.is_file() else None
-    done = state["done"] if state and state["identity"] == identity else lo
+    state = writer.progress()
+    done = state["done"] if state else lo
     net.to(device)
     L, B = s.seq_len, s.batch_size
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16")
     saved = done
-    with tqdm(total=hi - lo, initial=done - lo, desc=f"datastore rank {rank}", unit="win") as bar:
+    with tqdm(total=hi - lo, initial=done - lo, desc=f"datastore rank {writer.rank}", unit="win") as bar:
         for start in range(done, hi, B):
             stop = min(start + B, hi)
-            rows = np.arange(start * L, stop * L).reshape(stop - start, L)
-            x = torch.from_numpy(tokens[rows].astype(np.int64)).to(device)
+            x = torch.from_numpy(tokens[window_starts(start, stop, L)].astype(np.int64)).to(device)
             with autocast:
                 h = ffn_inputs(net, x, s.layer).float()
             if not torch.isfinite(h).all():
@@ -158,28 +134,31 @@ def _fill(net, tokens: np.ndarray, keys: np.ndarray, out: Path, identity: dict, 
                                 "the checkpoint is broken; retrain or pick another checkpoint")
             keys[start * L:stop * L] = h.reshape(-1, h.shape[-1]).cpu().numpy().astype(np.float16)
             if (stop - saved) * L >= SAVE_ROWS or stop == hi:  # an fsync per batch would dominate on a GPU
-                keys.flush()
-                artifacts.atomic_write_text(progress, json.dumps({"identity": identity, "done": stop}))
+                writer.save_progress({"done": stop}, (keys,))
                 saved = stop
             bar.update(stop - start)
 
 
 class Datastore:
-    """Read side: memory-mapped keys and values of a finished datastore."""
+    """Read side of a finished datastore: its manifest and memory-mapped keys and values, checked against it.
+
+    The one way a datastore is opened: search backends, index builds, targets, the kNN-LM, ``generate`` and
+    the benchmarks all read it here, so a truncated or mismatched file gets the same one-line error everywhere.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest = artifacts.read_manifest(self.path, KIND)
         self.keys = artifacts.load_npy(self.path / "keys.npy")
         self.values = artifacts.load_npy(self.path / "values.npy")
-        n, d = self.manifest["N"], self.manifest["d"]
-        if self.keys.shape != (n, d) or self.values.shape != (n,):
+        n, d = self.manifest.get("N"), self.manifest.get("d")
+        if self.keys.ndim != 2 or self.keys.shape != (n, d) or self.values.shape != (n,):
             raise UserError(f"{self.path}: keys {self.keys.shape} / values {self.values.shape} do not match the "
                             f"manifest ({n}, {d}): delete it and rebuild with `mlpmem datastore`")
 
     @property
-    def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
+    def fingerprint(self) -> str | None:
+        return self.manifest.get("fingerprint")
 
     def __len__(self) -> int:
         return int(self.manifest["N"])

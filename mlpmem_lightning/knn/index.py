@@ -3,8 +3,9 @@
 An index file lives next to the keys (``index_<kind>.faiss``) and is recorded in the datastore
 manifest under ``indexes``: its settings, ``ntotal`` and sha256. Loading checks both, so an index
 left behind by an older datastore (or a half-copied file) is refused instead of silently
-returning neighbours of other keys. Building takes the datastore's lock, writes the file to a
-temporary name and renames it, then re-writes the manifest: a crash leaves the old state.
+returning neighbours of other keys. Building goes through :func:`~mlpmem_lightning.core.writer.derived_file`:
+the datastore's lock, the file written to a temporary name and renamed, then the manifest re-written
+with the entry, so a crash leaves the old state.
 Do not call :func:`build_index` while holding the datastore's lock yourself (flock is per open
 file, so the second acquisition in the same process fails).
 """
@@ -19,30 +20,20 @@ from typing import Any
 import faiss
 import numpy as np
 
-from mlpmem_lightning import __version__
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.core.writer import derived_file
+from mlpmem_lightning.knn.datastore import KIND as DATASTORE
+from mlpmem_lightning.knn.datastore import Datastore
+from mlpmem_lightning.knn.settings import INDEXES as KINDS
 
 log = logging.getLogger("mlpmem_lightning.knn.search")
-KINDS = ("flat", "ivfflat", "ivfpq")
-DATASTORE = "datastore"
 # The command a user runs to (re)build an index; quoted by every "missing/stale index" error.
 BUILD_COMMAND = "mlpmem targets --datastore {dir} --index {kind}"
 
 
 def index_path(datastore_dir: str | Path, kind: str) -> Path:
     return Path(datastore_dir) / f"index_{kind}.faiss"
-
-
-def open_keys(datastore_dir: str | Path) -> tuple[dict[str, Any], np.ndarray]:
-    """The datastore manifest and its memory-mapped float16 keys, checked against the manifest."""
-    manifest = artifacts.read_manifest(datastore_dir, DATASTORE)
-    keys = artifacts.load_npy(Path(datastore_dir) / "keys.npy")
-    shape = (manifest.get("N"), manifest.get("d"))
-    if keys.ndim != 2 or keys.shape != shape:
-        raise UserError(f"{datastore_dir}: keys {keys.shape} do not match the manifest {shape}: "
-                        "delete it and rebuild with `mlpmem datastore`")
-    return manifest, keys
 
 
 def key_chunks(keys: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -130,49 +121,40 @@ def flat_in_memory(keys: np.ndarray, chunk: int = 1_000_000) -> faiss.Index:
     return index
 
 
-def _entry_ok(entry: dict[str, Any] | None, settings: dict[str, Any], manifest: dict[str, Any], path: Path) -> bool:
-    """Is a recorded index reusable as is: same settings, same keys, an intact file."""
-    if not entry or {k: entry.get(k) for k in settings} != settings or not path.is_file():
-        return False
-    if entry.get("datastore_fingerprint") != manifest.get("fingerprint") or entry.get("ntotal") != manifest.get("N"):
-        return False
-    return artifacts.hash_file(path) == entry.get("sha256")
-
-
 def build_index(datastore_dir: str | Path, kind: str = "ivfpq", nlist: int = 4096, m: int = 64, nbits: int = 8,
                 train_size: int = 1_000_000, seed: int = 0, add_chunk: int = 1_000_000) -> dict[str, Any]:
     """Build (or reuse) ``index_<kind>.faiss`` next to the keys; returns its manifest entry."""
     datastore_dir = Path(datastore_dir)
-    manifest, keys = open_keys(datastore_dir)
-    n, d = keys.shape
-    check_settings(kind, n, d, nlist, m, nbits, train_size)
+    ds = Datastore(datastore_dir)
+    check_settings(kind, len(ds), ds.keys.shape[1], nlist, m, nbits, train_size)
     settings = _entry_settings(kind, nlist, m, nbits, train_size, seed)
     path = index_path(datastore_dir, kind)
-    with artifacts.artifact_lock(datastore_dir):
-        manifest, keys = open_keys(datastore_dir)  # re-read under the lock: another writer may have finished
-        entry = manifest.get("indexes", {}).get(kind)
-        if _entry_ok(entry, settings, manifest, path):
-            log.info("reusing %s", path)
-            return entry
-        index = _build(keys, kind, nlist, m, nbits, train_size, seed, add_chunk)
-        tmp = artifacts.tmp_path(path)
+
+    def recorded() -> dict[str, Any] | None:  # read under the lock: another writer may have finished
+        return Datastore(datastore_dir).manifest.get("indexes", {}).get(kind)
+
+    def make(tmp: Path) -> dict[str, Any]:
+        index = _build(Datastore(datastore_dir).keys, kind, nlist, m, nbits, train_size, seed, add_chunk)
         faiss.write_index(index, str(tmp))
-        artifacts.fsync_rename(tmp, path)
-        entry = {"file": path.name, **settings, "sha256": artifacts.hash_file(path), "ntotal": int(index.ntotal),
-                 "datastore_fingerprint": manifest.get("fingerprint"), "mlpmem_version": __version__,
-                 "faiss_version": faiss.__version__}
+        log.info("wrote %s (%d keys)", path, index.ntotal)
+        return {"file": path.name, "ntotal": int(index.ntotal), "faiss_version": faiss.__version__}
+
+    def record(entry: dict[str, Any]) -> None:
+        manifest = Datastore(datastore_dir).manifest
         fields = {k: v for k, v in manifest.items() if k != "kind"}
         fields["indexes"] = {**manifest.get("indexes", {}), kind: entry}
         artifacts.write_manifest(datastore_dir, DATASTORE, fields)
-        log.info("wrote %s (%d keys)", path, index.ntotal)
-        return entry
+
+    want = {**settings, "datastore_fingerprint": ds.fingerprint, "ntotal": len(ds)}
+    return derived_file(datastore_dir, path, want, recorded, make, record, logger=log)
 
 
 def load_index(datastore_dir: str | Path, kind: str) -> faiss.Index:
     """Read an index back, refusing one that does not belong to this datastore's keys."""
     if kind not in KINDS:
         raise UserError(f"unknown index {kind!r}: choose one of {', '.join(KINDS)}")
-    manifest, keys = open_keys(datastore_dir)
+    ds = Datastore(datastore_dir)
+    manifest, keys = ds.manifest, ds.keys
     hint = BUILD_COMMAND.format(dir=datastore_dir, kind=kind)
     entry = manifest.get("indexes", {}).get(kind)
     path = index_path(datastore_dir, kind)

@@ -25,7 +25,7 @@ class KNNSettings:
     nprobe: int = 32  # IVF lists scanned per query
     nlist: int | None = None  # IVF lists (None: about N/256, at most 4096)
     rerank: bool = False  # re-rank approximate candidates with exact distances
-    backend: str = "auto"  # search backend (knn.search.BACKENDS); auto picks by index and device
+    backend: str = "auto"  # search backend: a name of knn.search.REGISTRY, or auto (by index and device)
 
 
 @dataclass(frozen=True)

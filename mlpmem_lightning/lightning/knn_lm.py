@@ -28,7 +28,8 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
         decoder: the decoder (``.ckpt``, run directory, or transformers directory).
         datastore: datastore directory built from that decoder (``mlpmem datastore``).
         index: ``flat`` (exact), ``ivfflat`` or ``ivfpq``.
-        backend: ``auto``, ``torch``, ``clustered`` or ``faiss`` (``search.make_searcher``).
+        backend: ``auto`` or a name of the search registry (``mlpmem_lightning.knn.search.REGISTRY``;
+            ``mlpmem targets --help`` lists them).
         k: neighbours per query.
         temperature: T of softmax(-d/T), d the squared L2 distance.
         nprobe: IVF lists scanned per query.

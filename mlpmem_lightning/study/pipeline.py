@@ -86,9 +86,9 @@ def run_pipeline(spec, decoder_size: str, memory_size: str, seed: int) -> tuple[
     ds_dir, tg_dir = out / "datastores" / tag, out / "targets" / tag
     with _timed(times, "datastore"):
         build_datastore(run, store, ds_dir, DatastoreSettings(seq_len=L, **spec.datastore))
-    knn = TargetSettings(**spec.knn)
+    knn = TargetSettings(**{**spec.knn, "backend": spec.knn_backend})
     with _timed(times, "targets"):
-        targets_manifest = build_targets(ds_dir, tg_dir, knn, backend=spec.knn_backend)
+        targets_manifest = build_targets(ds_dir, tg_dir, knn)
     ds = Datastore(ds_dir)
     n_rows, decoder_fp = len(ds), ds.manifest["decoder_fingerprint"]
 

@@ -106,13 +106,13 @@ class SweepSpec:
         if bad:
             raise UserError(f"unknown knn keys {', '.join(bad)}: see `mlpmem targets --help`")
         from mlpmem_lightning.knn.datastore import DatastoreSettings
-        from mlpmem_lightning.knn.search import BACKENDS
+        from mlpmem_lightning.knn.search import choices as backend_choices
 
         bad = sorted(set(self.datastore) - {"batch_size", "precision", "layer"})
         if bad:
             raise UserError(f"unknown datastore keys {', '.join(bad)}: use batch_size, precision or layer")
-        if self.knn_backend not in BACKENDS:
-            raise UserError(f"knn_backend {self.knn_backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.knn_backend not in backend_choices():
+            raise UserError(f"knn_backend {self.knn_backend!r}: choose one of {', '.join(backend_choices())}")
         DatastoreSettings(**self.datastore)
 
     @property

@@ -1,6 +1,6 @@
 """``ClusteredIVF``: inverted-file kNN search on a GPU as one matrix product per list.
 
-Why not per-query probing (``search.TorchIVF``, faiss IVF): with 10M self-queries each probing its
+Why not per-query probing (``ivf.TorchIVF``, faiss IVF): with 10M self-queries each probing its
 own lists, the work is a scatter of tiny products and a float64 re-rank that gathers k key vectors
 per query (terabytes of traffic at k=1024). Here every query assigned to list ``c`` searches the
 same candidate set: the ``nprobe`` lists whose centroids are nearest to ``c``'s centroid (``c``
@@ -16,23 +16,39 @@ cancellation), full-precision float32 matmul, clamped at 0. The k results are so
 distance, id); which of several keys tied exactly at the k-th distance is kept is up to ``topk``.
 A query's result depends only on its list, not on which other queries share the call, so a run
 split into pieces (resume, several GPUs) gives the same bytes on the same kind of device. Centroids
-come from a seeded ``faiss.Kmeans`` on a sample of the keys.
+come from a seeded ``faiss.Kmeans`` on a sample of the keys, cached beside the datastore.
+
+Its self-search units are the IVF lists: a list's queries are its own keys, already grouped on the device.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 import torch
 
-from mlpmem_lightning import __version__
 from mlpmem_lightning.core import artifacts
-from mlpmem_lightning.knn.search import Searcher, composite, decode, ieee_fp32_matmul, load_keys, smallest
+from mlpmem_lightning.core.writer import derived_file
+from mlpmem_lightning.knn.datastore import Datastore
+from mlpmem_lightning.knn.search.base import (
+    TARGETS,
+    Backend,
+    Searcher,
+    SelfResult,
+    composite,
+    decode,
+    ieee_fp32_matmul,
+    load_keys,
+    smallest,
+)
+from mlpmem_lightning.knn.settings import KNN, KNNSettings
 
 log = logging.getLogger(__name__)
 SCORES = 1 << 28  # float32 elements of one [queries, candidates] score block (1 GiB)
@@ -65,7 +81,8 @@ def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, se
 
     ``centroids-<nlist>-seed<seed>.json``, written after the array, records what they were made from: the
     datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings, the array's
-    sha256 and the package version. A cache whose record does not match is retrained, never used.
+    sha256 and the package version. A cache whose record does not match is retrained, never used. Ranks
+    that want it at once queue on the datastore's lock: the first trains it, the others read it.
     """
     path = Path(datastore_dir) / f"centroids-{nlist}-seed{seed}.npy"
     record_path = path.with_suffix(".json")
@@ -73,20 +90,24 @@ def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, se
         fingerprint = json.loads((Path(datastore_dir) / artifacts.MANIFEST).read_text()).get("fingerprint")
     want = {"datastore_fingerprint": fingerprint, "nlist": nlist, "seed": seed, "per_list": PER_LIST,
             "niter": NITER, "shape": [nlist, int(keys.shape[1])]}
-    if path.is_file() and record_path.is_file():
+
+    def recorded() -> dict[str, Any] | None:
         try:
-            record = json.loads(record_path.read_text())
+            record = json.loads(record_path.read_text()) if record_path.is_file() else None
         except json.JSONDecodeError:
-            record = {}
-        stale = artifacts.diff(record, {**want, "sha256": artifacts.hash_file(path)})
-        if not stale:
-            return np.load(path)
-        log.info("retraining the centroids %s (recorded != wanted: %s)", path, stale)
-    cen = train_centroids(keys, nlist, seed, PER_LIST, NITER)
-    artifacts.atomic_save_npy(path, cen)
-    record = {**want, "sha256": artifacts.hash_file(path), "mlpmem_version": __version__}
-    artifacts.atomic_write_text(record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return cen
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def make(tmp: Path) -> dict[str, Any]:
+        with open(tmp, "wb") as f:
+            np.save(f, train_centroids(keys, nlist, seed, PER_LIST, NITER))
+        return {}
+
+    def record(description: dict[str, Any]) -> None:
+        artifacts.atomic_write_text(record_path, json.dumps(description, indent=2, sort_keys=True) + "\n")
+
+    derived_file(Path(datastore_dir), path, want, recorded, make, record, wait=True, logger=log)
+    return np.load(path)
 
 
 class ClusteredIVF(Searcher):
@@ -96,10 +117,10 @@ class ClusteredIVF(Searcher):
     by list; ``ids`` maps a storage position back to the datastore row.
     """
 
-    def __init__(self, keys: np.ndarray, nlist: int, nprobe: int = 32, device: str | torch.device = "cpu",
+    def __init__(self, keys: np.ndarray, nlist: int, nprobe: int = KNN.nprobe, device: str | torch.device = "cpu",
                  centroids: np.ndarray | None = None, seed: int = 0, chunk: int = 1 << 20,
                  max_candidates: int | None = None):
-        self.device, self.chunk = torch.device(device), chunk
+        self.device, self.chunk, self.source = torch.device(device), chunk, keys
         cen = train_centroids(keys, nlist, seed) if centroids is None else np.asarray(centroids, np.float32)
         self.centroids = torch.from_numpy(cen).to(self.device)
         self.nlist, self.nprobe = len(cen), max(1, min(nprobe, len(cen)))
@@ -168,17 +189,37 @@ class ClusteredIVF(Searcher):
             start += count
         return decode(out)
 
-    def self_search(self, k: int, first_list: int = 0, last_list: int | None = None
-                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def units(self, chunk: int = TARGETS.chunk) -> np.ndarray:
+        """Self-search units are the IVF lists (``chunk`` is not used): the rows of each list."""
+        return self.counts.cpu().numpy()
+
+    def self_search(self, k: int, first: int = 0, stop: int | None = None, chunk: int = TARGETS.chunk
+                    ) -> Iterator[SelfResult]:
         """Every stored key as a query, list by list: (list, datastore rows, dist [n_c, k], ids [n_c, k]).
 
-        The bulk path of ``mlpmem targets``: a list's queries are its own keys (already grouped), so
-        nothing is assigned or gathered twice. Results for a list do not depend on the range asked for.
+        A list's queries are its own keys (already grouped), so nothing is assigned or gathered twice.
+        Results for a list do not depend on the range asked for.
         """
-        last = self.nlist if last_list is None else last_list
-        for lst in range(first_list, last):
+        last = self.nlist if stop is None else stop
+        for lst in range(first, last):
             a, b = self.bounds[lst], self.bounds[lst + 1]
             if a == b:
                 yield lst, self.ids[a:b], *decode(torch.empty(0, k, dtype=torch.int64, device=self.device))
                 continue
             yield lst, self.ids[a:b], *decode(self.search_list(self.keys[a:b].float(), lst, k))
+
+    def search_inputs(self) -> dict[str, Any]:
+        """The centroids (the lists) the neighbours were found in."""
+        cen = np.ascontiguousarray(self.centroids.cpu().numpy())
+        return {"centroids_sha256": hashlib.sha256(cen.tobytes()).hexdigest(), "nlist": self.nlist}
+
+
+def build(ds: Datastore, s: KNNSettings, device: torch.device, chunk: int) -> Searcher:
+    nlist = s.nlist or default_nlist(len(ds))
+    centroids = cached_centroids(ds.path, ds.keys, nlist, fingerprint=ds.fingerprint)
+    return ClusteredIVF(ds.keys, nlist, s.nprobe, device, centroids=centroids)
+
+
+BACKEND = Backend("clustered", build, indexes=("ivfflat", "ivfpq"),
+                  help="IVF where the queries of one list share its probe set, one GEMM per list (its own seeded "
+                       "k-means, no faiss index; the GPU default for IVF)")
