@@ -29,7 +29,6 @@ from mlpmem_lightning.study.analysis.fits import (
     points,
     predict,
     predict_samples,
-    ranked_archs,
     start_grid,
 )
 from mlpmem_lightning.study.analysis.lambdas import LAMBDA_PREFIX, best_lambdas, lambda_curves
@@ -37,4 +36,4 @@ from mlpmem_lightning.study.analysis.lambdas import LAMBDA_PREFIX, best_lambdas,
 __all__ = ["COMPARISONS", "HUBER_DELTA", "IDENTITY", "LAMBDA_PREFIX", "X_AXES", "FitSet", "band", "best_lambdas",
            "clean", "compared", "difference_interval", "exponent_differences", "fit_all", "fit_power_law",
            "fits_json", "fits_table", "imitation_gaps", "lambda_curves", "matched_comparison", "points", "predict",
-           "predict_samples", "ranked_archs", "seed_means", "start_grid"]
+           "predict_samples", "seed_means", "start_grid"]

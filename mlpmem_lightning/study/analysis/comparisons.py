@@ -18,7 +18,6 @@ from mlpmem_lightning.study.analysis.fits import (
     points,
     predict,
     predict_samples,
-    ranked_archs,
 )
 
 COMPARISONS = {"parameters": "params_total", "compute": "flops_train_total"}
@@ -53,12 +52,13 @@ def matched_comparison(df: pd.DataFrame, fits: dict, split: str = "test", param_
 
 def compared(df: pd.DataFrame) -> list[str]:
     """The architectures compared with the baseline: every other one, in registry order."""
-    return [a for a in ranked_archs(df["arch"]) if a != architectures.baseline().name]
+    return [a for a in architectures.ranked(df["arch"]) if a != architectures.baseline().name]
 
 
 def _fitted_rows(df: pd.DataFrame, fits: dict, split: str, comparison: str, axis: str) -> list[dict]:
     dec = fits.get(architectures.baseline().name, {}).get(axis)
-    xs = np.unique(np.concatenate([points(df, a, axis, split)[axis].to_numpy(float) for a in ranked_archs(df["arch"])]))
+    xs = np.unique(np.concatenate([np.empty(0)] + [points(df, a, axis, split)[axis].to_numpy(float)
+                                                   for a in df["arch"].unique()]))
     rows = []
     for arch in compared(df):
         fit = fits.get(arch, {}).get(axis)
@@ -84,7 +84,7 @@ def _inside(fit: dict, x: float) -> bool:
 
 def seed_means(df: pd.DataFrame, split: str, axis: str) -> pd.DataFrame:
     """Mean loss over seeds per (study, arch, decoder_size, memory_size, x), with the seed count."""
-    frames = [points(df, a, axis, split) for a in ranked_archs(df["arch"])]
+    frames = [points(df, a, axis, split) for a in architectures.ranked(df["arch"])]
     rows = pd.concat(frames) if frames else df.iloc[:0]
     keys = ["study", "arch", "decoder_size", "memory_size", axis]
     return rows.groupby(keys, as_index=False).agg(loss=("loss", "mean"), n_seeds=("seed", "nunique"))
@@ -118,7 +118,7 @@ def exponent_differences(fits: dict, ci: float = 0.95) -> pd.DataFrame:
     """
     base = architectures.baseline().name
     rows = []
-    for arch in [a for a in ranked_archs(fits) if a != base]:
+    for arch in [a for a in architectures.ranked(fits) if a != base]:
         for axis in X_AXES:
             fit, dec = fits.get(arch, {}).get(axis), fits.get(base, {}).get(axis)
             if fit is None or dec is None:

@@ -17,8 +17,6 @@ plots and ``report.md`` in :mod:`mlpmem_lightning.study.report`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
@@ -62,15 +60,6 @@ def clean(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("study", "decoder_size", "memory_size"):
         df[col] = df[col].fillna("").astype(str)
     return df.drop_duplicates(subset=list(IDENTITY), keep="first").reset_index(drop=True)
-
-
-def ranked_archs(present: Iterable[str]) -> list[str]:
-    """Every registered architecture (in registry order), then those of ``present`` not registered here.
-
-    An architecture's place seeds its bootstrap, so its fit does not depend on which others the table holds.
-    """
-    names = list(architectures.names())
-    return names + sorted({str(a) for a in present} - set(names))
 
 
 def points(df: pd.DataFrame, arch: str, axis: str, split: str = "test") -> pd.DataFrame:
@@ -248,7 +237,7 @@ def fit_all(df: pd.DataFrame, split: str = "test", *, bootstrap: int = 1000, see
     """
     df = clean(df)
     fits = FitSet()
-    archs = ranked_archs(df["arch"])
+    archs = architectures.ranked(df["arch"])
     for i, arch in enumerate(archs):
         for j, axis in enumerate(X_AXES):
             pts = points(df, arch, axis, split)

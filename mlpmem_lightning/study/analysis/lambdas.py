@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mlpmem_lightning.study import architectures
-from mlpmem_lightning.study.analysis.fits import clean, ranked_archs
+from mlpmem_lightning.study.analysis.fits import clean
 
 LAMBDA_PREFIX = "ppl_lambda_"
 
@@ -60,6 +60,6 @@ def _by_size(frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     keys = ["arch", "decoder_size", "memory_size"]
     size = table.groupby(keys, as_index=False)["params_total"].mean()
     frame = frame.merge(size, on=keys, how="left")
-    rank = ranked_archs(table["arch"]).index
+    rank = architectures.ranked(table["arch"]).index
     frame = frame.assign(order=frame["arch"].map(rank)).sort_values(["order", "params_total"])
     return frame.drop(columns="order").reset_index(drop=True)

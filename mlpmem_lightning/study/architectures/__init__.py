@@ -8,13 +8,15 @@ comparisons with the baseline, and ``objective: <name>`` makes it the sweep's ob
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.study.architectures.base import Architecture, Own, Score, lambda_grid_scores
 from mlpmem_lightning.study.architectures.decoder import DECODER
 from mlpmem_lightning.study.architectures.knn_lm import KNN_LM
 from mlpmem_lightning.study.architectures.mlp_memory import MLP_MEMORY
 
-__all__ = ["Architecture", "Own", "Score", "baseline", "get", "lambda_grid_scores", "names", "order", "register",
+__all__ = ["Architecture", "Own", "Score", "baseline", "get", "lambda_grid_scores", "names", "ranked", "register",
            "registered", "style", "unregister"]
 
 _REGISTRY: dict[str, Architecture] = {}
@@ -60,10 +62,13 @@ def style(name: str) -> Architecture:
     return _REGISTRY.get(name) or Architecture(name=name, label=name, colour="tab:gray", marker="x", module="?")
 
 
-def order(present) -> list[str]:
-    """The architectures of ``present`` in registry order, then the unregistered ones by name."""
-    present = set(present)
-    return [n for n in _REGISTRY if n in present] + sorted(present - set(_REGISTRY))
+def ranked(present: Iterable[str] = ()) -> list[str]:
+    """Every registered architecture in registry order, then those of ``present`` not registered here, by name.
+
+    The order of rows, legends and tables; the analysis also seeds each architecture's bootstrap by its place,
+    so a fit does not depend on which other architectures a table holds.
+    """
+    return list(_REGISTRY) + sorted({str(a) for a in present} - set(_REGISTRY))
 
 
 register(DECODER)

@@ -75,7 +75,7 @@ def render_markdown(df: pd.DataFrame, fits: dict, source: Path, split: str, boot
 
 def what_was_run(df: pd.DataFrame, raw_rows: int | None) -> str:
     rows = []
-    for arch in an.ranked_archs(df["arch"]):
+    for arch in architectures.ranked(df["arch"]):
         a = df[df["arch"] == arch]
         if a.empty:
             continue
@@ -183,7 +183,7 @@ def _direct_table(direct: pd.DataFrame, comparison: str, axis: str) -> str:
         return (f"*No measured pairs: no {_base()} run of the same study has the same parameter count (within 1%) "
                 "as another architecture's run.*" if comparison == "parameters" else
                 f"*No measured pairs: no {_base()} runs in the same study.*")
-    order = an.ranked_archs(direct["arch"]).index
+    order = architectures.ranked(direct["arch"]).index
     direct = direct.assign(order=direct["arch"].map(order)).sort_values(["order", "x"])
     rows = [[style(r.arch).label, r.study, r.decoder_size, r.memory_size or "—", fmt_x(r.x, axis),
              f"{fmt_x(r.decoder_x, axis)} (×{r.x_ratio:.2f})", f"{r.loss:.4f}", f"{r.decoder_loss:.4f}",

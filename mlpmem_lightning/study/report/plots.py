@@ -34,7 +34,7 @@ def plot_loss(df: pd.DataFrame, fits: dict, axis: str, split: str = "test") -> F
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.subplots()
     df = an.clean(df)
-    archs = an.ranked_archs(df["arch"])
+    archs = architectures.ranked(df["arch"])
     all_x = np.concatenate([an.points(df, a, axis, split)[axis].to_numpy(float) for a in archs])
     for arch in archs:
         pts = an.points(df, arch, axis, split)
@@ -91,7 +91,7 @@ def _draw_fit(ax, fit: dict, arch: str, x_lo: float, x_hi: float) -> None:
 def plot_lambda_curves(curves: pd.DataFrame) -> Figure:
     """Valid perplexity against λ: a panel per architecture, a line per size (seed mean), best λ marked."""
     base = architectures.baseline().name
-    archs = [a for a in an.ranked_archs(curves["arch"]) if a != base and (curves["arch"] == a).any()]
+    archs = [a for a in architectures.ranked(curves["arch"]) if a != base and (curves["arch"] == a).any()]
     fig = Figure(figsize=(6 * max(len(archs), 1), 4.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(len(archs), 1), sharey=True))
     if not archs:
