@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # importing lightning (torch) is for the stages that run, not
 
 SHARED = ("decoder", "datastore", "targets")  # in the order they run
 REQUIRES = {"decoder": (), "datastore": ("decoder",), "targets": ("datastore",)}
+TIMED_AS = {"decoder": "decoder_fit", "datastore": "datastore", "targets": "targets"}  # time_<name>_s
 
 
 def closure(needs: Sequence[str]) -> tuple[str, ...]:
@@ -64,7 +65,7 @@ class Stages:
         self.vocab, self.rung = self.store.vocab_size, get_size(self.decoder_size)
         self.tag = f"{self.decoder_size}-seed{self.seed}"
         self.times: dict[str, float] = {}  # time_<stage>_s
-        self.flops: dict[str, int] = {}  # flops_<stage> of the shared stages that ran
+        self.flops: dict[str, int] = {}  # FLOPs of each shared stage that ran (keys: SHARED)
         self.attrs: dict[str, Any] = {}  # trial attributes: sizes, tokens, rows, FLOPs per stage
 
     # -- paths and quantities every architecture reads ---------------------------------------------
@@ -140,7 +141,7 @@ class Stages:
     def run_shared(self, needs: Sequence[str]) -> None:
         """Run (or reuse) every shared stage ``needs`` names, with the stages they are built from."""
         for stage in closure(needs):
-            with self.timed({"decoder": "decoder_fit"}.get(stage, stage)):
+            with self.timed(TIMED_AS[stage]):
                 getattr(self, f"_{stage}")()
 
     def provenance(self) -> dict[str, Any]:
