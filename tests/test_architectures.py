@@ -16,9 +16,7 @@ import yaml
 
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.distributions import interpolate
-from mlpmem_lightning.lightning.decoder_lm import token_nll
-from mlpmem_lightning.lightning.evaluation import TokenNLL
-from mlpmem_lightning.lightning.knn_lm import DEFAULT_LAMBDAS, LambdaGridEvaluation
+from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation, TokenNLL, token_nll
 from mlpmem_lightning.models.loading import load_decoder
 from mlpmem_lightning.study import architectures
 from mlpmem_lightning.study.architectures import Architecture, Score, lambda_grid_scores
@@ -73,10 +71,8 @@ class UnigramLM(LambdaGridEvaluation, L.LightningModule):
 
     def __init__(self, decoder: str, lambdas: list[float] | None = None, lambda_: float | None = None):
         super().__init__()
-        self.save_hyperparameters()
-        lambdas = list(DEFAULT_LAMBDAS) if lambdas is None else lambdas
-        self.register_buffer("lambdas", torch.tensor(sorted(lambdas), dtype=torch.float64), persistent=False)
-        self.val_nll, self.test_nll = TokenNLL(len(lambdas)), TokenNLL(len(lambdas))
+        self.save_hyperparameters(ignore=self.EVAL_ONLY)
+        self.init_lambda_grid(lambdas, lambda_)
         self.net = load_decoder(decoder).net
 
     def setup(self, stage: str) -> None:

@@ -75,7 +75,8 @@ def lambda_grid_scores(stages: Stages, model: dict[str, Any], root: Path, data: 
     For the modules that log the λ grid (``KNNLM``, ``MemoryLM``: ``val/best_lambda``, ``val/ppl_lambda_*``).
     """
     valid = stages.run("validate", model, root, data, ckpt)
-    lam = stages.spec.lambda_ if stages.spec.lambda_ is not None else valid["val/best_lambda"]
+    # val/best_lambda is logged in float32 (0.44999998...): test at the grid point itself, which lambda_ must be
+    lam = stages.spec.lambda_ if stages.spec.lambda_ is not None else round(valid["val/best_lambda"], 6)
     at_lambda = {**model, "init_args": {**model.get("init_args", {}), "lambda_": lam}}
     test = stages.run("test", at_lambda, root, data, ckpt)
     grid = {k.split("/", 1)[1]: v for k, v in valid.items() if k.startswith("val/ppl_lambda_")}
