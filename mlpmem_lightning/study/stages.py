@@ -154,8 +154,9 @@ class Stages:
     def _decoder(self) -> None:
         from mlpmem_lightning.models.flops import decoder_train_flops
 
-        model = {"class_path": "DecoderLM", "init_args": {"size": self.decoder_size,
-                                                          "max_tokens": self.spec.decoder_tokens}}
+        shipped = yaml.safe_load((experiments_dir() / "model" / f"decoder_{self.decoder_size}.yaml").read_text())
+        model = shipped["model"]  # the rung's shipped config (its learning rate recorded in the checkpoint)
+        model = {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.spec.decoder_tokens}}
         self.run("fit", model, self.decoder_run)
         self.flops["decoder"] = decoder_train_flops(self.rung, self.vocab, self.spec.seq_len, self.decoder_tokens)
         self.attrs.update(flops_decoder_train=self.flops["decoder"], params_decoder=self.params_decoder,
