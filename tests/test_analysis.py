@@ -216,7 +216,7 @@ def test_fitted_comparison_reads_the_curves_at_every_observed_x(tiny, tiny_fits)
 
 
 def test_memory_vs_knn_pairs_runs_on_the_same_decoder(tiny):
-    gap = an.memory_vs_knn(tiny)
+    gap = an.imitation_gaps(tiny)
     clean = tiny.drop_duplicates(subset=list(an.IDENTITY))
     expected = {}
     for m, k in itertools.product(clean.to_dict("records"), repeat=2):

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.study import architectures
 from mlpmem_lightning.study.report import write_report
-from mlpmem_lightning.study.results import ARCHS, COLUMNS, write_results
+from mlpmem_lightning.study.results import COLUMNS, write_results
 
 DATA = Path(__file__).resolve().parent / "data" / "results_small.csv"
 FILES = ("fits.json", "loss_vs_params.png", "loss_vs_flops.png", "lambda_curves.png", "gap_memory_vs_knn.png",
@@ -103,8 +104,8 @@ def test_report_writes_every_file(report_dir):
 
 def test_fits_json_structure(report_dir):
     fits = json.loads((report_dir / "fits.json").read_text())
-    assert set(fits) == set(ARCHS)
-    for arch in ARCHS:
+    assert set(fits) == set(architectures.names())
+    for arch in architectures.names():
         assert set(fits[arch]) == {"params_total", "flops_train_total"}
         for axis, f in fits[arch].items():
             for p in ("E", "A", "alpha"):

@@ -1,6 +1,7 @@
 """The sweep: spec validation, and a study killed mid-trial that resumes without rerunning finished trials."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -38,10 +39,58 @@ def write_spec(path, **overrides):
     ({"sampler": "cmaes"}, "sampler"),
     ({"knn": {"kk": 3}}, "unknown knn keys"),
     ({"lambda": 1.5}, "must lie in"),
+    ({"trainer": "tpu"}, "trainer 'tpu': choose one of cpu, gpu"),
+    ({"knn": {"backend": "nope"}}, "knn backend 'nope'"),
+    ({"knn_backend": "torch", "knn": {"backend": "faiss"}}, "knn_backend 'torch' and knn.backend 'faiss' disagree"),
 ])
 def test_bad_specs(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
         SweepSpec.load(write_spec(tmp_path / "spec.yaml", **overrides))
+
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SWEEPS.glob("*.yaml")))
+def test_shipped_specs_load(name):
+    from mlpmem_lightning.study.pipeline import select
+
+    spec = SweepSpec.load(SWEEPS / name)
+    assert [a.name for a in select(spec)] == ["decoder", "knn_lm", "mlp_memory"]
+
+
+def test_knn_backend_is_read_as_knn_backend(tmp_path):
+    spec = SweepSpec.load(write_spec(tmp_path / "spec.yaml", knn_backend="torch"))
+    assert spec.knn_settings.backend == "torch" and spec.knn_settings.k == TINY["knn"]["k"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"architectures": ["decoder", "rag"]}, "unknown architecture 'rag': choose from decoder, knn_lm, mlp_memory"),
+    ({"architectures": ["decoder", "knn_lm"]}, "objective 'mlp_memory' is not among the study's architectures"),
+    ({"architectures": []}, "architectures is empty"),
+])
+def test_bad_architectures_are_refused_before_anything_runs(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        run_sweep(write_spec(tmp_path / "spec.yaml", **overrides))
+    assert not (tmp_path / "study").exists()
+
+
+def test_pruning_reports_by_global_step_and_prunes():
+    """Several validations in one epoch are several steps for the pruner (see OptunaPruning)."""
+    from types import SimpleNamespace
+
+    from mlpmem_lightning.study.sweep import OptunaPruning
+
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=5.0))
+    trial = study.ask()
+    callback = OptunaPruning(trial)
+    for step, loss in ((10, 4.0), (20, 4.5)):
+        callback.on_validation_end(SimpleNamespace(callback_metrics={"val/loss": loss}, sanity_checking=False,
+                                                   global_step=step), None)
+    with pytest.raises(optuna.TrialPruned, match="step 30"):
+        callback.on_validation_end(SimpleNamespace(callback_metrics={"val/loss": 6.0}, sanity_checking=False,
+                                                   global_step=30), None)
+    assert study.trials[0].intermediate_values == {10: 4.0, 20: 4.5, 30: 6.0}
 
 
 def test_unopenable_storage(tmp_path):
@@ -95,7 +144,7 @@ def test_editing_the_grid_and_resuming_runs_only_the_new_points(tmp_path, monkey
 
     ran = []
 
-    def fake_pipeline(spec, decoder_size, memory_size, seed):
+    def fake_pipeline(spec, decoder_size, memory_size, seed, callbacks=()):
         ran.append(decoder_size)
         row = {c: 0 for c in COLUMNS} | {"study": spec.study, "arch": "mlp_memory", "split": "valid", "loss": 1.0,
                                          "decoder_size": decoder_size, "memory_size": memory_size, "seed": seed}
@@ -132,6 +181,28 @@ def test_demo_pipeline_is_deterministic_on_cpu(tmp_path):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
 
 
+def test_decoder_rows_are_decoder_lms_own_evaluation_and_equal_the_knn_lms_lambda_zero(tmp_path):
+    """DecoderLM's validate/test of the decoder is the same network on the same windows as the kNN-LM's λ=0: the
+    same perplexity on both splits, bit for bit on CPU; the rows keep the value they had when read off the kNN-LM.
+    A study of these two runs no targets and no memory."""
+    spec = write_spec(tmp_path / "spec.yaml", decoder_sizes=["200k"], architectures=["decoder", "knn_lm"],
+                      objective="knn_lm")
+    results = pd.read_csv(run_sweep(spec))
+    out = tmp_path / "study"
+    assert not (out / "targets").exists() and not (out / "memories").exists()
+
+    def logged(run: str, command: str, key: str) -> float:
+        return pd.read_csv(out / run / command / "metrics.csv")[key].dropna().iloc[-1]
+
+    for split, command, prefix in (("valid", "validate", "val"), ("test", "test", "test")):
+        ppl = logged("decoders/200k-seed0", command, f"{prefix}/ppl")
+        assert ppl == logged("knnlm/200k-seed0", command, f"{prefix}/decoder_ppl")
+        row = results[(results["arch"] == "decoder") & (results["split"] == split)].iloc[0]
+        assert row["loss"] == math.log(ppl) and row["lambda"] == 0.0
+    knn = results[(results["arch"] == "knn_lm") & (results["split"] == "valid")].iloc[0]
+    assert knn["ppl_lambda_0.00"] == logged("decoders/200k-seed0", "validate", "val/ppl")
+
+
 def test_workers_sharing_a_study_keep_each_others_trials(tmp_path, monkeypatch):
     """A new worker fails only trials of dead workers: a live worker's RUNNING trial and the queue stay,
     and no point is queued twice; a dead worker's point is queued again."""
@@ -162,9 +233,13 @@ def test_workers_sharing_a_study_keep_each_others_trials(tmp_path, monkeypatch):
 
     ran = []
     monkeypatch.setattr(pipeline, "prepare_tokens", lambda spec: None)
-    monkeypatch.setattr(pipeline, "run_pipeline", lambda spec, decoder_size, memory_size, seed: (ran.append(
-        decoder_size), ([{c: 0 for c in COLUMNS} | {"arch": "mlp_memory", "split": "valid", "loss": 1.0,
-                          "decoder_size": decoder_size, "memory_size": memory_size, "seed": seed}], {}))[1])
+
+    def fake_pipeline(spec, decoder_size, memory_size, seed, callbacks=()):
+        ran.append(decoder_size)
+        return [{c: 0 for c in COLUMNS} | {"arch": "mlp_memory", "split": "valid", "loss": 1.0,
+                                           "decoder_size": decoder_size, "memory_size": memory_size, "seed": seed}], {}
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_pipeline)
     run_sweep(tmp_path / "spec.yaml")  # a second worker joins: it runs the queue, not the live worker's point
     assert sorted(ran) == ["400k", "800k"]
     assert [t.state.name for t in study.trials].count("RUNNING") == 1

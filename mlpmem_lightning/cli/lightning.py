@@ -30,6 +30,7 @@ from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.core.resources import resolve_shipped
 from mlpmem_lightning.data.datamodule import LMDataModule
 from mlpmem_lightning.lightning.decoder_lm import DecoderLM
+from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation
 from mlpmem_lightning.lightning.knn_lm import KNNLM
 from mlpmem_lightning.lightning.memory_lm import MemoryLM
 from mlpmem_lightning.lightning.optim import steps_for_tokens
@@ -52,9 +53,16 @@ class MlpmemCLI(LightningCLI):
             self.config = parser.parse_object(args)
         else:
             self.config = parser.parse_args(shipped_configs(sys.argv[1:] if args is None else list(args)))
+        # LightningCLI applies a checkpoint's hparams over these next; checkpoints written before the λ grid left the
+        # hparams still carry lambda_/lambdas (None), which would silently replace the λ asked for here
+        sub = self.config.get("subcommand")
+        init = self.config[sub].model.get("init_args") if sub else None
+        self._eval_only = {k: init[k] for k in LambdaGridEvaluation.EVAL_ONLY if init is not None and k in init}
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        for key, value in self._eval_only.items():  # the command line's λ, not an old checkpoint's (parse_arguments)
+            cfg.model.init_args[key] = value
         if cfg.trainer.default_root_dir is None:
             model = cfg.model.class_path.rsplit(".", 1)[-1]
             args = cfg.model.init_args or {}

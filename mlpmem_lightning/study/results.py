@@ -1,4 +1,7 @@
-"""The results table of DESIGN.md: one row per trained model x architecture x split."""
+"""The results table of DESIGN.md: one row per trained model x architecture x split.
+
+The ``arch`` values are the names of the architecture registry (:mod:`mlpmem_lightning.study.architectures`).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ COLUMNS = (
     "study", "trial", "arch", "decoder_size", "memory_size", "params_decoder", "params_memory", "params_total",
     "train_tokens", "flops_train_total", "lambda", "split", "loss", "ppl", "seed",
 )
-ARCHS = ("decoder", "knn_lm", "mlp_memory")
 
 
 def write_results(rows: list[dict], path: str | Path) -> pd.DataFrame:

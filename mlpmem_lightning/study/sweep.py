@@ -1,152 +1,58 @@
 """`mlpmem sweep --config sweeps/NAME.yaml`: an Optuna study over decoder and memory sizes.
 
-Each trial runs the whole pipeline for its (decoder size, memory size, seed): fit the
-decoder -> datastore -> targets -> fit the memory -> evaluate decoder, kNN-LM and
-decoder + memory, with λ picked on valid over the grid (or fixed by the spec) and test
-reported at that λ. Artifacts live under ``out/`` keyed by what they depend on, so trials
-that share a decoder reuse its checkpoint, datastore and targets, and an interrupted trial
-resumes its stages. The study lives in Optuna storage (SQLite by default, a journal file
-for shared file systems, or any RDB URL); a restarted sweep re-runs only unfinished grid
-points. Every trial stores its rows as a user attribute; ``results.csv`` (the results table)
-and ``trials.csv`` (one row per trial: sizes, FLOPs and wall seconds per stage) are rebuilt
-from the storage after every trial.
+Each trial runs the pipeline for its (decoder size, memory size, seed): the shared stages its
+architectures need (fit the decoder -> datastore -> targets), then each architecture of the study
+(``architectures:``, default every registered one) trains what is its own and is evaluated, with λ
+picked on valid over the grid (or fixed by the spec) and test reported at that λ. The trial's value is
+the valid loss of the ``objective`` architecture (default ``mlp_memory``). Artifacts live under
+``out/`` keyed by what they depend on, so trials that share a decoder reuse its checkpoint, datastore
+and targets, and an interrupted trial resumes its stages. The study lives in Optuna storage (SQLite by
+default, a journal file for shared file systems, or any RDB URL); a restarted sweep re-runs only
+unfinished grid points. Every trial stores its rows as a user attribute; ``results.csv`` (the results
+table) and ``trials.csv`` (one row per trial: sizes, FLOPs and wall seconds per stage) are rebuilt from
+the storage after every trial.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import socket
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from lightning.pytorch.callbacks import Callback
 
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.study.results import write_results
+from mlpmem_lightning.study.spec import SweepSpec
 
 log = logging.getLogger(__name__)
-_ACTIVE_TRIAL = None  # the Optuna trial whose training runs now (read by OptunaPruning)
-
-
-@dataclass
-class SweepSpec:
-    """A sweep specification (the YAML's keys; unknown keys are refused)."""
-
-    study: str
-    decoder_sizes: list[str]
-    memory_sizes: list[str] | str = "matched"  # "matched": the memory rung matched to each decoder
-    seeds: list[int] = field(default_factory=lambda: [0])
-    extra_points: list[dict[str, Any]] = field(default_factory=list)  # more (decoder_size, memory_size, seed)
-    out: str | None = None  # default runs/sweeps/<study>
-    storage: str | None = None  # default sqlite:///<out>/optuna.db; "journal:PATH"; any RDB URL
-    sampler: str = "grid"  # grid | random | tpe
-    n_trials: int | None = None  # for random/tpe (grid: the whole grid)
-    corpus: str = "wiki-summaries"
-    token_store: str | None = None  # default <out>/tokens
-    prepare: dict[str, Any] = field(default_factory=dict)  # PrepareSettings overrides
-    trainer: str = "cpu"  # experiments/trainer/<name>.yaml
-    seq_len: int = 128
-    batch_size: int = 16
-    decoder_tokens: int = 1_000_000
-    memory_tokens: int = 1_000_000
-    memory_mode: str = "online"
-    alpha: float = 0.5
-    knn: dict[str, Any] = field(default_factory=dict)  # TargetSettings overrides (index, k, temperature, keep, ...)
-    knn_eval_index: str | None = None  # index for kNN-LM evaluation (default: knn.index)
-    lambda_: float | None = None  # YAML key "lambda": fix λ instead of choosing it on valid
-    prune: bool = False
-    num_workers: int = 0  # DataLoader workers per fit/evaluation
-    eval_batch_size: int | None = None  # windows per evaluation batch (default batch_size; larger = fewer searches)
-    datastore: dict[str, Any] = field(default_factory=dict)  # DatastoreSettings overrides (batch_size, precision)
-    knn_backend: str = "auto"  # search backend for targets and the kNN-LM (auto: clustered IVF / exact on CUDA)
-    cleanup: bool = False  # delete each trial's datastore and targets once it is evaluated (disk-bound studies)
-    heartbeat: int = 60  # seconds between a running trial's heartbeats (RDB storages); stale after 4 of them
-
-    @classmethod
-    def load(cls, path: str | Path) -> SweepSpec:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"sweep spec {path} does not exist: see sweeps/ for examples")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if "lambda" in raw:
-            raw["lambda_"] = raw.pop("lambda")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise UserError(f"{path}: unknown keys {', '.join(unknown)}; valid keys: "
-                            f"{', '.join(sorted(known - {'lambda_'}) + ['lambda'])}")
-        missing = [k for k in ("study", "decoder_sizes") if k not in raw]
-        if missing:
-            raise UserError(f"{path}: missing required keys {', '.join(missing)}")
-        spec = cls(**raw)
-        spec.validate()
-        return spec
-
-    def validate(self) -> None:
-        from mlpmem_lightning.knn.targets import TargetSettings
-        from mlpmem_lightning.models.ladder import get_memory_size, get_size
-
-        for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
-            get_size(s)
-        if self.memory_sizes != "matched":
-            for s in self.memory_sizes:
-                get_memory_size(s)
-        if self.sampler not in ("grid", "random", "tpe"):
-            raise UserError(f"sampler {self.sampler!r}: choose grid, random or tpe")
-        if not 0 <= self.alpha <= 1 or (self.lambda_ is not None and not 0 <= self.lambda_ <= 1):
-            raise UserError("alpha and lambda must lie in [0, 1]")
-        bad = sorted(set(self.knn) - {f.name for f in fields(TargetSettings)})
-        if bad:
-            raise UserError(f"unknown knn keys {', '.join(bad)}: see `mlpmem targets --help`")
-        from mlpmem_lightning.knn.datastore import DatastoreSettings
-        from mlpmem_lightning.knn.search import choices as backend_choices
-
-        bad = sorted(set(self.datastore) - {"batch_size", "precision", "layer"})
-        if bad:
-            raise UserError(f"unknown datastore keys {', '.join(bad)}: use batch_size, precision or layer")
-        if self.knn_backend not in backend_choices():
-            raise UserError(f"knn_backend {self.knn_backend!r}: choose one of {', '.join(backend_choices())}")
-        DatastoreSettings(**self.datastore)
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out or f"runs/sweeps/{self.study}")
-
-    def grid(self) -> list[dict[str, Any]]:
-        """Every (decoder size, memory size, seed) point of the study."""
-        from mlpmem_lightning.models.ladder import matched_memory
-
-        points = []
-        for dec, seed in itertools.product(self.decoder_sizes, self.seeds):
-            mems = [matched_memory(dec).name] if self.memory_sizes == "matched" else self.memory_sizes
-            points += [{"decoder_size": dec, "memory_size": m, "seed": seed} for m in mems]
-        for p in self.extra_points:
-            point = {"decoder_size": p["decoder_size"], "memory_size": p.get("memory_size")
-                     or matched_memory(p["decoder_size"]).name, "seed": int(p.get("seed", 0))}
-            if point not in points:
-                points.append(point)
-        return points
 
 
 class OptunaPruning(Callback):
-    """Reports val/loss to the active trial at each validation (by global step) and prunes when told."""
+    """Reports ``val/loss`` to its trial at each validation, by global step, and prunes when the pruner says so.
+
+    Not optuna-integration's ``PyTorchLightningPruningCallback``: it reports by epoch (``pl_module.current_epoch``),
+    while our fits validate several times per epoch (``val_check_interval`` 0.1-0.25, and a token budget is often
+    under one epoch); Optuna keeps one report per step, so the pruner would see only each epoch's first validation.
+    It also reads a private Trainer attribute (``trainer._accelerator_connector``).
+    """
+
+    def __init__(self, trial, monitor: str = "val/loss"):
+        self.trial, self.monitor = trial, monitor
 
     def on_validation_end(self, trainer, pl_module) -> None:
         import optuna
 
-        trial = _ACTIVE_TRIAL
-        loss = trainer.callback_metrics.get("val/loss")
-        if trial is None or loss is None or trainer.sanity_checking:
+        loss = trainer.callback_metrics.get(self.monitor)
+        if loss is None or trainer.sanity_checking:
             return
-        trial.report(float(loss), step=trainer.global_step)
-        if trial.should_prune():
+        self.trial.report(float(loss), step=trainer.global_step)
+        if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {trainer.global_step}")
 
 
@@ -183,48 +89,67 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
     """Run (or resume) the study (``out`` overrides the spec's); returns the path of ``results.csv``."""
     import optuna
 
+    from mlpmem_lightning.study import pipeline
+
     spec = SweepSpec.load(spec_path)
+    pipeline.select(spec)  # unknown architectures or objective: refused before anything runs
     if out is not None:
         spec.out, spec.storage, spec.token_store = str(out), None, None
     storage = open_storage(spec)
     study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
                                 direction="minimize", sampler=make_sampler(spec))
     _fail_dead_trials(study)
-    from mlpmem_lightning.study.pipeline import prepare_tokens
-
-    prepare_tokens(spec)
+    pipeline.prepare_tokens(spec)
     callbacks = [lambda study, trial: collect_results(study, spec)]  # results.csv holds every finished trial
     if spec.sampler != "grid":
         study.optimize(lambda t: objective(t, spec), n_trials=spec.n_trials or len(spec.grid()),
                        catch=(Exception,), callbacks=callbacks)
         return collect_results(study, spec)
     todo = _enqueue_grid(study, spec)
+    stale = _stale_waiting(study, spec)
     log.info("study %s: %d of %d grid points to run", spec.study, todo, len(spec.grid()))
     # one trial at a time while the queue holds any: workers sharing the study take turns from it
     while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-        study.optimize(lambda t: objective(t, spec), n_trials=1, catch=(Exception,), callbacks=callbacks)
+        study.optimize(lambda t: objective(t, spec, stale), n_trials=1, catch=(Exception,), callbacks=callbacks)
     return collect_results(study, spec)
 
 
+def _queued_point(trial) -> dict[str, Any]:
+    return json.loads(trial.user_attrs["point"]) if "point" in trial.user_attrs else dict(trial.user_attrs)
+
+
 def _enqueue_grid(study, spec: SweepSpec) -> int:
-    """Enqueue the grid points no trial has finished, runs or waits for; fail queued trials that are
-    no longer grid points (the grid was edited, or an older version queued them). Returns the number
-    of points left to run."""
+    """Enqueue the grid points no trial has finished, runs or waits for. Returns the number of points left to run
+    (queued trials that are no longer grid points are not counted: they fail when popped, see ``objective``)."""
     import optuna
 
     S = optuna.trial.TrialState
     grid = {_key(p): p for p in spec.grid()}
-    taken = set()
+    taken, todo = set(), 0
     for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING, S.WAITING)):
-        point = json.loads(t.user_attrs["point"]) if "point" in t.user_attrs else t.user_attrs
-        if t.state == S.WAITING and _key(point) not in grid:
-            _fail(study, t, "not a point of the current grid")
-        else:
-            taken.add(_key(point))
+        key = _key(_queued_point(t))
+        if t.state != S.WAITING or key in grid:
+            taken.add(key)
+            todo += t.state == S.WAITING
     for key, point in grid.items():  # the point rides as a user attribute: editing the grid later breaks nothing
         if key not in taken:
             study.enqueue_trial({}, user_attrs={"point": json.dumps(point)})
-    return len(study.get_trials(deepcopy=False, states=(S.WAITING,)))
+            todo += 1
+    return todo
+
+
+def _stale_waiting(study, spec: SweepSpec) -> frozenset[int]:
+    """Numbers of the queued trials that are not points of the current grid (the grid was edited, or an older
+    version queued them).
+
+    They are failed when popped, not here: Optuna's public API cannot fail a WAITING trial (``Study.tell`` takes
+    RUNNING trials only, and ``Study.ask`` pops the oldest WAITING trial, not a chosen one).
+    """
+    import optuna
+
+    grid = {_key(p) for p in spec.grid()}
+    return frozenset(t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+                     if _key(_queued_point(t)) not in grid)
 
 
 def _key(point: dict[str, Any]) -> tuple:
@@ -237,7 +162,9 @@ def _fail_dead_trials(study) -> None:
     Several workers may share one study. A trial records its worker (host and pid) when it starts: a
     worker on this host that no longer exists was killed, so its trial fails at once and its point
     is queued again. Workers on other hosts are judged by Optuna's heartbeat (RDB storages):
-    ``fail_stale_trials`` fails a trial whose heartbeat is older than the grace period.
+    ``fail_stale_trials`` fails a trial whose heartbeat is older than the grace period. Like those, a
+    trial failed here has no ``error`` attribute (the public API sets attributes only from inside a trial):
+    a FAIL without one was interrupted; the reason is logged.
     """
     import optuna
 
@@ -245,7 +172,8 @@ def _fail_dead_trials(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, _, pid = t.user_attrs.get("worker", "").partition(":")
         if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-            _fail(study, t, "interrupted (its worker process was killed)")
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            log.warning("trial %d failed: interrupted (its worker process %s was killed)", t.number, pid)
 
 
 def _alive(pid: int) -> bool:
@@ -256,13 +184,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process with that pid
         return True
     return True
-
-
-def _fail(study, trial, why: str) -> None:
-    import optuna
-
-    study._storage.set_trial_user_attr(trial._trial_id, "error", why)
-    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def collect_results(study, spec: SweepSpec) -> Path:
@@ -306,24 +227,25 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
     return {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}
 
 
-def objective(trial, spec: SweepSpec) -> float:
+def objective(trial, spec: SweepSpec, stale: frozenset[int] = frozenset()) -> float:
+    """Run the trial's pipeline; its value is the valid loss of the spec's ``objective`` architecture."""
     from mlpmem_lightning.study.pipeline import run_pipeline
 
-    global _ACTIVE_TRIAL
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # see _fail_dead_trials
+    if trial.number in stale:
+        trial.set_user_attr("error", "not a point of the current grid")
+        raise UserError(f"trial {trial.number} is not a point of the current grid")
     point = suggest_point(trial, spec)
-    _ACTIVE_TRIAL = trial if spec.prune else None
+    callbacks = [OptunaPruning(trial)] if spec.prune else []
     try:
-        rows, attrs = run_pipeline(spec, **point)
+        rows, attrs = run_pipeline(spec, **point, callbacks=callbacks)
     except Exception as err:
         trial.set_user_attr("error", f"{type(err).__name__}: {err}")
         log.error("trial %d %s failed: %s", trial.number, point, err)
         raise
-    finally:
-        _ACTIVE_TRIAL = None
     for row in rows:
         row["trial"] = trial.number
     for key, value in {**point, **attrs}.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("rows", json.dumps(rows))
-    return next(r["loss"] for r in rows if r["arch"] == "mlp_memory" and r["split"] == "valid")
+    return next(r["loss"] for r in rows if r["arch"] == spec.objective and r["split"] == "valid")

@@ -11,24 +11,20 @@ A = A'·x0^α is reported). Intervals are percentile bootstraps over points: row
 resampled with replacement and refitted, so several seeds at one size widen or narrow the interval
 as their spread says.
 
-Everything here returns numbers and DataFrames; plots and ``report.md`` live in :mod:`.report`.
+Everything here returns numbers and DataFrames; comparisons between architectures are in :mod:`.comparisons`,
+plots and ``report.md`` in :mod:`mlpmem_lightning.study.report`.
 """
 
 from __future__ import annotations
-
-import ctypes
-import glob
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import huber
+from threadpoolctl import threadpool_limits
 
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.study.results import ARCHS
+from mlpmem_lightning.study import architectures
 
 X_AXES = ("params_total", "flops_train_total")
 # A row's identity: two rows that agree on these describe the same model (a sweep writes the decoder's
@@ -76,42 +72,6 @@ def points(df: pd.DataFrame, arch: str, axis: str, split: str = "test") -> pd.Da
 # ----------------------------------------------------------------------------------------------
 # the fit
 # ----------------------------------------------------------------------------------------------
-
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Run scipy's bundled OpenBLAS on one thread for the duration.
-
-    L-BFGS-B makes thousands of BLAS calls on 3-vectors; with a second OpenBLAS thread spinning on a
-    busy 2-core machine each call costs milliseconds instead of microseconds (measured: 0.2 s vs 26 s
-    for 64 fits). threadpoolctl would do this, but it is not a dependency; where scipy does not bundle
-    OpenBLAS (MKL, a system BLAS) this is a no-op.
-    """
-    libs = []
-    for lib in _bundled_openblas():
-        libs.append((lib, lib.scipy_openblas_get_num_threads()))
-        lib.scipy_openblas_set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, n in libs:
-            lib.scipy_openblas_set_num_threads(n)
-
-
-def _bundled_openblas() -> list[ctypes.CDLL]:
-    """The OpenBLAS that scipy's wheels ship in ``site-packages/scipy.libs`` (already loaded by scipy)."""
-    import scipy
-
-    site = os.path.dirname(os.path.dirname(scipy.__file__))
-    libs = []
-    for path in glob.glob(os.path.join(site, "scipy.libs", "libscipy_openblas*.so")):
-        try:
-            lib = ctypes.CDLL(path)
-            lib.scipy_openblas_get_num_threads, lib.scipy_openblas_set_num_threads  # noqa: B018
-        except (OSError, AttributeError):
-            continue
-        libs.append(lib)
-    return libs
-
 
 def _objective(theta: np.ndarray, lx: np.ndarray, ll: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
     """Huber loss of log-residuals (divided by δ so L-BFGS-B's tolerances see O(1) values) and its gradient."""
@@ -210,7 +170,9 @@ def fit_power_law(x, loss, n_starts: int = 4, bootstrap: int = 1000, seed: int |
     log_x0 = float(np.log(x).mean())
     lx, ll = np.log(x) - log_x0, np.log(loss)
     grid, bounds = start_grid(loss, n_starts), _bounds(loss)
-    with single_threaded_blas():
+    # L-BFGS-B makes thousands of BLAS calls on 3-vectors: with a second BLAS thread spinning on a busy 2-core
+    # machine each costs milliseconds instead of microseconds (measured: 0.2 s vs 26 s for 64 fits)
+    with threadpool_limits(1, "blas"):
         theta = _minimize(grid, lx, ll, delta, bounds)
         samples = _bootstrap(theta, grid, lx, ll, delta, bounds, bootstrap, seed, bootstrap_starts)
     samples = np.array([_to_original(t, log_x0) for t in samples]).reshape(-1, 3)
@@ -275,7 +237,8 @@ def fit_all(df: pd.DataFrame, split: str = "test", *, bootstrap: int = 1000, see
     """
     df = clean(df)
     fits = FitSet()
-    for i, arch in enumerate(ARCHS):
+    archs = architectures.ranked(df["arch"])
+    for i, arch in enumerate(archs):
         for j, axis in enumerate(X_AXES):
             pts = points(df, arch, axis, split)
             if pts.empty:
@@ -288,7 +251,7 @@ def fit_all(df: pd.DataFrame, split: str = "test", *, bootstrap: int = 1000, see
                 continue
             fits.setdefault(arch, {})[axis] = fit
     if not fits:
-        counts = {a: points(df, a, "params_total", split)["params_total"].nunique() for a in ARCHS}
+        counts = {a: points(df, a, "params_total", split)["params_total"].nunique() for a in archs}
         raise UserError(f"no architecture can be fitted on split {split!r}: need at least 3 points at distinct "
                         f"sizes per architecture, got {', '.join(f'{a}: {n}' for a, n in counts.items())}")
     return fits
@@ -316,179 +279,3 @@ def fits_json(fits: dict, split: str = "test") -> dict:
             entry = {k: list(f[k]) if k.endswith("_ci") else f[k] for k in keys}
             out[arch][axis] = {"model": "L(x) = E + A * x^(-alpha)", "loss": f"{split} loss (nats/token)", **entry}
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# comparisons
-# ----------------------------------------------------------------------------------------------
-
-COMPARISONS = {"parameters": "params_total", "compute": "flops_train_total"}
-
-
-def matched_comparison(df: pd.DataFrame, fits: dict, split: str = "test", param_rtol: float = 0.01) -> pd.DataFrame:
-    """Each architecture against decoder-only at matched parameters and at matched compute.
-
-    ``method == "fit"``: for every x observed on that axis (any architecture), the fitted loss of the
-    architecture and of decoder-only at that same x, their difference ``delta`` (negative: the
-    architecture is better) and its bootstrap interval; ``extrapolated`` marks x outside either fit's
-    observed range.
-
-    ``method == "direct"``: measured losses, averaged over seeds per (study, arch, decoder_size,
-    memory_size, x). At matched parameters an architecture point is paired with the decoder-only point
-    of the same study whose params_total is equal within ``param_rtol`` (a kNN-LM and its own decoder,
-    or a decoder+memory and a decoder-only model that happens to be as large); points without one are
-    left out. At matched compute it is paired with the decoder-only point of the same study nearest in
-    log flops_train_total; ``x_ratio`` (arch x / decoder x) says how close the match is.
-    """
-    df = clean(df)
-    rows = []
-    for comparison, axis in COMPARISONS.items():
-        rows += _fitted_rows(df, fits, split, comparison, axis)
-        rows += _direct_rows(df, split, comparison, axis, param_rtol)
-    cols = ["comparison", "method", "arch", "study", "decoder_size", "memory_size", "x", "loss", "decoder_x",
-            "decoder_loss", "delta", "delta_lo", "delta_hi", "x_ratio", "n_seeds", "extrapolated"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def _fitted_rows(df: pd.DataFrame, fits: dict, split: str, comparison: str, axis: str) -> list[dict]:
-    dec = fits.get("decoder", {}).get(axis)
-    xs = np.unique(np.concatenate([points(df, a, axis, split)[axis].to_numpy(float) for a in ARCHS]))
-    rows = []
-    for arch in ARCHS[1:]:
-        fit = fits.get(arch, {}).get(axis)
-        if fit is None:
-            continue
-        for x in xs:
-            loss = float(predict(fit, x))
-            row = {"comparison": comparison, "method": "fit", "arch": arch, "x": float(x), "loss": loss,
-                   "decoder_x": float(x), "x_ratio": 1.0, "extrapolated": not _inside(fit, x)}
-            if dec is not None:
-                d = float(predict(dec, x))
-                lo, hi = difference_interval(predict_samples(fit, x)[:, 0], predict_samples(dec, x)[:, 0],
-                                             fit["ci_level"])
-                row.update(decoder_loss=d, delta=loss - d, delta_lo=lo, delta_hi=hi,
-                           extrapolated=row["extrapolated"] or not _inside(dec, x))
-            rows.append(row)
-    return rows
-
-
-def _inside(fit: dict, x: float) -> bool:
-    return fit["x_min"] * (1 - 1e-9) <= x <= fit["x_max"] * (1 + 1e-9)
-
-
-def seed_means(df: pd.DataFrame, split: str, axis: str) -> pd.DataFrame:
-    """Mean loss over seeds per (study, arch, decoder_size, memory_size, x), with the seed count."""
-    frames = [points(df, a, axis, split) for a in ARCHS]
-    rows = pd.concat(frames) if frames else df.iloc[:0]
-    keys = ["study", "arch", "decoder_size", "memory_size", axis]
-    return rows.groupby(keys, as_index=False).agg(loss=("loss", "mean"), n_seeds=("seed", "nunique"))
-
-
-def _direct_rows(df: pd.DataFrame, split: str, comparison: str, axis: str, param_rtol: float) -> list[dict]:
-    means = seed_means(df, split, axis)
-    rows = []
-    for _, p in means[means["arch"] != "decoder"].iterrows():
-        dec = means[(means["arch"] == "decoder") & (means["study"] == p["study"])]
-        if dec.empty:
-            continue
-        dist = np.abs(np.log(dec[axis].to_numpy(float) / float(p[axis])))
-        k = int(np.argmin(dist))
-        if comparison == "parameters" and dist[k] > np.log1p(param_rtol):
-            continue
-        d = dec.iloc[k]
-        rows.append({"comparison": comparison, "method": "direct", "arch": p["arch"], "study": p["study"],
-                     "decoder_size": p["decoder_size"], "memory_size": p["memory_size"], "x": float(p[axis]),
-                     "loss": float(p["loss"]), "decoder_x": float(d[axis]), "decoder_loss": float(d["loss"]),
-                     "delta": float(p["loss"] - d["loss"]), "x_ratio": float(p[axis]) / float(d[axis]),
-                     "n_seeds": int(p["n_seeds"]), "extrapolated": False})
-    return rows
-
-
-def exponent_differences(fits: dict, ci: float = 0.95) -> pd.DataFrame:
-    """α of each architecture minus decoder-only's α, per axis, with a bootstrap interval.
-
-    The paper's claim is a *steeper* power law for decoder+memory; that is only supported where
-    this interval lies above zero.
-    """
-    rows = []
-    for arch in ARCHS[1:]:
-        for axis in X_AXES:
-            fit, dec = fits.get(arch, {}).get(axis), fits.get("decoder", {}).get(axis)
-            if fit is None or dec is None:
-                continue
-            lo, hi = difference_interval(fit["samples"][:, 2], dec["samples"][:, 2], ci)
-            rows.append({"arch": arch, "x_axis": axis, "alpha": fit["alpha"], "decoder_alpha": dec["alpha"],
-                         "diff": fit["alpha"] - dec["alpha"], "diff_lo": lo, "diff_hi": hi})
-    return pd.DataFrame(rows, columns=["arch", "x_axis", "alpha", "decoder_alpha", "diff", "diff_lo", "diff_hi"])
-
-
-def memory_vs_knn(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
-    """Decoder+memory minus kNN-LM loss for memories and datastores built on the same decoder.
-
-    Pairs share study, decoder_size and seed: the memory imitates exactly that kNN-LM, so the gap
-    is how much of the retriever the memory has learned (negative: the memory is better).
-    """
-    df = clean(df)
-    mem = points(df, "mlp_memory", "params_total", split)
-    knn = points(df, "knn_lm", "params_total", split)
-    on = ["study", "decoder_size", "seed"]
-    pairs = mem.merge(knn[on + ["loss"]], on=on, suffixes=("_memory", "_knn"))
-    pairs["gap"] = pairs["loss_memory"] - pairs["loss_knn"]
-    cols = ["study", "decoder_size", "memory_size", "seed", "params_total", "loss_memory", "loss_knn", "gap"]
-    return pairs[cols].sort_values(["params_total", "seed"]).reset_index(drop=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# λ
-# ----------------------------------------------------------------------------------------------
-
-LAMBDA_PREFIX = "ppl_lambda_"
-
-
-def lambda_curves(df: pd.DataFrame) -> pd.DataFrame:
-    """Valid perplexity per λ in long format (study, arch, decoder_size, memory_size, seed, params_total, lambda, ppl).
-
-    Read from the ``ppl_lambda_*`` columns of valid rows; missing columns or NaN cells give no rows.
-    ``params_total`` is carried along so that curves can be ordered by size.
-    """
-    cols = [c for c in df.columns if c.startswith(LAMBDA_PREFIX)]
-    keys = ["study", "arch", "decoder_size", "memory_size", "seed", "params_total"]
-    out_cols = keys + ["lambda", "ppl"]
-    if not cols:
-        return pd.DataFrame(columns=out_cols)
-    valid = clean(df)
-    valid = valid[(valid["split"] == "valid") & (valid["arch"] != "decoder")]
-    long = valid[keys + cols].melt(id_vars=keys, value_vars=cols, var_name="lambda", value_name="ppl")
-    long["lambda"] = long["lambda"].str[len(LAMBDA_PREFIX):].astype(float)
-    long["ppl"] = pd.to_numeric(long["ppl"], errors="coerce")
-    long = long[np.isfinite(long["ppl"])]
-    return long[out_cols].sort_values(keys + ["lambda"]).reset_index(drop=True)
-
-
-def best_lambdas(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, decoder_size, memory_size): the λ minimising seed-mean valid perplexity.
-
-    Also the λ the table records as chosen on valid (``chosen_lambda``, mean over seeds) and the
-    perplexity at λ = 0 (the decoder alone), so the gain from mixing can be read off. Without
-    ``ppl_lambda_*`` columns only ``chosen_lambda`` is filled.
-    """
-    keys = ["arch", "decoder_size", "memory_size"]
-    table = clean(df)
-    table = table[(table["split"] == "valid") & (table["arch"] != "decoder")]
-    chosen = table.groupby(keys, as_index=False).agg(chosen_lambda=("lambda", "mean"), n_seeds=("seed", "nunique"))
-    curves = lambda_curves(df)
-    if curves.empty:
-        return _by_size(chosen.assign(best_lambda=np.nan, best_ppl=np.nan, ppl_lambda_0=np.nan), table)
-    mean = curves.groupby(keys + ["lambda"], as_index=False)["ppl"].mean()
-    best = mean.loc[mean.groupby(keys)["ppl"].idxmin()].rename(columns={"lambda": "best_lambda", "ppl": "best_ppl"})
-    zero = mean[mean["lambda"] == 0].rename(columns={"ppl": "ppl_lambda_0"}).drop(columns="lambda")
-    return _by_size(chosen.merge(best, on=keys, how="left").merge(zero, on=keys, how="left"), table)
-
-
-def _by_size(frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Rows in architecture order, then from the smallest model to the largest."""
-    keys = ["arch", "decoder_size", "memory_size"]
-    size = table.groupby(keys, as_index=False)["params_total"].mean()
-    frame = frame.merge(size, on=keys, how="left")
-    frame = frame.assign(order=frame["arch"].map(ARCHS.index)).sort_values(["order", "params_total"])
-    return frame.drop(columns="order").reset_index(drop=True)

@@ -1,0 +1,51 @@
+"""Decoder + MLP Memory (Wei et al. 2025): a memory trained on the kNN targets, mixed with the frozen decoder.
+
+Its training compute is everything it took: the decoder, the datastore pass, the search for every training
+token's targets and the memory's own training (plus a decoder forward per token when keys are recomputed
+online). It is compared with the kNN-LM it imitates on the same decoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlpmem_lightning.study.architectures.base import Architecture, Own, Score, lambda_grid_scores
+from mlpmem_lightning.study.stages import Stages
+
+
+class MLPMemory(Architecture):
+    def run_dir(self, stages: Stages) -> Path:
+        return stages.out / "memories" / f"{stages.memory_size}-on-{stages.tag}"
+
+    def model(self, stages: Stages, **init_args) -> dict:
+        spec = stages.spec
+        return {"class_path": self.module, "init_args": {
+            "decoder": str(stages.decoder_run), "size": stages.memory_size, "alpha": spec.alpha,
+            "mode": spec.memory_mode, **init_args}}
+
+    def fit(self, stages: Stages) -> Own:
+        from mlpmem_lightning.models.flops import memory_train_flops
+        from mlpmem_lightning.models.ladder import forward_flops_per_token
+        from mlpmem_lightning.models.memory import memory_config, memory_flops_per_token, memory_params
+
+        spec = stages.spec
+        with stages.timed("memory_fit"):
+            stages.run("fit", self.model(stages, max_tokens=spec.memory_tokens), self.run_dir(stages),
+                       {"targets": str(stages.targets_dir)})
+        cfg = memory_config(stages.memory_size, stages.rung.d_model, stages.vocab)
+        tokens = stages.tokens(spec.memory_tokens)
+        decoder_forward = forward_flops_per_token(stages.rung, stages.vocab, spec.seq_len, stages.family)
+        flops = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens,
+                                   decoder_forward if spec.memory_mode == "online" else 0)
+        stages.attrs.update(flops_memory_train=flops, params_memory=memory_params(cfg), memory_tokens=tokens)
+        return Own(stages.memory_size, memory_params(cfg), tokens, flops)
+
+    def evaluate(self, stages: Stages) -> dict[str, Score]:
+        run = self.run_dir(stages)
+        with stages.timed("memory_eval"):
+            return lambda_grid_scores(stages, self.model(stages), run, {"targets": str(stages.targets_dir)},
+                                      run / "checkpoints" / "best.ckpt")
+
+
+MLP_MEMORY = MLPMemory(name="mlp_memory", label="decoder+memory", colour="tab:green", marker="^", module="MemoryLM",
+                       needs=("targets",), weighs="memory", imitates="knn_lm", short="memory")

@@ -1,0 +1,206 @@
+"""One trial's shared stages (decoder fit -> datastore -> targets) and the configs every stage is built from.
+
+A shared stage runs only when an architecture of the study needs it, at most once per trial, in
+directories keyed by what it depends on (``decoders/<size>-seed<s>``, ``datastores/…``, ``targets/…``):
+trials with the same decoder reuse its checkpoint, datastore and targets, and a re-run after a crash
+resumes each. Every LightningCLI stage is a structured config built here from the spec's settings (the
+shipped trainer YAML, the data module's settings, the model's ``init_args``), the same commands a user runs.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mlpmem_lightning import __version__
+from mlpmem_lightning.core.resources import experiments_dir
+from mlpmem_lightning.study.spec import SweepSpec
+
+if TYPE_CHECKING:  # importing lightning (torch) is for the stages that run, not for reading the registry
+    from lightning.pytorch import Callback
+
+SHARED = ("decoder", "datastore", "targets")  # in the order they run
+REQUIRES = {"decoder": (), "datastore": ("decoder",), "targets": ("datastore",)}
+TIMED_AS = {"decoder": "decoder_fit", "datastore": "datastore", "targets": "targets"}  # time_<name>_s
+
+
+def closure(needs: Sequence[str]) -> tuple[str, ...]:
+    """The shared stages ``needs`` names and every stage they are built from, in running order."""
+    todo, seen = list(needs), set()
+    while todo:
+        stage = todo.pop()
+        if stage not in REQUIRES:
+            raise ValueError(f"unknown shared stage {stage!r}: choose from {', '.join(SHARED)}")
+        if stage not in seen:
+            seen.add(stage)
+            todo += REQUIRES[stage]
+    return tuple(s for s in SHARED if s in seen)
+
+
+@dataclass
+class Stages:
+    """A trial: its point, its shared artifacts, and what it spent (FLOPs, wall seconds) per stage."""
+
+    spec: SweepSpec
+    decoder_size: str
+    memory_size: str
+    seed: int
+    token_store: Path
+    callbacks: Sequence[Callback] = ()  # added to every fit's Trainer (Optuna pruning)
+
+    def __post_init__(self) -> None:
+        from mlpmem_lightning.data.token_store import TokenStore
+        from mlpmem_lightning.models.ladder import get_size
+
+        self.store = TokenStore(self.token_store)
+        self.vocab, self.rung = self.store.vocab_size, get_size(self.decoder_size)
+        self.tag = f"{self.decoder_size}-seed{self.seed}"
+        self.times: dict[str, float] = {}  # time_<stage>_s
+        self.flops: dict[str, int] = {}  # FLOPs of each shared stage that ran (keys: SHARED)
+        self.attrs: dict[str, Any] = {}  # trial attributes: sizes, tokens, rows, FLOPs per stage
+
+    # -- paths and quantities every architecture reads ---------------------------------------------
+    @property
+    def out(self) -> Path:
+        return self.spec.out_dir
+
+    @property
+    def decoder_run(self) -> Path:
+        return self.out / "decoders" / self.tag
+
+    @property
+    def datastore_dir(self) -> Path:
+        return self.out / "datastores" / self.tag
+
+    @property
+    def targets_dir(self) -> Path:
+        return self.out / "targets" / self.tag
+
+    @property
+    def params_decoder(self) -> int:
+        from mlpmem_lightning.models.ladder import total_params
+
+        return total_params(self.rung, self.vocab, self.family)
+
+    def tokens(self, budget: int) -> int:
+        """Tokens a fit with this token budget trains on: whole steps of batch_size x seq_len."""
+        step = self.spec.batch_size * self.spec.seq_len
+        return math.ceil(budget / step) * step
+
+    @property
+    def decoder_tokens(self) -> int:
+        return self.tokens(self.spec.decoder_tokens)
+
+    @cached_property
+    def decoder(self):
+        """The trained decoder as the later stages load it (its fingerprint and family)."""
+        from mlpmem_lightning.models.loading import load_decoder
+
+        return load_decoder(self.decoder_run)
+
+    @property
+    def decoder_fingerprint(self) -> str:
+        return self.decoder.fingerprint
+
+    @property
+    def family(self) -> str:
+        """The family the decoder was trained as: its FLOPs and parameters are that family's."""
+        return self.decoder.family
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Wall seconds of a stage, recorded as the trial attribute ``time_<stage>_s``."""
+        start = time.perf_counter()
+        yield
+        self.times[f"time_{stage}_s"] = round(time.perf_counter() - start, 2)
+
+    # -- LightningCLI stages from settings ---------------------------------------------------------
+    def config(self, subcommand: str, model: dict[str, Any], root: Path, data: dict[str, Any] | None = None,
+               ckpt: Path | None = None) -> dict[str, Any]:
+        """The structured config of ``mlpmem <subcommand>``: the spec's trainer YAML, data and seed, and ``model``
+        (``{"class_path": <LightningModule name>, "init_args": {...}}``)."""
+        spec = self.spec
+        shipped = yaml.safe_load((experiments_dir() / "trainer" / f"{spec.trainer}.yaml").read_text()) or {}
+        trainer = {**shipped.get("trainer", {}), "default_root_dir": str(root), "enable_progress_bar": False}
+        data = {"token_store": str(self.token_store), "seq_len": spec.seq_len, "batch_size": spec.batch_size,
+                "num_workers": spec.num_workers,
+                **({"eval_batch_size": spec.eval_batch_size} if spec.eval_batch_size else {}), **(data or {})}
+        cfg = {**shipped, "trainer": trainer, "model": model, "data": data, "seed_everything": self.seed}
+        return {"subcommand": subcommand, subcommand: {**cfg, **({"ckpt_path": str(ckpt)} if ckpt else {})}}
+
+    def run(self, subcommand: str, model: dict[str, Any], root: Path, data: dict[str, Any] | None = None,
+            ckpt: Path | None = None) -> dict[str, float]:
+        """Run one stage in-process; its logged metrics. Only fits get the trial's callbacks."""
+        from mlpmem_lightning.cli.lightning import run_cli
+
+        callbacks = self.callbacks if subcommand == "fit" else ()
+        cli = run_cli(self.config(subcommand, model, root, data, ckpt), callbacks=callbacks)
+        return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+
+    # -- the shared stages -------------------------------------------------------------------------
+    def run_shared(self, needs: Sequence[str]) -> None:
+        """Run (or reuse) every shared stage ``needs`` names, with the stages they are built from."""
+        for stage in closure(needs):
+            with self.timed(TIMED_AS[stage]):
+                getattr(self, f"_{stage}")()
+
+    def provenance(self) -> dict[str, Any]:
+        """Results columns saying what the rows were computed from (``mlpmem report`` checks the token store)."""
+        return {**({"datastore_rows": self.rows} if "datastore" in self.flops else {}),
+                "token_store_fingerprint": self.store.fingerprint, "decoder_fingerprint": self.decoder_fingerprint,
+                **({"targets_fingerprint": self.targets_fingerprint} if "targets" in self.flops else {}),
+                "mlpmem_version": __version__}
+
+    def _decoder(self) -> None:
+        from mlpmem_lightning.models.flops import decoder_train_flops
+
+        shipped = yaml.safe_load((experiments_dir() / "model" / f"decoder_{self.decoder_size}.yaml").read_text())
+        model = shipped["model"]  # the rung's shipped config (its learning rate recorded in the checkpoint)
+        model = {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.spec.decoder_tokens}}
+        self.run("fit", model, self.decoder_run)
+        self.flops["decoder"] = decoder_train_flops(self.rung, self.vocab, self.spec.seq_len, self.decoder_tokens,
+                                                    family=self.family)
+        self.attrs.update(flops_decoder_train=self.flops["decoder"], params_decoder=self.params_decoder,
+                          decoder_tokens=self.decoder_tokens)
+
+    def _datastore(self) -> None:
+        from mlpmem_lightning.knn.datastore import Datastore, DatastoreSettings, build_datastore
+        from mlpmem_lightning.models.flops import datastore_flops
+
+        settings = DatastoreSettings(seq_len=self.spec.seq_len, **self.spec.datastore)
+        build_datastore(self.decoder_run, self.token_store, self.datastore_dir, settings)
+        self.rows = len(Datastore(self.datastore_dir))
+        self.flops["datastore"] = datastore_flops(self.rung, self.vocab, self.spec.seq_len, self.rows,
+                                                  family=self.family)
+        self.attrs.update(flops_datastore=self.flops["datastore"], datastore_rows=self.rows)
+
+    def _targets(self) -> None:
+        from mlpmem_lightning.knn.targets import build_targets, default_nlist
+        from mlpmem_lightning.models.flops import search_flops
+
+        knn = self.spec.knn_settings  # carries the search backend (knn.backend)
+        manifest = build_targets(self.datastore_dir, self.targets_dir, knn)
+        nlist = knn.nlist or default_nlist(self.rows)
+        self.flops["targets"] = search_flops(self.rows, self.rows, self.rung.d_model, knn.index, nlist, knn.nprobe)
+        self.targets_fingerprint = manifest["fingerprint"]
+        self.attrs.update(flops_search=self.flops["targets"], targets_mass_kept_mean=manifest["mass_kept_mean"])
+
+    def shared_flops(self, needs: Sequence[str]) -> int:
+        """FLOPs of the shared stages ``needs`` is built from: what an architecture spent before its own training."""
+        return sum(self.flops[stage] for stage in closure(needs))
+
+    def cleanup(self) -> None:
+        """Delete the datastore and targets (``cleanup: true``): they are rebuilt from the checkpoint if needed."""
+        for path in (self.datastore_dir, self.targets_dir):
+            if path.exists():
+                shutil.rmtree(path)
