@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch first and pinned: the registry's newest torch pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv test test-slow demo configs clean
+.PHONY: venv test test-unit test-slow demo configs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m 'unit and not slow'
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

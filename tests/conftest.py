@@ -1,8 +1,27 @@
-"""Shared fixtures: the embedded corpus (wiki-summaries) prepared once per session."""
+"""Shared fixtures (the embedded corpus prepared once per session, a small decoder, its datastore and targets), and
+the ``unit`` / ``integration`` markers.
+
+A test is ``integration`` when it needs a built artifact (any fixture below, directly or through another) or runs
+whole stages end to end (its module says so with ``pytestmark``); every other test is ``unit``. `make test-unit`
+runs the unit tests alone, so a broken fixture cannot hide the state of the rest.
+"""
 
 import pytest
 
 from mlpmem_lightning.data.token_store import PrepareSettings, prepare
+from tests.helpers import EXP
+
+ARTIFACT_FIXTURES = {"wiki_store", "small_store", "small_decoder", "small_datastore", "small_targets"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        if "integration" not in marks and ARTIFACT_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.unit)
+        elif "integration" not in marks:
+            item.add_marker(pytest.mark.integration)
+
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +46,7 @@ def small_decoder(small_store, tmp_path_factory):
     from mlpmem_lightning.cli.lightning import run_cli
 
     run = tmp_path_factory.mktemp("runs") / "decoder"
-    run_cli(["fit", "--config", "experiments/trainer/cpu.yaml", "--config", "experiments/model/decoder_200k.yaml",
+    run_cli(["fit", "--config", str(EXP / "trainer/cpu.yaml"), "--config", str(EXP / "model/decoder_200k.yaml"),
              "--data.token_store", str(small_store), "--data.seq_len", "128", "--data.batch_size", "16",
              "--model.max_tokens", str(150 * 16 * 128), "--trainer.default_root_dir", str(run),
              "--trainer.enable_progress_bar", "false"])

@@ -21,12 +21,12 @@ from mlpmem_lightning import __version__, artifacts
 from mlpmem_lightning.cli.lightning import run_cli
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.models.loading import load_decoder, weights_fingerprint
-
-from .test_search import clustered, make_datastore
+from tests.helpers import EXP
+from tests.knn.test_search import clustered, make_datastore
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ = 128
-TRAINER = ["--config", "experiments/trainer/cpu.yaml", "--trainer.enable_progress_bar", "false"]
+TRAINER = ["--config", str(EXP / "trainer/cpu.yaml"), "--trainer.enable_progress_bar", "false"]
 
 
 @pytest.fixture(autouse=True)
@@ -208,7 +208,7 @@ def test_data_module_names_both_fingerprints(small_store):
 
 def test_decoder_evaluation_names_both_token_stores(small_decoder, small_store, other_store, tmp_path):
     with pytest.raises(UserError) as err:
-        run_cli(["validate", *TRAINER, "--config", "experiments/model/decoder_200k.yaml", "--data.token_store",
+        run_cli(["validate", *TRAINER, "--config", str(EXP / "model/decoder_200k.yaml"), "--data.token_store",
                  str(other_store), "--data.seq_len", str(SEQ), "--trainer.default_root_dir", str(tmp_path / "v"),
                  "--ckpt_path", str(ckpt_of(small_decoder))])
     one_line(err, manifest(small_store)["fingerprint"], manifest(other_store)["fingerprint"])
@@ -221,7 +221,7 @@ def test_resumed_decoder_fit_names_both_token_stores(small_decoder, small_store,
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(ckpt_of(small_decoder, "last.ckpt"), ckpt_of(run, "last.ckpt"))
     with pytest.raises(UserError) as err:
-        run_cli(["fit", *TRAINER, "--config", "experiments/model/decoder_200k.yaml", "--data.token_store",
+        run_cli(["fit", *TRAINER, "--config", str(EXP / "model/decoder_200k.yaml"), "--data.token_store",
                  str(other_store), "--data.seq_len", str(SEQ), "--data.batch_size", "4",
                  "--trainer.default_root_dir", str(run), "--model.max_tokens", str(1000 * 4 * SEQ)])
     one_line(err, manifest(small_store)["fingerprint"], manifest(other_store)["fingerprint"])

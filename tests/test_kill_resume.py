@@ -15,9 +15,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mlpmem_lightning.core import artifacts
+from tests.cli.test_cli import EXP, MLPMEM
+from tests.killing import KILL_SEED, kill_rng, kill_when, reap
 
-from .killing import KILL_SEED, kill_rng, kill_when, reap
-from .test_cli import EXP, MLPMEM
+pytestmark = pytest.mark.integration  # runs whole stages end to end
 
 SEQ, BATCH, STEPS, SLEEP = 128, 16, 16, 0.25
 

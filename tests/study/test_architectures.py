@@ -23,8 +23,9 @@ from mlpmem_lightning.study.architectures import Architecture, Score, lambda_gri
 from mlpmem_lightning.study.report import write_report
 from mlpmem_lightning.study.stages import Stages, closure
 from mlpmem_lightning.study.sweep import run_sweep
+from tests.study.test_sweep import TINY
 
-from .test_sweep import TINY
+pytestmark = pytest.mark.integration  # runs whole stages end to end
 
 # ----------------------------------------------------------------------------------------------
 # the registry

@@ -12,6 +12,7 @@ from mlpmem_lightning.data.datamodule import LMDataModule
 from mlpmem_lightning.knn.targets import KNNTargets
 from mlpmem_lightning.models.decoder import ffn_inputs
 from mlpmem_lightning.models.loading import load_decoder
+from tests.helpers import EXP
 
 SEQ = 128
 
@@ -31,7 +32,7 @@ def test_batches_carry_sparse_targets_and_stored_keys(small_targets, small_decod
 
 
 def mem_args(cmd, decoder, store, targets, run, *extra):
-    return [cmd, "--config", "experiments/trainer/cpu.yaml", "--model", "MemoryLM",
+    return [cmd, "--config", str(EXP / "trainer/cpu.yaml"), "--model", "MemoryLM",
             "--model.decoder", str(decoder), "--data.token_store", str(store), "--data.targets", str(targets),
             "--data.seq_len", str(SEQ), "--data.batch_size", "16", "--trainer.default_root_dir", str(run),
             "--trainer.enable_progress_bar", "false", *extra]
@@ -48,7 +49,7 @@ def test_memory_helps_and_lambda_edges_are_exact(memory_run, small_targets, smal
     ckpt = memory_run / "checkpoints" / "best.ckpt"
     val = run_cli(mem_args("validate", small_decoder, small_store, small_targets, memory_run, "--ckpt_path", str(ckpt)))
     m = {k: float(v) for k, v in val.trainer.callback_metrics.items()}
-    dec = run_cli(["validate", "--config", "experiments/model/decoder_200k.yaml", "--data.token_store",
+    dec = run_cli(["validate", "--config", str(EXP / "model/decoder_200k.yaml"), "--data.token_store",
                    str(small_store), "--data.seq_len", str(SEQ), "--trainer.default_root_dir", str(tmp_path / "d"),
                    "--trainer.enable_progress_bar", "false", "--ckpt_path",
                    str(small_decoder / "checkpoints" / "best.ckpt")])

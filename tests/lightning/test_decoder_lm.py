@@ -8,8 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from mlpmem_lightning.cli.lightning import run_cli
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.data.token_store import TokenStore
-
-from .test_cli import EXP, mlpmem
+from tests.cli.test_cli import EXP, mlpmem
 
 STEPS, BATCH, SEQ = 300, 16, 128
 

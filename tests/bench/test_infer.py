@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from mlpmem_lightning.bench.infer import bench_generate, bench_memory_training
@@ -9,6 +10,8 @@ from mlpmem_lightning.bench.synthetic import synthetic_datastore
 from mlpmem_lightning.inference.generate import generate, knn_logprobs, memory_logprobs
 from mlpmem_lightning.knn.datastore import Datastore
 from mlpmem_lightning.knn.search import TorchExact
+
+pytestmark = pytest.mark.integration  # runs whole stages end to end
 
 VOCAB, ROWS, PROMPT, NEW, BATCHES = 512, 5000, 16, 8, (1, 2)
 

@@ -3,8 +3,7 @@
 import torch
 
 from mlpmem_lightning.cli.lightning import run_cli
-
-from .test_cli import EXP
+from tests.cli.test_cli import EXP
 
 
 def test_checkpoint_with_an_old_class_path_validates(small_decoder, small_store, tmp_path):

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -17,8 +16,10 @@ import yaml
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.study.results import COLUMNS
 from mlpmem_lightning.study.sweep import SweepSpec, run_sweep
+from tests.helpers import SWEEPS
+from tests.killing import kill_rng
 
-from .killing import kill_rng
+pytestmark = pytest.mark.integration  # runs whole stages end to end
 
 TINY = {"study": "tiny", "decoder_sizes": ["200k", "400k"], "corpus": "wiki-summaries",
         "prepare": {"vocab_size": 1024, "max_documents": 400}, "seq_len": 64, "batch_size": 8,
@@ -48,7 +49,6 @@ def test_bad_specs(tmp_path, overrides, message):
         SweepSpec.load(write_spec(tmp_path / "spec.yaml", **overrides))
 
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SWEEPS.glob("*.yaml")))
@@ -165,7 +165,7 @@ def test_editing_the_grid_and_resuming_runs_only_the_new_points(tmp_path, monkey
 def test_demo_pipeline_is_deterministic_on_cpu(tmp_path):
     """Two runs of the demo's pipeline (its kNN settings at toy budgets) with one seed: identical token
     stores, datastores, targets and metrics, byte for byte."""
-    demo_knn = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml").read_text())["knn"]
+    demo_knn = yaml.safe_load((SWEEPS / "demo.yaml").read_text())["knn"]
     outs = []
     for name in ("a", "b"):
         spec = write_spec(tmp_path / f"{name}.yaml", decoder_sizes=["200k"], out=str(tmp_path / name),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,9 +11,9 @@ import pytest
 
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.study import analysis as an
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data" / "results_small.csv"
+DATA = ROOT / "tests" / "fixtures" / "results_small.csv"
 E, A, ALPHA = 1.8, 50.0, 0.3
 X = np.geomspace(1e6, 1e9, 10)  # three decades, ten sizes
 

@@ -1,7 +1,7 @@
-"""The bad-input catalogue (README, "Bad inputs"): one row per mistake, each run through `mlpmem`.
+"""The bad-input catalogue (docs/bad-inputs.md, "Bad inputs"): one row per mistake, each run through `mlpmem`.
 
 Every row must end with exit status 2 and exactly one line ``mlpmem: error: …`` that contains the
-row's message; the README table is checked against ``CATALOGUE`` so the two cannot drift apart.
+row's message; the documented table is checked against ``CATALOGUE`` so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ import yaml
 
 from mlpmem_lightning.cli import main
 from mlpmem_lightning.core import artifacts
+from tests.helpers import EXP, ROOT
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-TRAINER = ["--config", "experiments/trainer/cpu.yaml", "--trainer.enable_progress_bar", "false"]
+CATALOGUE_DOC = ROOT / "docs" / "bad-inputs.md"
+TRAINER = ["--config", str(EXP / "trainer/cpu.yaml"), "--trainer.enable_progress_bar", "false"]
 
 
 @dataclass(frozen=True)
 class Case:
     stage: str
-    wrong: str  # what is wrong, as the README table says it
+    wrong: str  # what is wrong, as the documented table says it
     message: str  # a stable part of the one-line error
     argv: Callable[[Path, SimpleNamespace], list[str]]
 
@@ -114,7 +115,7 @@ def _results(t: Path, drop: str | None = None, sizes: int = 3, stores: int = 1) 
 
 
 def _fit(fx, run: Path, *extra: str) -> list[str]:
-    return ["fit", *TRAINER, "--config", "experiments/model/decoder_200k.yaml", "--data.token_store", str(fx.store),
+    return ["fit", *TRAINER, "--config", str(EXP / "model/decoder_200k.yaml"), "--data.token_store", str(fx.store),
             "--data.seq_len", "128", "--data.batch_size", "4", "--trainer.default_root_dir", str(run), *extra]
 
 
@@ -239,14 +240,14 @@ def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[f"{c.stage}: {c.wrong}" for c in CATALOGUE])
 def test_bad_input_gets_one_line_and_exit_2(case, fx, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # the experiments/ configs are relative
+    monkeypatch.chdir(ROOT)  # the experiments/ configs are relative
     code, errors = run_main(case.argv(tmp_path, fx), capsys)
     assert code == 2 and len(errors) == 1 and case.message in errors[0], errors
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(fx, tmp_path, capsys, monkeypatch):
     """Training stops with the one-line error; no checkpoint with non-finite weights is written."""
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(ROOT)
     code, errors = run_main(_fit(fx, tmp_path / "run", "--model.lr", "1e30", "--model.max_tokens", "8192",
                                  "--trainer.val_check_interval", "1"), capsys)
     assert code == 2 and "the last good checkpoint is kept" in errors[0]
@@ -269,7 +270,7 @@ def test_disk_full_is_one_line_and_leaves_nothing_complete(tmp_path, capsys, mon
 
 
 def test_readme_table_lists_every_row():
-    table = README.read_text().split("## Bad inputs", 1)[1].split("\n## ", 1)[0]
+    table = CATALOGUE_DOC.read_text().split("## Bad inputs", 1)[1].split("\n## ", 1)[0]
     rows = [re.split(r"\s*\|\s*", line.strip("| ")) for line in table.splitlines() if line.startswith("| ")][1:]
     assert [(r[0], r[1]) for r in rows] == [(c.stage, c.wrong) for c in CATALOGUE] + [
         ("training", "NaN/inf loss: the last good checkpoint is kept"), ("any", "disk full while writing")]

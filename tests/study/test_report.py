@@ -1,6 +1,6 @@
 """`report.write_report`: every file, fits.json's structure, honest conclusions, one-line errors.
 
-``tests/data/results_small.csv`` (also the notebooks' default input) is made by
+``tests/fixtures/results_small.csv`` (also the notebooks' default input) is made by
 :func:`synthetic_results`; ``python -m tests.test_report`` rewrites it.
 """
 
@@ -19,7 +19,7 @@ from mlpmem_lightning.study import architectures
 from mlpmem_lightning.study.report import write_report
 from mlpmem_lightning.study.results import COLUMNS, write_results
 
-DATA = Path(__file__).resolve().parent / "data" / "results_small.csv"
+DATA = Path(__file__).resolve().parents[1] / "fixtures" / "results_small.csv"
 FILES = ("fits.json", "loss_vs_params.png", "loss_vs_flops.png", "lambda_curves.png", "gap_memory_vs_knn.png",
          "report.md")
 B = 20  # bootstrap resamples in these tests: enough to exercise the intervals, fast on 2 cores

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,9 +9,8 @@ import yaml
 from mlpmem_lightning.cli.configs import all_configs, render
 from mlpmem_lightning.cli.lightning import run_cli
 from mlpmem_lightning.models.ladder import LADDER, total_params
+from tests.helpers import EXP
 
-ROOT = Path(__file__).resolve().parent.parent
-EXP = ROOT / "experiments"
 MLPMEM = [sys.executable, "-m", "mlpmem_lightning.cli"]
 PIPELINE = ("prepare", "datastore", "targets", "sweep", "report", "demo", "bench", "sizes", "fit", "validate", "test")
 

@@ -11,8 +11,8 @@ from mlpmem_lightning.data.token_store import TokenStore
 from mlpmem_lightning.knn.datastore import Datastore, DatastoreSettings, build_datastore
 from mlpmem_lightning.models.decoder import logits_and_ffn_inputs
 from mlpmem_lightning.models.loading import load_decoder
-
-from .killing import KILL_SEED, kill_after_progress, kill_rng
+from tests.helpers import EXP
+from tests.killing import KILL_SEED, kill_after_progress, kill_rng
 
 SEQ = 128
 
@@ -61,7 +61,7 @@ def test_knn_lm_beats_the_decoder_and_lambda0_is_the_decoder(datastore, small_de
     knn = run_cli(knn_args("validate", small_decoder, small_store, datastore, "--model.k", "64",
                            "--trainer.default_root_dir", str(tmp_path / "knn")))
     m = {k: float(v) for k, v in knn.trainer.callback_metrics.items()}
-    dec = run_cli(["validate", "--config", "experiments/model/decoder_200k.yaml",
+    dec = run_cli(["validate", "--config", str(EXP / "model/decoder_200k.yaml"),
                    "--data.token_store", str(small_store), "--data.seq_len", str(SEQ),
                    "--trainer.default_root_dir", str(tmp_path / "dec"), "--trainer.enable_progress_bar", "false",
                    "--ckpt_path", str(small_decoder / "checkpoints" / "best.ckpt")])

@@ -2,12 +2,14 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from mlpmem_lightning.bench import bench_train, write_section
 from mlpmem_lightning.bench.targets import _recall, bench_targets
 from mlpmem_lightning.models.ladder import flops_per_token, get_size
 
+pytestmark = pytest.mark.integration  # runs whole stages end to end
 
 def test_train_rows_report_consistent_rates(small_store):
     rows = bench_train(["200k"], str(small_store), seq_len=32, batch=4, steps=3, warmup=1, num_workers=0)

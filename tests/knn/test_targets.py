@@ -9,8 +9,7 @@ from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.distributions import aggregate_tokens, drop_self, interpolate, neighbour_weights
 from mlpmem_lightning.knn.targets import KNNTargets, TargetSettings, build_targets
-
-from .killing import KILL_SEED, kill_after_progress, kill_rng
+from tests.killing import KILL_SEED, kill_after_progress, kill_rng
 
 
 def reference_targets(keys, values, k, T, K):

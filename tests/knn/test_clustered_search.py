@@ -7,9 +7,8 @@ import torch
 from mlpmem_lightning.core.distributed import run_on_ranks
 from mlpmem_lightning.knn.search.clustered import ClusteredIVF, train_centroids
 from mlpmem_lightning.knn.targets import KNNTargets, TargetSettings, build_targets
-
-from .test_search import clustered, reference
-from .test_targets import assert_same_targets, make_datastore, reference_targets
+from tests.knn.test_search import clustered, reference
+from tests.knn.test_targets import assert_same_targets, make_datastore, reference_targets
 
 
 def recall(ids: np.ndarray, exact: np.ndarray) -> float:

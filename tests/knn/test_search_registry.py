@@ -65,7 +65,7 @@ def test_a_toy_backend_runs_through_mlpmem_targets(toy, small_datastore, tmp_pat
 
 
 def test_a_toy_backend_is_refused_an_index_it_does_not_serve(toy, tmp_path, capsys):
-    from .test_targets import make_datastore
+    from tests.knn.test_targets import make_datastore
 
     ds = make_datastore(tmp_path / "ds", np.random.default_rng(0).normal(size=(300, 4)), np.zeros(300))
     with pytest.raises(SystemExit) as exit_info:

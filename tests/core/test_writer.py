@@ -15,8 +15,7 @@ from mlpmem_lightning.cli import main
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.core.writer import MARKER, ArtifactWriter
-
-from .test_targets import make_datastore
+from tests.knn.test_targets import make_datastore
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

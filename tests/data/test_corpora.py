@@ -23,6 +23,7 @@ from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.data import cleaners, corpora
 from mlpmem_lightning.data.corpora import CORPORA, corpus_info, list_corpora, load_corpus
 
+pytestmark = pytest.mark.integration  # runs whole stages end to end
 
 def _cached_file(name: str) -> Path:
     spec = CORPORA[name]
