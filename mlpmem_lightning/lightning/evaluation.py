@@ -47,16 +47,18 @@ class TokenNLL(Metric):
 
 
 DEFAULT_LAMBDAS = tuple(round(0.05 * i, 2) for i in range(21))
+# a fixed λ this close to a grid point is that point: logged metrics are float32 (val/best_lambda = 0.44999998)
+LAMBDA_TOLERANCE = 1e-6
 
 
 def check_lambdas(lambdas, fixed: float | None = None) -> None:
-    """λ in [0, 1], a non-empty grid, and a fixed λ that is one of its points (never silently the nearest)."""
+    """λ in [0, 1], a non-empty grid, and a fixed λ that is one of its points (never silently the nearest one)."""
     if not len(lambdas):
         raise UserError("the λ grid is empty: pass --model.lambdas with at least one value in [0, 1]")
     bad = [x for x in (*lambdas, *([] if fixed is None else [fixed])) if not 0.0 <= x <= 1.0]
     if bad:
         raise UserError(f"λ must lie in [0, 1], got {bad}: fix --model.lambdas / --model.lambda_")
-    if fixed is not None and min(abs(fixed - x) for x in lambdas) > 1e-9:
+    if fixed is not None and min(abs(fixed - x) for x in lambdas) > LAMBDA_TOLERANCE:
         raise UserError(f"--model.lambda_ {fixed} is not on the λ grid {sorted(lambdas)}: pass a value of the grid "
                         "or add it with --model.lambdas")
 
