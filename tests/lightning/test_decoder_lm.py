@@ -101,7 +101,7 @@ def test_fit_is_deterministic_and_resumes(wiki_store, tmp_path):
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    crash = ["--trainer.callbacks+=tests.test_decoder_fit.CrashAt", "--trainer.callbacks.step", "8"]
+    crash = ["--trainer.callbacks+=tests.lightning.test_decoder_lm.CrashAt", "--trainer.callbacks.step", "8"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_cli(fit_args(wiki_store, tmp_path / "c", *budget, *crash))
     assert torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
