@@ -33,6 +33,7 @@ from mlpmem_lightning.lightning.optim import (
     tokens_per_step,
 )
 from mlpmem_lightning.models.decoder import ffn_inputs, logits_and_ffn_inputs
+from mlpmem_lightning.models.families import family_of
 from mlpmem_lightning.models.flops import forward_flops_of
 from mlpmem_lightning.models.ladder import get_memory_size, get_size, matched_memory
 from mlpmem_lightning.models.loading import load_decoder
@@ -50,7 +51,8 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
     Args:
         decoder: the frozen decoder (``.ckpt``, run directory, or transformers directory).
         size: memory ladder rung (``mlpmem sizes``); default: the one matched to the decoder's rung.
-        block: ``swiglu`` (RMSNorm) or ``gelu`` (LayerNorm) residual blocks.
+        block: ``swiglu`` (RMSNorm) or ``gelu`` (LayerNorm) residual blocks; default: the one matched to the
+            decoder's family (swiglu for Llama, gelu for GPT-2).
         alpha: weight of KL(p_kNN ‖ p_mem) against the next-token cross-entropy (paper: 0.5).
         mode: ``online`` (keys recomputed by the decoder) or ``offline`` (keys read from the datastore).
         init_head_from_decoder: start the memory's vocabulary head from the decoder's.
@@ -68,7 +70,7 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
             tensor kept for backward; for long batches and large vocabularies).
     """
 
-    def __init__(self, decoder: str, size: str | None = None, block: Literal["swiglu", "gelu"] = "swiglu",
+    def __init__(self, decoder: str, size: str | None = None, block: Literal["swiglu", "gelu"] | None = None,
                  alpha: float = 0.5, mode: Literal["online", "offline"] = "online",
                  init_head_from_decoder: bool = True, lr: float | None = OPTIM.lr,
                  weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
@@ -87,6 +89,7 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         # what the memory is trained on, set by setup and recorded in (and checked against) the checkpoint
         self.token_store_fingerprint = self.targets_fingerprint = self.datastore_fingerprint = None
         size = size or matched_memory(dec.size_name if dec.size_name else _need_size(decoder)).name
+        block = block or family_of(dec.net).memory_block
         self.memory = build_memory(size, dec.net.config.hidden_size, dec.net.config.vocab_size, block)
         self.lr = lr if lr is not None else get_size(get_memory_size(size).decoder).lr
         if init_head_from_decoder:

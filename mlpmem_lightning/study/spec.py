@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.core.resources import experiments_dir
+from mlpmem_lightning.core.resources import experiments_dir, resolve_shipped
 from mlpmem_lightning.knn.settings import TargetSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class SweepSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> SweepSpec:
-        path = Path(path)
+        path = resolve_shipped(path)  # sweeps/<name>.yaml is found without a checkout too
         if not path.is_file():
             raise UserError(f"sweep spec {path} does not exist: see sweeps/ for examples")
         raw = yaml.safe_load(path.read_text()) or {}

@@ -24,6 +24,7 @@ class MLPMemory(Architecture):
             "mode": spec.memory_mode, **init_args}}
 
     def fit(self, stages: Stages) -> Own:
+        from mlpmem_lightning.models.families import get_family
         from mlpmem_lightning.models.flops import memory_train_flops
         from mlpmem_lightning.models.ladder import forward_flops_per_token
         from mlpmem_lightning.models.memory import memory_config, memory_flops_per_token, memory_params
@@ -32,7 +33,8 @@ class MLPMemory(Architecture):
         with stages.timed("memory_fit"):
             stages.run("fit", self.model(stages, max_tokens=spec.memory_tokens), self.run_dir(stages),
                        {"targets": str(stages.targets_dir)})
-        cfg = memory_config(stages.memory_size, stages.rung.d_model, stages.vocab)
+        block = get_family(stages.family).memory_block  # MemoryLM's default block for this decoder
+        cfg = memory_config(stages.memory_size, stages.rung.d_model, stages.vocab, block)
         tokens = stages.tokens(spec.memory_tokens)
         decoder_forward = forward_flops_per_token(stages.rung, stages.vocab, spec.seq_len, stages.family)
         flops = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens,
