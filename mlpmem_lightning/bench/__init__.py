@@ -65,10 +65,20 @@ def _step_timer(warmup: int):
     return StepTimer()
 
 
+TRAIN_MODES = {"eager": (False, False), "compiled": (True, False), "graph": (True, True)}  # (compile, cuda_graph)
+
+
 def bench_train(sizes: list[str], token_store: str, seq_len: int = 256, batch: int = 64, steps: int = 30,
-                warmup: int = 10, compile: bool = False, num_workers: int = 4,
-                profile_dir: Path | None = None) -> list[dict]:
-    """tokens/s and MFU of ``DecoderLM`` training at each size (one Lightning fit of warmup + steps)."""
+                warmup: int = 10, mode: str = "eager", num_workers: int = 4,
+                profile_dir: Path | None = None, reference: bool = True) -> list[dict]:
+    """tokens/s and MFU of ``DecoderLM`` training at each size (one Lightning fit of warmup + steps), and the
+    plain-PyTorch reference (``bench.reference``) of the same shapes in the same ``mode``, measured right after.
+
+    ``mode``: ``eager``; ``compiled`` (``torch.compile``); ``graph`` (compiled, and the step captured as a CUDA
+    graph: ``DecoderLM(cuda_graph=True)``; the reference captures its whole step, optimizer included)."""
+    from mlpmem_lightning.bench.reference import reference_tokens_per_s
+
+    compile, cuda_graph = TRAIN_MODES[mode]
     import lightning as L
 
     from mlpmem_lightning.data.datamodule import LMDataModule
@@ -78,7 +88,7 @@ def bench_train(sizes: list[str], token_store: str, seq_len: int = 256, batch: i
     rows, gpu = [], gpu_name()
     for size in sizes:
         dm = LMDataModule(token_store, seq_len=seq_len, batch_size=batch, num_workers=num_workers)
-        model = DecoderLM(size=size, max_tokens=None, compile=compile)
+        model = DecoderLM(size=size, max_tokens=None, compile=compile, cuda_graph=cuda_graph)
         timer = _step_timer(warmup)
         trainer = L.Trainer(accelerator="auto", devices=1, precision="bf16-mixed" if gpu != "cpu" else "32",
                             max_steps=warmup + steps + 1, limit_val_batches=0, num_sanity_val_steps=0,
@@ -91,14 +101,19 @@ def bench_train(sizes: list[str], token_store: str, seq_len: int = 256, batch: i
         family = model.hparams.family  # the family it trained as, not a default
         fpt = flops_per_token(get_size(size), vocab, seq_len, family)
         peak = peak_flops(gpu)
+        ref = reference_tokens_per_s(size, vocab, batch, seq_len, steps, warmup, compile, cuda_graph) \
+            if gpu != "cpu" and reference else None
         rows.append({"bench": "train", "gpu": gpu, "dtype": "bf16-mixed" if gpu != "cpu" else "fp32",
                      "decoder_size": size, "params_total": total_params(get_size(size), vocab, family), "vocab": vocab,
-                     "batch": batch, "seq_len": seq_len, "compile": compile, "step_ms": round(step * 1e3, 3),
-                     "tokens_per_s": round(tps), "model_tflops": round(fpt * tps / 1e12, 2),
-                     "mfu": round(fpt * tps / peak, 4) if peak else None})
+                     "batch": batch, "seq_len": seq_len, "mode": mode, "compile": compile, "cuda_graph": cuda_graph,
+                     "step_ms": round(step * 1e3, 3), "tokens_per_s": round(tps),
+                     "model_tflops": round(fpt * tps / 1e12, 2), "mfu": round(fpt * tps / peak, 4) if peak else None,
+                     "reference_tokens_per_s": round(ref) if ref else None,
+                     "reference_mfu": round(fpt * ref / peak, 4) if ref and peak else None,
+                     "vs_reference": round(tps / ref, 3) if ref else None})
         log.info("train %s", rows[-1])
         if profile_dir is not None and size == sizes[-1]:
-            _profile_train(model, dm, profile_dir / f"profile_train_{size}{'_compiled' if compile else ''}.txt")
+            _profile_train(model, dm, profile_dir / f"profile_train_{size}_{mode}.txt")
     return rows
 
 
@@ -134,8 +149,8 @@ def _profile_train(model, dm, path: Path, steps: int = 5) -> None:
 
 
 # -- files -----------------------------------------------------------------------------------------
-KEY_COLUMNS = ("gpu", "decoder_size", "memory_size", "compile", "batch", "seq_len", "rows", "backend", "mode",
-               "search", "datastore_rows")  # what a row measured; the other columns are what it found
+KEY_COLUMNS = ("gpu", "decoder_size", "memory_size", "compile", "cuda_graph", "batch", "seq_len", "rows", "backend",
+               "mode", "search", "datastore_rows")  # what a row measured; the other columns are what it found
 
 
 def write_section(out: Path, section: str, rows: list[dict]) -> Path:
@@ -176,7 +191,7 @@ def write_markdown(out: Path) -> Path:
 
 
 def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str], rows: list[int],
-              work: Path, compile_sizes: list[str], profile: bool = False, **kw: Any) -> None:
+              work: Path, train_modes: list[str], profile: bool = False, **kw: Any) -> None:
     """Run the chosen sections, writing each section's CSV as soon as it is done."""
     out.mkdir(parents=True, exist_ok=True)
     prof, dev = (out if profile else None), ("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,11 +199,13 @@ def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str]
     def add(section: str, rows_: list[dict]) -> None:  # written as soon as measured: a killed run keeps them
         write_section(out, section, rows_)
 
-    def train() -> None:  # uncompiled rows first: compilation is slow
-        for size in sizes:
-            add("train", bench_train([size], token_store, profile_dir=prof if size == sizes[-1] else None))
-        for size in compile_sizes:
-            add("train", bench_train([size], token_store, compile=True, profile_dir=prof))
+    def train() -> None:  # in the order of ``train_modes``: put the fastest to compile first
+        for mode in train_modes:
+            for size in sizes:
+                add("train", bench_train([size], token_store, mode=mode, batch=kw.get("batch", 64),
+                                         seq_len=kw.get("seq_len", 256), steps=kw.get("steps", 30),
+                                         reference=kw.get("reference", True),
+                                         profile_dir=prof if size == sizes[-1] else None))
 
     def targets() -> None:
         for n in rows:

@@ -8,7 +8,7 @@ What it adds to the stock CLI, and why:
   interrupted command continues it (and re-running a finished one trains no further);
 - a token budget: ``--model.max_tokens`` sets ``trainer.max_steps`` before the Trainer exists
   (``--trainer.max_steps``, when given, wins);
-- every fit logs throughput and MFU (Lightning's ``ThroughputMonitor``, from the module's ``flops_per_batch``);
+- every fit logs tokens/s and MFU once per logging interval (``IntervalThroughput``: no per-step sync);
 - validate/test log into ``<run dir>/<subcommand>/`` so they never overwrite the fit's logs;
 - ``--config experiments/...`` finds the shipped configs from any directory, checkout or not.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -34,6 +34,7 @@ from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation
 from mlpmem_lightning.lightning.knn_lm import KNNLM
 from mlpmem_lightning.lightning.memory_lm import MemoryLM
 from mlpmem_lightning.lightning.optim import steps_for_tokens
+from mlpmem_lightning.lightning.throughput import IntervalThroughput
 
 MODELS = (DecoderLM, KNNLM, MemoryLM)  # imported so that --model finds them by class name
 
@@ -92,7 +93,7 @@ class MlpmemCLI(LightningCLI):
             trainer.loggers = [CSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
             trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":
-            trainer.callbacks.append(ThroughputMonitor(batch_size_fn=_windows, length_fn=_tokens))
+            trainer.callbacks.append(IntervalThroughput())
         return trainer
 
     def before_fit(self) -> None:
@@ -101,14 +102,6 @@ class MlpmemCLI(LightningCLI):
         if self.config_init["fit"].get("ckpt_path") is None and last.is_file():
             print(f"resuming from {last}")
             self.config_init["fit"]["ckpt_path"] = str(last)
-
-
-def _windows(batch: dict) -> int:
-    return int(batch["input_ids"].shape[0])
-
-
-def _tokens(batch: dict) -> int:
-    return int(batch["input_ids"].numel())
 
 
 def _world_size(cfg) -> int:

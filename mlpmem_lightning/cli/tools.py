@@ -60,8 +60,14 @@ def args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="runs/tokens/wiki-summaries", help="token store for the training sections")
     p.add_argument("--sizes", type=csv_list, default=["1.6m", "6m", "12m", "25m", "50m", "100m", "150m"],
                    help="decoder sizes for train (and memory)")
-    p.add_argument("--compile-sizes", type=csv_list, default=["100m", "150m"],
-                   help="also train these with torch.compile")
+    p.add_argument("--train-modes", type=csv_list, default=["eager", "compiled", "graph"],
+                   help="train modes, each against the in-run plain-PyTorch reference: eager, compiled, graph "
+                        "(compiled + the step as a CUDA graph)")
+    p.add_argument("--batch", type=int, default=64, help="train: windows per step")
+    p.add_argument("--seq-len", type=int, default=256, help="train: tokens per window")
+    p.add_argument("--steps", type=int, default=30, help="train: timed steps (after 10 untimed)")
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="train: skip the plain-PyTorch reference (several bench processes sharing one GPU)")
     p.add_argument("--rows", type=lambda s: [int(float(x)) for x in s.split(",")], default=[1_000_000, 3_000_000,
                    10_000_000], help="datastore sizes for targets (e.g. 1e6,3e6,1e7)")
     p.add_argument("--targets-backends", type=csv_list, default=list(REGISTRY),
@@ -81,7 +87,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         raise UserError(f"unknown bench sections {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
-    run_bench(args.sections, args.out, args.data, args.sizes, args.rows, args.work, args.compile_sizes,
+    from mlpmem_lightning.bench import TRAIN_MODES
+
+    if bad := sorted(set(args.train_modes) - set(TRAIN_MODES)):
+        raise UserError(f"unknown --train-modes {', '.join(bad)}: choose from {', '.join(TRAIN_MODES)}")
+    run_bench(args.sections, args.out, args.data, args.sizes, args.rows, args.work, args.train_modes,
+              batch=args.batch, seq_len=args.seq_len, steps=args.steps, reference=args.reference,
               profile=args.profile, generate_sizes=args.generate_sizes, datastore_rows=args.datastore_rows,
               memory_sizes=args.memory_sizes, repeats=args.repeats, targets_backends=tuple(args.targets_backends))
     print(f"bench: {', '.join(args.sections)} -> {args.out / 'bench.md'}")

@@ -25,9 +25,15 @@ from mlpmem_lightning.lightning.optim import (
     adamw_warmup_cosine,
     tokens_per_step,
 )
+from mlpmem_lightning.lightning.step_graph import GraphedTrainStep
 from mlpmem_lightning.models.decoder import build_decoder, context_length
 from mlpmem_lightning.models.families import get_family
 from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, flops_per_token, get_size
+
+
+def lm_loss(net: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of a transformers causal LM (what ``DecoderLM`` trains; compiled whole on GPU)."""
+    return token_nll(net(input_ids=input_ids, use_cache=False).logits, labels).mean()
 
 
 class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
@@ -48,6 +54,9 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         max_tokens: training token budget; `mlpmem fit` sets ``trainer.max_steps`` from it unless
             ``--trainer.max_steps`` is given (``None``: the trainer's).
         compile: ``torch.compile`` the network (GPU).
+        cuda_graph: capture forward, loss and backward of the training step once as a CUDA graph and replay it
+            (GPU; ``lightning/step_graph.py``): the small rungs are launch-bound without it. Needs
+            ``accumulate_grad_batches`` 1; validation, the optimizer and clipping stay eager.
         dropout: dropout probability in the blocks.
         data_fingerprint: token store this model belongs to (recorded at fit; checked later).
     """
@@ -56,7 +65,8 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
                  context: int = DEFAULT_CONTEXT, tie_embeddings: bool = False, lr: float | None = OPTIM.lr,
                  weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
-                 max_tokens: int | None = 2_000_000, compile: bool = False, dropout: float = 0.0,
+                 max_tokens: int | None = 2_000_000, compile: bool = False, cuda_graph: bool = False,
+                 dropout: float = 0.0,
                  data_fingerprint: str | None = None):
         super().__init__()
         get_family(family)  # a str, not a Literal, so that registered families are accepted: checked here
@@ -65,6 +75,7 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio)
         self.lr = lr if lr is not None else self.ladder.lr
         self.net = None
+        self.step_graph: GraphedTrainStep | None = None
         if vocab_size is not None:
             self._build(vocab_size)
         self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
@@ -87,10 +98,18 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
                             "lower --data.seq_len or raise --model.context")
         self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
-        self.flops_per_batch = self.flops_per_token * dm.batch_size * dm.seq_len  # read by ThroughputMonitor
         self.tokens_per_step = tokens_per_step(self)
+        self.train_loss = self._loss
         if stage == "fit" and self.hparams.compile:
-            self.net.compile()
+            # the loss compiled with the network (not the network alone): the fp32 logits are never written out
+            # (1 GB a step at 64 x 256 x 16384), which was a third of a 6m step's GPU time
+            net = self.net
+            self.train_loss = torch.compile(lambda input_ids, labels: lm_loss(net, input_ids, labels))
+        if stage == "fit" and self.hparams.cuda_graph:
+            if self.trainer.accumulate_grad_batches != 1:
+                raise UserError("--model.cuda_graph true overwrites the gradients at each step: "
+                                "drop --trainer.accumulate_grad_batches or set --model.cuda_graph false")
+            self.step_graph = GraphedTrainStep(self.net, self.train_loss)
 
     def _check_data(self, dm) -> None:
         have, fp = self.hparams.data_fingerprint, dm.fingerprint
@@ -122,12 +141,21 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids=input_ids, use_cache=False).logits
 
+    def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return lm_loss(self.net, input_ids, labels)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = token_nll(self(batch["input_ids"]), batch["labels"]).mean()
+        if self.step_graph is not None:  # forward and backward done here; Lightning's backward is skipped below
+            loss = self.step_graph(batch["input_ids"], batch["labels"])
+        else:
+            loss = self.train_loss(batch["input_ids"], batch["labels"])
         self.guard_loss(loss)
-        tokens = (self.global_step + 1) * self.tokens_per_step
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
-        self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})
+        # counters only on the steps the logger writes: each float logged is a host-to-device copy that waits for
+        # the GPU to drain its queue
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            tokens = (self.global_step + 1) * self.tokens_per_step
+            self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
@@ -152,5 +180,13 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         self._log_epoch(self.test_nll, "test")
 
     # -- optimisation ------------------------------------------------------------------------
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if self.step_graph is None:  # the graph overwrites its gradients each step: nothing to zero
+            optimizer.zero_grad()
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self.step_graph is None:
+            super().backward(loss, *args, **kwargs)
+
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self, list(self.parameters()), self.lr, self.optim)

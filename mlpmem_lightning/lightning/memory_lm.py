@@ -119,7 +119,7 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
             self.tokens_per_step = tokens_per_step(self)
             decoder = forward_flops_of(self.decoder, dm.seq_len) if self.hparams.mode == "online" else 0
             per_token = memory_flops_per_token(self.memory.cfg) + decoder
-            self.flops_per_batch = per_token * dm.batch_size * dm.seq_len  # read by ThroughputMonitor
+            self.flops_per_token = per_token  # read by IntervalThroughput
             if self.hparams.compile:
                 self.memory.compile()
 
@@ -161,7 +161,8 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         self.guard_loss(out["loss"])
         self.log_dict({"train/loss": out["loss"], "train/kl": out["kl"], "train/ce": out["ce"]}, prog_bar=True,
                       sync_dist=True)  # the global batch's losses under DDP
-        self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # a logged float waits for the GPU
+            self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
         return out["loss"]
 
     def configure_optimizers(self) -> dict[str, Any]:

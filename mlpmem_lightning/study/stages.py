@@ -147,6 +147,14 @@ class Stages:
         cli = run_cli(self.config(subcommand, model, root, data, ckpt), callbacks=callbacks)
         return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
 
+    def on_gpu(self) -> bool:
+        """Whether the spec's trainer YAML trains on a GPU (``accelerator: gpu``, or ``auto`` with one present)."""
+        import torch
+
+        shipped = yaml.safe_load((experiments_dir() / "trainer" / f"{self.spec.trainer}.yaml").read_text()) or {}
+        accelerator = shipped.get("trainer", {}).get("accelerator", "auto")
+        return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
     # -- the shared stages -------------------------------------------------------------------------
     def run_shared(self, needs: Sequence[str]) -> None:
         """Run (or reuse) every shared stage ``needs`` names, with the stages they are built from."""
@@ -166,7 +174,9 @@ class Stages:
 
         shipped = yaml.safe_load((experiments_dir() / "model" / f"decoder_{self.decoder_size}.yaml").read_text())
         model = shipped["model"]  # the rung's shipped config (its learning rate recorded in the checkpoint)
-        model = {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.spec.decoder_tokens}}
+        # on a GPU the small rungs are launch-bound: compiled loss and the step as a CUDA graph (docs/gpu.md)
+        speed = {"compile": True, "cuda_graph": True} if self.on_gpu() else {}
+        model = {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.spec.decoder_tokens, **speed}}
         self.run("fit", model, self.decoder_run)
         self.flops["decoder"] = decoder_train_flops(self.rung, self.vocab, self.spec.seq_len, self.decoder_tokens,
                                                     family=self.family)
