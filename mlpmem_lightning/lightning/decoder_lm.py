@@ -54,9 +54,9 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         max_tokens: training token budget; `mlpmem fit` sets ``trainer.max_steps`` from it unless
             ``--trainer.max_steps`` is given (``None``: the trainer's).
         compile: ``torch.compile`` the network (GPU).
-        cuda_graph: capture forward, loss and backward of the training step once as a CUDA graph and replay it
-            (GPU; ``lightning/step_graph.py``): the small rungs are launch-bound without it. Needs
-            ``accumulate_grad_batches`` 1; validation, the optimizer and clipping stay eager.
+        cuda_graph: capture the whole training step (forward, loss, backward, gradient clipping, AdamW) once as a
+            CUDA graph and replay it (GPU; ``lightning/step_graph.py``): the small rungs are launch-bound without
+            it. Needs ``accumulate_grad_batches`` 1. ``on_before_optimizer_step`` hooks are not called.
         dropout: dropout probability in the blocks.
         data_fingerprint: token store this model belongs to (recorded at fit; checked later).
     """
@@ -109,7 +109,7 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             if self.trainer.accumulate_grad_batches != 1:
                 raise UserError("--model.cuda_graph true overwrites the gradients at each step: "
                                 "drop --trainer.accumulate_grad_batches or set --model.cuda_graph false")
-            self.step_graph = GraphedTrainStep(self.net, self.train_loss)
+            self.step_graph = GraphedTrainStep(self.net, self.train_loss, self._clip_and_step)
 
     def _check_data(self, dm) -> None:
         have, fp = self.hparams.data_fingerprint, dm.fingerprint
@@ -180,6 +180,23 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         self._log_epoch(self.test_nll, "test")
 
     # -- optimisation ------------------------------------------------------------------------
+    def _clip_and_step(self) -> None:
+        """What Lightning does after backward, done inside the step graph: clip (``--trainer.gradient_clip_val``,
+        by norm) and the AdamW update (capturable, its LR a device tensor that the LR schedule fills)."""
+        optimizer = self.trainer.optimizers[0]
+        if clip := self.trainer.gradient_clip_val:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if self.trainer.gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        if self.step_graph is None:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer_closure()  # training_step: the graph replays forward, backward, clipping and the update
+
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         if self.step_graph is None:  # the graph overwrites its gradients each step: nothing to zero
             optimizer.zero_grad()
@@ -189,4 +206,5 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             super().backward(loss, *args, **kwargs)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self, list(self.parameters()), self.lr, self.optim)
+        return adamw_warmup_cosine(self, list(self.parameters()), self.lr, self.optim,
+                                   capturable=bool(self.hparams.cuda_graph))

@@ -50,12 +50,18 @@ def tokens_per_step(module: L.LightningModule) -> int:
 
 
 def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Parameter], lr: float,
-                        s: OptimSettings) -> dict[str, Any]:
-    """AdamW with decay on matrices only (not norms or biases), stepped per optimizer step, at peak ``lr``."""
+                        s: OptimSettings, capturable: bool = False) -> dict[str, Any]:
+    """AdamW with decay on matrices only (not norms or biases), stepped per optimizer step, at peak ``lr``.
+
+    ``capturable`` (on a GPU): the step can be replayed inside a CUDA graph; its LR is then a device tensor,
+    which the schedule fills in place."""
     params = [p for p in params if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": s.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(s.betas), fused=module.device.type == "cuda")
+    gpu = module.device.type == "cuda"
+    capturable = capturable and gpu
+    opt = torch.optim.AdamW(groups, lr=torch.tensor(lr, device=module.device) if capturable else lr,
+                            betas=tuple(s.betas), fused=gpu, capturable=capturable)
     total = max(1, module.trainer.max_steps)
     warmup = max(1, round(s.warmup_fraction * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total, s.min_lr_ratio))

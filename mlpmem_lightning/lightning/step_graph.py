@@ -1,11 +1,12 @@
-"""Forward, loss and backward of a fixed-shape training step, captured once as a CUDA graph and replayed.
+"""A fixed-shape training step (forward, loss, backward, optionally clipping and the optimizer) as one CUDA graph.
 
 Why: at the study's sizes (200k-6m parameters) a training step is 2-5 ms of GPU work but 10-40 ms of kernel
 launches and Python (hundreds of small kernels through the transformers model, the loss and autograd).
 Replaying one captured graph launches them all at once. Neither Lightning nor ``torch.compile``'s
 ``reduce-overhead`` mode covers backward and the loss of a Lightning step together, so this small class does
-what the PyTorch docs call whole-network capture (``torch.cuda.graph``), minus the optimizer: the fused AdamW
-step, gradient clipping, the LR schedule and the step counter stay Lightning's, eager and unchanged.
+what the PyTorch docs call whole-network capture (``torch.cuda.graph``). ``after_backward`` (gradient clipping
+and the optimizer's step, which must then be capturable, with its LR a device tensor) is captured with it; the
+LR schedule and the step counter stay Lightning's.
 
 The gradients live in the graph's memory pool: each replay *overwrites* them (it does not accumulate), so the
 owner must not zero them between steps (``DecoderLM.optimizer_zero_grad``) and must not accumulate batches.
@@ -29,9 +30,10 @@ LossOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, labels
 class GraphedTrainStep:
     """``step(x, y)`` runs ``loss_of(x, y)`` and its backward into ``net``'s gradients; returns the loss, detached."""
 
-    def __init__(self, net: nn.Module, loss_of: LossOf, warmup: int = 3):
+    def __init__(self, net: nn.Module, loss_of: LossOf, after_backward: Callable[[], None] | None = None,
+                 warmup: int = 3):
         self.params = [p for p in net.parameters() if p.requires_grad]
-        self.loss_of, self.warmup = loss_of, warmup
+        self.loss_of, self.after_backward, self.warmup = loss_of, after_backward, warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # x, y, loss
@@ -42,6 +44,8 @@ class GraphedTrainStep:
             p.grad = None  # every step's gradients are that step's alone, as in the graph
         loss = self.loss_of(x, y)
         loss.backward()
+        if self.after_backward is not None:
+            self.after_backward()
         return loss.detach()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -78,6 +82,8 @@ class GraphedTrainStep:
             with torch.autocast("cuda", dtype=dtype, enabled=on, cache_enabled=False), torch.cuda.graph(graph):
                 sloss = self.loss_of(sx, sy)
                 sloss.backward()
+                if self.after_backward is not None:
+                    self.after_backward()
         except RuntimeError as err:  # an op that needs the host (a sync, a CPU scalar): train eagerly
             log.warning("CUDA graph capture failed (%s); training without it", str(err).splitlines()[0])
             self.failed = True
