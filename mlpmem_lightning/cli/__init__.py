@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from mlpmem_lightning.cli import stages, study, tools
+from mlpmem_lightning.cli.argtypes import Parser
 from mlpmem_lightning.cli.command import Command
 from mlpmem_lightning.core.errors import EXIT_USER_ERROR, UserError
 
@@ -61,7 +62,7 @@ def _setup_logging() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mlpmem", description="MLP Memory scaling studies: decoder-only, kNN-LM and decoder + MLP Memory.",
         epilog="Each subcommand has its own --help.")
     sub = parser.add_subparsers(title="subcommands", metavar="COMMAND")

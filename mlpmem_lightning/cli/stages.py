@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from mlpmem_lightning.cli.argtypes import device, non_negative, positive, positive_float
 from mlpmem_lightning.cli.command import Command
 
 
@@ -17,12 +18,12 @@ def args_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="bpe",
                    help="'bpe' trains a byte-level BPE on the train split; "
                         "else a tokenizer.json or tokenizer directory")
-    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (with --tokenizer bpe)")
+    p.add_argument("--vocab-size", type=positive, default=8192, help="BPE vocabulary size (with --tokenizer bpe)")
     p.add_argument("--valid-fraction", type=float, default=0.05, help="share of documents in valid")
     p.add_argument("--test-fraction", type=float, default=0.05, help="share of documents in test")
-    p.add_argument("--seed", type=int, default=0, help="seed of the document split")
-    p.add_argument("--max-documents", type=int, help="use only the first N documents (quick experiments)")
-    p.add_argument("--num-proc", type=int, help="tokenizer processes (default: min(4, cores))")
+    p.add_argument("--seed", type=non_negative, default=0, help="seed of the document split")
+    p.add_argument("--max-documents", type=positive, help="use only the first N documents (quick experiments)")
+    p.add_argument("--num-proc", type=positive, help="tokenizer processes (default: min(4, cores))")
     p.add_argument("--list", action="store_true", help="list the registry's corpora and exit")
 
 
@@ -47,8 +48,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def args_sizes(p: argparse.ArgumentParser) -> None:
     from mlpmem_lightning.models.families import FAMILIES
 
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--seq-len", type=int, default=256, help="context used in the attention FLOPs term")
+    p.add_argument("--vocab-size", type=positive, default=8192)
+    p.add_argument("--seq-len", type=positive, default=256, help="context used in the attention FLOPs term")
     p.add_argument("--family", default="llama", choices=list(FAMILIES))
     p.add_argument("--tie", action="store_true", help="tied input embedding and output head")
     p.add_argument("--ladder", default="both", choices=["both", "decoder", "memory"],
@@ -85,10 +86,10 @@ def args_index(p: argparse.ArgumentParser) -> None:
     from mlpmem_lightning.knn.settings import TARGETS as d
 
     g = p.add_argument_group("index (faiss; built next to the datastore when missing)")
-    g.add_argument("--nlist", type=int, default=d.nlist, help="IVF lists (default: about N/256, at most 4096)")
-    g.add_argument("--m", type=int, default=d.m, help="PQ sub-quantizers (ivfpq; must divide d)")
-    g.add_argument("--nbits", type=int, default=d.nbits, help="bits per PQ code (ivfpq)")
-    g.add_argument("--train-size", type=int, default=d.train_size, help="keys sampled to train the index")
+    g.add_argument("--nlist", type=positive, default=d.nlist, help="IVF lists (default: about N/256, at most 4096)")
+    g.add_argument("--m", type=positive, default=d.m, help="PQ sub-quantizers (ivfpq; must divide d)")
+    g.add_argument("--nbits", type=positive, default=d.nbits, help="bits per PQ code (ivfpq)")
+    g.add_argument("--train-size", type=positive, default=d.train_size, help="keys sampled to train the index")
 
 
 def args_datastore(p: argparse.ArgumentParser) -> None:
@@ -99,11 +100,11 @@ def args_datastore(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="datastore directory")
     p.add_argument("--split", default="train", choices=["train", "valid", "test"])
     p.add_argument("--layer", type=int, default=-1, help="whose FFN input is the key (default: the last layer)")
-    p.add_argument("--seq-len", type=int, help="window length (default: the decoder's training seq_len)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--seq-len", type=positive, help="window length (default: the decoder's training seq_len)")
+    p.add_argument("--batch-size", type=positive, default=32, help="windows per forward pass")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--devices", type=int, default=1,
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--devices", type=positive, default=1,
                    help="processes, one per GPU (NCCL) or CPU processes (gloo), each writing its own rows; under "
                         "torchrun the launcher's ranks are used instead")
     p.add_argument("--index", choices=INDEXES, help="also build this faiss index")
@@ -136,22 +137,23 @@ def args_targets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datastore", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="targets directory")
     p.add_argument("--index", default=d.index, choices=INDEXES, help="flat is exact search")
-    p.add_argument("--k", type=int, default=d.k, help="neighbours per row (the row itself excluded)")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="T in softmax(-d/T)")
-    p.add_argument("--keep", type=int, default=d.keep, help="K: most probable tokens kept per row")
-    p.add_argument("--nprobe", type=int, default=d.nprobe, help="IVF lists scanned per query")
+    p.add_argument("--k", type=positive, default=d.k, help="neighbours per row (the row itself excluded)")
+    p.add_argument("--temperature", type=positive_float, default=d.temperature, help="T in softmax(-d/T)")
+    p.add_argument("--keep", type=positive, default=d.keep, help="K: most probable tokens kept per row")
+    p.add_argument("--nprobe", type=positive, default=d.nprobe, help="IVF lists scanned per query")
     p.add_argument("--rerank", action="store_true", default=d.rerank, help="re-rank approximate candidates exactly")
-    p.add_argument("--chunk", type=int, default=d.chunk, help="rows per search batch (row-chunk backends)")
+    p.add_argument("--chunk", type=positive, default=d.chunk, help="rows per search batch (row-chunk backends)")
     p.add_argument("--backend", default=d.backend, choices=choices(),
                    help="auto: torch exact (flat) or clustered IVF on CUDA, faiss on CPU; "
                         + "; ".join(f"{b.name}: {b.help}" for b in REGISTRY.values()))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--devices", type=int, default=1,
+    p.add_argument("--device", type=device, default="auto")
+    p.add_argument("--devices", type=positive, default=1,
                    help="processes, one per GPU (NCCL) or CPU (gloo), each taking a share of the search's units "
                         "(row chunks, or IVF lists); the files are identical to a one-device run; under torchrun "
                         "the launcher's ranks are used instead")
-    p.add_argument("--mass-curve", type=int, metavar="ROWS",
-                   help="only print the mass kept by K tokens, for K = 8 ... k, on ROWS sampled rows")
+    p.add_argument("--mass-curve", type=positive, metavar="ROWS",
+                   help="only print the mass kept by K tokens, for K = 8 ... k, on ROWS (>= 1) sampled rows; "
+                        "writes nothing")
     args_index(p)
 
 
@@ -181,7 +183,7 @@ def cmd_targets(args: argparse.Namespace) -> None:
     from mlpmem_lightning.knn.targets import KIND, build_targets
 
     settings = target_settings(args)
-    if args.mass_curve:
+    if args.mass_curve is not None:  # never 0: refused at parse time, so it cannot fall through to a build
         from mlpmem_lightning.knn.targets import mass_curve
 
         curve = mass_curve(args.datastore, settings, args.mass_curve, device=args.device)

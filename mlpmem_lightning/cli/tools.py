@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlpmem_lightning.cli.argtypes import (
+    device,
+    non_negative,
+    non_negative_float,
+    positive,
+    positive_float,
+    top_p,
+    unit_interval,
+)
 from mlpmem_lightning.cli.command import Command, csv_list
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.settings import INDEXES, KNN
@@ -14,18 +23,19 @@ from mlpmem_lightning.knn.settings import INDEXES, KNN
 def args_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", required=True, help="DecoderLM .ckpt or run directory")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=positive, default=50)
     p.add_argument("--memory", help="MemoryLM checkpoint or exported memory directory")
     p.add_argument("--datastore", help="datastore directory: generate with the kNN-LM")
-    p.add_argument("--lambda", dest="lam", type=float, default=0.25, help="weight of the memory / kNN distribution")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampling temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    p.add_argument("--k", type=int, default=KNN.k, help="kNN-LM neighbours")
-    p.add_argument("--knn-temperature", type=float, default=KNN.temperature, help="kNN-LM T in softmax(-d/T)")
+    p.add_argument("--lambda", dest="lam", type=unit_interval, default=0.25,
+                   help="weight of the memory / kNN distribution")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy; else sampling temperature")
+    p.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--k", type=positive, default=KNN.k, help="kNN-LM neighbours")
+    p.add_argument("--knn-temperature", type=positive_float, default=KNN.temperature, help="kNN-LM T in softmax(-d/T)")
     p.add_argument("--index", default=KNN.index, choices=INDEXES)
     p.add_argument("--tokenizer", help="token store or tokenizer.json (default: the decoder's token store)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device, default="auto")
+    p.add_argument("--seed", type=non_negative, default=0)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -42,9 +52,11 @@ def args_export(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.core.artifacts import check_out_dir
+    from mlpmem_lightning.inference.generate import load_memory_checkpoint
 
-    out = MemoryLM.load_from_checkpoint(args.checkpoint, map_location="cpu").export(args.out)
+    check_out_dir(args.out)
+    out = load_memory_checkpoint(args.checkpoint).export(args.out)
     print(f"memory exported to {out}")
 
 
@@ -74,10 +86,10 @@ def args_bench(p: argparse.ArgumentParser) -> None:
                    help="targets backends besides exact search (the recall reference), from the search registry: "
                         f"{', '.join(REGISTRY)}")
     p.add_argument("--generate-sizes", type=csv_list, default=["12m"], help="decoder sizes for generate")
-    p.add_argument("--datastore-rows", type=int, default=10_000_000, help="kNN-LM datastore keys for generate")
+    p.add_argument("--datastore-rows", type=positive, default=10_000_000, help="kNN-LM datastore keys for generate")
     p.add_argument("--memory-sizes", type=csv_list, default=["6m", "12m"], help="decoder sizes for memory training")
     p.add_argument("--work", type=Path, default=Path("runs/bench"), help="scratch space (synthetic datastores)")
-    p.add_argument("--repeats", type=int, default=3, help="timed generate calls per row (median)")
+    p.add_argument("--repeats", type=positive, default=3, help="timed generate calls per row (median)")
     p.add_argument("--profile", action="store_true", help="also write torch-profiler tables into --out")
 
 

@@ -9,9 +9,11 @@ partial directories it may clear, is :mod:`mlpmem_lightning.core.writer`.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,8 @@ from mlpmem_lightning.core.errors import UserError
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+SAMPLE_BLOCKS, SAMPLE_BLOCK = 64, 1 << 16  # a content record reads at most 64 blocks of 64 KiB (4 MiB) per file
+log = logging.getLogger(__name__)
 
 
 def hash_json(obj: Any) -> str:
@@ -58,8 +62,9 @@ def diff(have: dict[str, Any], want: dict[str, Any], prefix: str = "") -> str:
     return ", ".join(parts)
 
 
-def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
-    """The manifest of a finished artifact of ``kind``; a clear error for anything else."""
+def read_manifest(path: str | Path, kind: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The manifest of a finished artifact of ``kind``, holding the ``required`` keys, whose files still match
+    their content records (:func:`check_files`); a clear error for anything else."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{kind} {path} does not exist: build it first (see `mlpmem --help`)")
@@ -72,9 +77,71 @@ def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{mpath} is not valid JSON ({err}): delete {path} and rebuild it") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{mpath} holds a JSON {type(manifest).__name__}, not a manifest object: "
+                        f"delete {path} and rebuild it")
     if manifest.get("kind") != kind:
         raise UserError(f"{path} holds a {manifest.get('kind')!r}, not a {kind!r}: pass a {kind} directory")
+    if missing := [k for k in required if k not in manifest]:
+        raise UserError(f"{mpath} lacks {', '.join(missing)}: it was edited or cut; delete {path} and rebuild it")
+    check_files(path, manifest)
     return manifest
+
+
+# -- content records -------------------------------------------------------------------------------
+def sample_hash(path: str | Path) -> str:
+    """sha256 of the file's size and of ``SAMPLE_BLOCKS`` blocks spread evenly over it (first and last
+    included); a file of at most that many blocks is hashed whole. Cheap for GB files (4 MiB read), it
+    catches a file replaced, rescaled or rewritten, not a change confined to the bytes between blocks."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(f"{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= SAMPLE_BLOCKS * SAMPLE_BLOCK:
+            while block := f.read(1 << 22):
+                h.update(block)
+        else:
+            step = (size - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1)
+            for i in range(SAMPLE_BLOCKS):
+                f.seek(round(i * step))
+                h.update(f.read(SAMPLE_BLOCK))
+    return h.hexdigest()
+
+
+def file_records(path: str | Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files``: each file's size and :func:`sample_hash`, recorded when it is written."""
+    return {n: {"size": os.path.getsize(Path(path) / n), "sample_sha256": sample_hash(Path(path) / n)} for n in names}
+
+
+_CHECKED: dict[tuple, None] = {}  # files already checked in this process, by (path, size, mtime, inode)
+_UNRECORDED: set[str] = set()
+
+
+def check_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an artifact whose files no longer match the manifest's content records (size, then the sampled
+    hash). A manifest written before records existed is read unchecked, with one warning per directory."""
+    records = manifest.get("files")
+    if not isinstance(records, dict):
+        if str(path) not in _UNRECORDED:
+            _UNRECORDED.add(str(path))
+            log.warning("%s has no content records (written by mlpmem %s): its files are not checked; rebuild it "
+                        "to have them checked", path, manifest.get("mlpmem_version", "?"))
+        return
+    for name, want in records.items():
+        file = path / name
+        try:
+            st = file.stat()
+        except OSError:
+            raise UserError(f"{file} is missing: delete {path} and rebuild it") from None
+        key = (str(file.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key in _CHECKED:
+            continue
+        if st.st_size != want.get("size"):
+            raise UserError(f"{file} has {st.st_size} bytes but its manifest records {want.get('size')}: it was "
+                            f"changed after it was written; delete {path} and rebuild it")
+        if sample_hash(file) != want.get("sample_sha256"):
+            raise UserError(f"{file} does not match its manifest's content hash: it was changed after it was "
+                            f"written; delete {path} and rebuild it")
+        _CHECKED[key] = None
 
 
 def is_complete(path: str | Path) -> bool:
@@ -86,6 +153,26 @@ def write_manifest(path: str | Path, kind: str, fields: dict[str, Any]) -> dict[
     manifest = {"kind": kind, "mlpmem_version": __version__, **fields}
     atomic_write_text(Path(path) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def check_out_dir(out: str | Path) -> None:
+    """Refuse an ``--out`` that cannot become an artifact directory: a file, a symlink loop, or a place this
+    process may not write (a read-only file system or folder). Nothing is created."""
+    out = Path(out)
+    try:
+        out.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"--out {out} is a symlink loop: remove the link or pass another --out") from None
+        raise
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory: pass a folder (new or empty)")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write in {existing} (read-only file system or folder): "
+                        "pass an --out you can write to")
 
 
 def tmp_path(path: Path) -> Path:
@@ -106,6 +193,34 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     with open(tmp, "wb") as f:
         np.save(f, array)
     fsync_rename(tmp, path)
+
+
+def allocate_npy(path: str | Path, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` of ``shape``, opened as a writable memory map, with its blocks reserved on the disk.
+
+    A memory map written past a full disk dies with SIGBUS; reserving the whole file first (``posix_fallocate``)
+    turns that into ENOSPC here, which the CLI reports as one line naming ``path``.
+    """
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    reserve(path)
+    return arr
+
+
+def reserve(path: str | Path) -> None:
+    """Reserve every block of ``path`` on its file system (the allocation every memory-mapped artifact uses)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS):  # glibc emulates it almost everywhere; else go on
+            log.debug("cannot reserve %s: %s", path, err)
+            return
+        raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
+    finally:
+        os.close(fd)
 
 
 def fsync_rename(tmp: Path, path: Path) -> None:

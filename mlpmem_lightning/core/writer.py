@@ -85,9 +85,10 @@ class ArtifactWriter:
 
     def __init__(self, out: str | Path, kind: str, identity: dict[str, Any], mismatch: str,
                  inputs: Iterable[str | Path | None] = (), rank: int = 0, world_size: int = 1,
-                 barrier: Callable[[], None] = _noop):
-        self.out, self.kind, self.identity = Path(out), kind, _normal(identity)
+                 barrier: Callable[[], None] = _noop, added: tuple[str, ...] = ()):
+        self.out, self.kind, self.identity, self.added = Path(out), kind, _normal(identity), added
         self.mismatch, self.rank, self.world_size, self.barrier = mismatch, rank, world_size, barrier
+        artifacts.check_out_dir(self.out)
         check_out(self.out, inputs)
 
     # -- reuse -----------------------------------------------------------------------------------------
@@ -102,9 +103,13 @@ class ArtifactWriter:
         if found != self.kind:
             raise UserError(f"{self.out} holds a finished {found}, not a {self.kind}: pick another --out")
         manifest = artifacts.read_manifest(self.out, self.kind)
-        if {k: manifest.get(k) for k in self.identity} != self.identity:
+        want = {k: v for k, v in self.identity.items() if k in manifest or k not in self.added}
+        if len(want) < len(self.identity):  # written before these identity fields existed
+            log.warning("%s predates the identity fields %s: reused without checking them", self.out,
+                        ", ".join(k for k in self.identity if k not in want))
+        if {k: manifest.get(k) for k in want} != want:
             raise UserError(f"{self.out} {self.mismatch} (recorded != requested: "
-                            f"{artifacts.diff(manifest, self.identity)}): choose another --out or delete it")
+                            f"{artifacts.diff(manifest, want)}): choose another --out or delete it")
         log.info("reusing %s %s", self.kind, self.out)
         return manifest
 
@@ -190,12 +195,14 @@ class ArtifactWriter:
         return records
 
     # -- finish ----------------------------------------------------------------------------------------
-    def finish(self, fields: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-        """After every rank is done: rank 0 writes the manifest (identity + ``fields()``) and drops the marker."""
+    def finish(self, fields: Callable[[], dict[str, Any]], files: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """After every rank is done: rank 0 writes the manifest (identity + ``fields()`` + the content records of
+        ``files``, checked by every reader: :func:`artifacts.check_files`) and drops the marker."""
         self.barrier()
         if self.rank != 0:
             return None
-        manifest = artifacts.write_manifest(self.out, self.kind, {**fields(), **self.identity})
+        records = {"files": artifacts.file_records(self.out, files)} if files else {}
+        manifest = artifacts.write_manifest(self.out, self.kind, {**fields(), **records, **self.identity})
         (self.out / MARKER).unlink(missing_ok=True)
         return manifest
 

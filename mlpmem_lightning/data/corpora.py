@@ -46,6 +46,7 @@ DEFAULT_CORPUS = "wiki-summaries"
 MIXED = "mixed-english"
 CLEANING_VERSION = 1  # bump when a cleaner changes: corpus_info (and so fingerprints) change with it
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
+_WARNED: set[Path] = set()  # folders whose skipped files were already named
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,12 @@ def _local_files(path: Path) -> list[Path]:
         if path.suffix not in LOCAL_SUFFIXES:
             raise UserError(f"{path}: unsupported file type; use .txt, .jsonl or .parquet")
         return [path]
-    files = sorted((p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES and p.is_file()),
-                   key=lambda p: p.relative_to(path).as_posix())
+    found = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+    files = [p for p in found if p.suffix in LOCAL_SUFFIXES]
+    if (skipped := [_relative(p, path) for p in found if p.suffix not in LOCAL_SUFFIXES]) and path not in _WARNED:
+        _WARNED.add(path)  # once per folder, although the folder is listed several times
+        log.warning("%s: skipping %d file(s) that are not .txt, .jsonl or .parquet (suffixes are case-sensitive): "
+                    "%s", path, len(skipped), ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else ""))
     if not files:
         raise UserError(f"{path}: no .txt, .jsonl or .parquet file inside; add some or pass another path")
     return files

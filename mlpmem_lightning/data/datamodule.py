@@ -90,6 +90,10 @@ class LMDataModule(L.LightningDataModule):
             raise UserError(f"targets {self.targets} were built from datastore {t['datastore_fingerprint']}, but "
                             f"{datastore.path} is {d['fingerprint']}: rebuild the targets with `mlpmem targets`")
         datastore.check_data(self.fingerprint, self.seq_len, what="the datastore of the targets")
+        if d.get("split", "train") != "train":
+            raise UserError(f"targets {self.targets} come from a datastore of the {d['split']} split, but MemoryLM "
+                            "trains on train: build the datastore with `mlpmem datastore --split train`, then its "
+                            "targets")
         return t, d
 
     def windows(self, split: str) -> TokenWindows:

@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.core.writer import ArtifactWriter
-from mlpmem_lightning.data.tokenizer import TOKENIZER_FILE, load_tokenizer, separator_id, train_bpe
+from mlpmem_lightning.data.tokenizer import TOKENIZER_FILE, load_tokenizer, read_tokenizer, separator_id, train_bpe
 
 log = logging.getLogger(__name__)
 KIND = "token_store"
@@ -66,14 +66,23 @@ def split_documents(n_docs: int, valid_fraction: float, test_fraction: float, se
     return {k: np.sort(v) for k, v in parts.items()}
 
 
+def source_identity(corpus: str) -> dict[str, Any]:
+    """What decides the documents besides the settings: the cleaners' version and, for a local corpus, its content
+    hash, recomputed on every run so that an edited corpus is never reused stale."""
+    from mlpmem_lightning.data.corpora import CLEANING_VERSION, corpus_info
+
+    local = Path(corpus).expanduser().exists()
+    return {"cleaning": CLEANING_VERSION, **({"sha256": corpus_info(corpus)["sha256"]} if local else {})}
+
+
 def prepare(
     settings: PrepareSettings, out: str | Path, num_proc: int | None = None, cache_dir: str | Path | None = None
 ) -> dict[str, Any]:
     """Build (or reuse) the token store for ``settings`` in ``out``; returns its manifest."""
     out = Path(out)
     corpus = settings.corpus if Path(settings.corpus).exists() else None  # a local corpus is an input
-    writer = ArtifactWriter(out, KIND, {"settings": asdict(settings)}, "is a token store built with other settings",
-                            inputs=(corpus,))
+    writer = ArtifactWriter(out, KIND, {"settings": asdict(settings), "source": source_identity(settings.corpus)},
+                            "is a token store built with other settings", inputs=(corpus,), added=("source",))
     if (manifest := writer.reuse()) is not None:
         return manifest
     with writer.open(resume=False):  # a partial store is a crashed run: rebuilt from nothing (deterministic)
@@ -121,7 +130,7 @@ def _build(settings: PrepareSettings, writer: ArtifactWriter, num_proc: int, cac
         "tokens": counts,
         "sha256": hashes,
         "fingerprint": fingerprint,
-    })
+    }, files=(*(f"{name}.npy" for name in SPLITS), TOKENIZER_FILE))
 
 
 def _write_split(ds, tok: Tokenizer, path: Path, work: Path, num_proc: int, dtype: np.dtype) -> int:
@@ -145,7 +154,7 @@ def _write_split(ds, tok: Tokenizer, path: Path, work: Path, num_proc: int, dtyp
     )
     total = int(pc.sum(encoded.data.column("n")).as_py() or 0)
     tmp = artifacts.tmp_path(path)
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total,))
+    arr = artifacts.allocate_npy(tmp, dtype, (total,))
     offset = 0
     for batch in encoded.with_format("arrow").iter(batch_size=4096):
         flat = pc.list_flatten(batch["ids"]).to_numpy()
@@ -162,7 +171,7 @@ class TokenStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.manifest = artifacts.read_manifest(self.path, KIND)
+        self.manifest = artifacts.read_manifest(self.path, KIND, required=("vocab_size", "tokens", "fingerprint"))
 
     @property
     def fingerprint(self) -> str:
@@ -183,4 +192,4 @@ class TokenStore:
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
-        return Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
+        return read_tokenizer(self.path / TOKENIZER_FILE)

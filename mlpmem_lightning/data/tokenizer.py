@@ -53,9 +53,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
     or a directory with GPT-2's ``vocab.json`` and ``merges.txt``."""
     path = Path(spec)
     if path.is_file() and path.suffix == ".json":
-        return Tokenizer.from_file(str(path))
+        return read_tokenizer(path)
     if path.is_dir() and (path / TOKENIZER_FILE).is_file():
-        return Tokenizer.from_file(str(path / TOKENIZER_FILE))
+        return read_tokenizer(path / TOKENIZER_FILE)
     if path.is_dir() and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         tok = Tokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -65,6 +65,16 @@ def load_tokenizer(spec: str) -> Tokenizer:
         f"cannot load tokenizer {spec!r}: pass 'bpe' to train one, a tokenizer.json, "
         "an HF tokenizer directory, or a directory with vocab.json and merges.txt"
     )
+
+
+def read_tokenizer(path: str | Path) -> Tokenizer:
+    """A ``tokenizer.json``; one that ``tokenizers`` cannot parse is a one-line error."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception for JSON it cannot read
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path} is not a tokenizer.json that `tokenizers` can read ({first}): pass one saved by "
+                        "`tokenizers` (or a token store's), or --tokenizer bpe") from None
 
 
 def separator_id(tok: Tokenizer) -> int:

@@ -83,10 +83,8 @@ def run_generate(decoder: str, prompt: str, max_new_tokens: int = 50, memory: st
                  tokenizer: str | None = None,
                  device: str = "auto", seed: int = 0) -> str:
     """The `mlpmem generate` command: load everything, encode the prompt, decode the continuation."""
-    from tokenizers import Tokenizer
-
     from mlpmem_lightning.core.distributed import pick_device
-    from mlpmem_lightning.data.tokenizer import separator_id
+    from mlpmem_lightning.data.tokenizer import read_tokenizer, separator_id
     from mlpmem_lightning.knn.datastore import Datastore
 
     if memory and datastore:
@@ -94,7 +92,7 @@ def run_generate(decoder: str, prompt: str, max_new_tokens: int = 50, memory: st
     dev = pick_device(device)
     dec = load_decoder(decoder)
     net = dec.net.to(dev)
-    tok = Tokenizer.from_file(str(_tokenizer_file(dec, tokenizer)))
+    tok = read_tokenizer(_tokenizer_file(dec, tokenizer))
     other, layer = None, -1
     if memory:
         mem, layer = _load_memory(memory, dec.fingerprint)
@@ -142,6 +140,28 @@ def _tokenizer_file(dec: LoadedDecoder, tokenizer: str | None) -> Path:
     return path
 
 
+def load_memory_checkpoint(path: str | Path, flag: str = "--checkpoint"):
+    """The ``MemoryLM`` of a checkpoint; a missing file, a truncated one or another module's (a decoder's) is a
+    one-line error naming ``flag``."""
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+
+    if not Path(path).is_file():
+        raise UserError(f"{flag} {path} does not exist or is not a file: pass a MemoryLM checkpoint, e.g. "
+                        "RUN/checkpoints/last.ckpt of `mlpmem fit --model MemoryLM`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign files fail in many ways (zip, pickle, EOF)
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): it is truncated or not a "
+                        "checkpoint; pass another one") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not any(k.startswith("memory.") for k in state):
+        what = "a DecoderLM checkpoint" if isinstance(state, dict) and any(k.startswith("net.") for k in state) \
+            else "not a Lightning checkpoint of a MemoryLM"
+        raise UserError(f"{flag} {path} is {what}, not a MemoryLM's: pass the checkpoint of "
+                        "`mlpmem fit --model MemoryLM` (RUN/checkpoints/last.ckpt)")
+    return MemoryLM.load_from_checkpoint(path, map_location="cpu")
+
+
 def _load_memory(path: str, decoder_fingerprint: str):
     """A memory export directory, or a MemoryLM checkpoint; refuses one trained on another decoder."""
     from mlpmem_lightning.models.memory import load_memory
@@ -150,9 +170,7 @@ def _load_memory(path: str, decoder_fingerprint: str):
         mem, extra = load_memory(path)
         fp, layer = extra.get("decoder_fingerprint"), extra.get("layer", -1)
     else:
-        from mlpmem_lightning.lightning.memory_lm import MemoryLM
-
-        module = MemoryLM.load_from_checkpoint(path, map_location="cpu")
+        module = load_memory_checkpoint(path, "--memory")
         mem, fp, layer = module.memory, module.decoder_fingerprint, module.layer
     if fp not in (None, decoder_fingerprint):
         raise UserError(f"memory {path} was trained on decoder {fp} but --decoder has {decoder_fingerprint}: "

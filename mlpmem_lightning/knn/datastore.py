@@ -76,7 +76,7 @@ def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, sett
     n_rows, d = n_windows * seq_len, dec.net.config.hidden_size
 
     def allocate() -> None:  # values are known up front: written whole; keys filled window by window
-        np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.float16, shape=(n_rows, d)).flush()
+        artifacts.allocate_npy(out / "keys.npy", np.float16, (n_rows, d)).flush()
         artifacts.atomic_save_npy(out / "values.npy", np.asarray(tokens[1:n_rows + 1], dtype=np.int32))
 
     with writer.open(allocate):
@@ -87,7 +87,7 @@ def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, sett
             "decoder": str(decoder), "token_store": str(data), "split": settings.split, "layer": settings.layer,
             "seq_len": seq_len, "N": n_rows, "d": d, "keys_dtype": "float16",
             "values_sha256": artifacts.hash_file(out / "values.npy"), "fingerprint": artifacts.hash_json(identity),
-        })
+        }, files=("keys.npy", "values.npy"))
 
 
 def _check_inputs(dec, store: TokenStore, s: DatastoreSettings) -> None:
@@ -148,7 +148,7 @@ class Datastore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.manifest = artifacts.read_manifest(self.path, KIND)
+        self.manifest = artifacts.read_manifest(self.path, KIND, required=("N", "d"))
         self.keys = artifacts.load_npy(self.path / "keys.npy")
         self.values = artifacts.load_npy(self.path / "values.npy")
         n, d = self.manifest.get("N"), self.manifest.get("d")
@@ -163,12 +163,18 @@ class Datastore:
     def __len__(self) -> int:
         return int(self.manifest["N"])
 
-    def check_data(self, token_store_fingerprint: str, seq_len: int, what: str = "datastore") -> None:
-        """Refuse data this datastore was not built on: another token store, or another window cut."""
+    def check_data(self, token_store_fingerprint: str, seq_len: int, what: str = "datastore",
+                   evaluated: str | None = None) -> None:
+        """Refuse data this datastore was not built on: another token store, or another window cut; and, for a
+        kNN-LM evaluating split ``evaluated``, a datastore of that very split (each position would find itself)."""
         m = self.manifest
-        if m["token_store_fingerprint"] != token_store_fingerprint:
-            raise UserError(f"{what} {self.path} comes from token store {m['token_store_fingerprint']} but "
+        if m.get("token_store_fingerprint") != token_store_fingerprint:
+            raise UserError(f"{what} {self.path} comes from token store {m.get('token_store_fingerprint')} but "
                             f"--data.token_store has {token_store_fingerprint}: pass the matching --data.token_store")
+        if evaluated is not None and m.get("split") == evaluated:
+            raise UserError(f"{what} {self.path} was built from the {evaluated} split, the split being evaluated "
+                            "(every position would find itself): build one from train with `mlpmem datastore "
+                            "--split train` and pass that")
         if m["seq_len"] != seq_len:
             raise UserError(f"{what} {self.path} uses seq_len {m['seq_len']} but --data.seq_len is {seq_len}: "
                             f"pass --data.seq_len {m['seq_len']}")

@@ -95,14 +95,15 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
 
     def allocate() -> None:
         for name, dtype in (("ids.npy", np.int32), ("probs.npy", np.float16)):
-            np.lib.format.open_memmap(out / name, mode="w+", dtype=dtype, shape=(len(ds), settings.keep)).flush()
+            artifacts.allocate_npy(out / name, dtype, (len(ds), settings.keep)).flush()
 
     with writer.open(allocate):
         ids, probs = (np.load(out / name, mmap_mode="r+") for name in ("ids.npy", "probs.npy"))
         searcher = open_searcher(ds, replace(settings, backend=backend.name), dev)
         values = torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
         _fill(searcher, values, settings, ids, probs, writer)
-        return writer.finish(lambda: _fields(ds, settings, backend, searcher, writer, identity))
+        return writer.finish(lambda: _fields(ds, settings, backend, searcher, writer, identity),
+                             files=("ids.npy", "probs.npy"))
 
 
 def _fields(ds: Datastore, s: TargetSettings, backend: Backend, searcher: Searcher, writer: ArtifactWriter,
@@ -216,7 +217,8 @@ class KNNTargets:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.manifest = artifacts.read_manifest(self.path, KIND)
+        self.manifest = artifacts.read_manifest(self.path, KIND, required=("N", "K", "datastore",
+                                                                             "datastore_fingerprint", "fingerprint"))
         self.ids = artifacts.load_npy(self.path / "ids.npy")
         self.probs = artifacts.load_npy(self.path / "probs.npy")
         shape = (self.manifest["N"], self.manifest["K"])

@@ -82,7 +82,7 @@ BASE = [
     Case("datastore", "--out holds a datastore of other settings", "is a datastore of another decoder",
          lambda t, fx: ["datastore", "--decoder", str(fx.decoder), "--data", str(fx.store),
                         "--out", str(_copy(fx.datastore, t / "ds")), "--layer", "0"]),
-    Case("datastore", "a truncated keys.npy", "not a readable .npy file",
+    Case("datastore", "a truncated keys.npy", "bytes but its manifest records",
          lambda t, fx: ["targets", "--datastore", str(_truncate_keys(t, fx)), "--out", str(t / "tg"), "--k", "8"]),
     Case("datastore", "a datastore without its manifest (crashed mid-build)", "incomplete",
          lambda t, fx: ["targets", "--datastore", str(_unfinished(t, fx)), "--out", str(t / "tg")]),
