@@ -10,7 +10,7 @@ cp .carry/study/optuna.db $study/
 t0=$(date +%s)
 timeout -s KILL "${1:-250}" $MLPMEM sweep --config sweeps/mixed-english-gpu.yaml > $study/sweep.log 2>&1
 echo "sweep exit $? after $(( $(date +%s) - t0 )) s"; grep -E "Trial .* (finished|failed)" $study/sweep.log | cut -c1-160
-(cd $study && tar czf "$OUT/study.tgz" optuna.db results.csv trials.csv sweep.log $(find . -name metrics.csv))
+(cd $study && tar czf "$OUT/study.tgz" optuna.db mixed-english-gpu/results.csv mixed-english-gpu/trials.csv sweep.log $(find . -name metrics.csv))
 t0=$(date +%s)
 timeout -s KILL "${2:-210}" $MLPMEM bench --sections train,targets,generate,memory --data runs/tokens/mixed-english \
   --sizes 3m,25m,100m,150m --compile-sizes 150m --rows 1e6,3e6,1e7 --generate-sizes 6m --datastore-rows 10000000 \

@@ -14,13 +14,13 @@ mkdir -p $study
 if [ -d .carry/wiki-summaries ]; then  # one-minute check of every GPU stage first
   mkdir -p runs/sweeps/gpu-smoke && cp -r .carry/wiki-summaries runs/sweeps/gpu-smoke/tokens
   t0=$(date +%s); $MLPMEM sweep --config sweeps/gpu-smoke.yaml > "$OUT/smoke.log" 2>&1
-  echo "smoke exit $? in $(( $(date +%s) - t0 )) s"; cat runs/sweeps/gpu-smoke/results.csv runs/sweeps/gpu-smoke/trials.csv \
+  echo "smoke exit $? in $(( $(date +%s) - t0 )) s"; cat runs/sweeps/gpu-smoke/gpu-smoke/results.csv runs/sweeps/gpu-smoke/gpu-smoke/trials.csv \
     || { grep -v Warn "$OUT/smoke.log" | tail -30; exit 1; }
 fi
 start=$(date +%s)
 timeout -s KILL "${1:-540}" $MLPMEM sweep --config sweeps/mixed-english-gpu.yaml > "$OUT/sweep.log" 2>&1
 echo "sweep exit $? after $(( $(date +%s) - start )) s"
-cp $study/optuna.db $study/results.csv $study/trials.csv "$OUT"/ 2>/dev/null
+cp $study/optuna.db $study/mixed-english-gpu/results.csv $study/mixed-english-gpu/trials.csv "$OUT"/ 2>/dev/null
 (cd $study && find . -name metrics.csv -o -name hparams.yaml | tar czf "$OUT/logs.tgz" -T -)
 grep -E "failed|Error|error:" "$OUT/sweep.log" | grep -v Warning | tail -5
 df -h . | tail -1

@@ -1,8 +1,8 @@
 """`mlpmem demo`: the demo study on the embedded corpus, on CPU, then its report.
 
 It is ``mlpmem sweep --config sweeps/demo.yaml`` with the artifacts under ``--out`` (token
-store, decoder and memory checkpoints, datastores, targets, ``results.csv``) followed by
-``mlpmem report``. Every stage reuses finished artifacts, so re-running continues.
+store, decoder and memory checkpoints, datastores, targets; the study's ``demo/results.csv``) followed by
+``mlpmem report`` into ``demo/report`` beside it. Every stage reuses finished artifacts, so re-running continues.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def run_demo(out: Path, spec: Path = SPEC) -> Path:
 
     start = time.time()
     results = run_sweep(spec, out=out)
-    report = write_report(results, out / "report", bootstrap=300)  # 300 resamples: seconds, not a minute
+    report = write_report(results, results.parent / "report", bootstrap=300)  # 300 resamples: seconds, not a minute
     df = read_results(results)
     table = df.pivot_table(index=["decoder_size", "arch"], columns="split", values="ppl").round(2)
     print(table.to_string())

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.data.token_store import PrepareSettings, prepare
-from mlpmem_lightning.study import architectures
+from mlpmem_lightning.study import architectures, locks
 from mlpmem_lightning.study.architectures import Architecture
 from mlpmem_lightning.study.architectures.base import SPLITS
 from mlpmem_lightning.study.spec import SweepSpec
@@ -25,8 +25,10 @@ if TYPE_CHECKING:  # importing lightning (torch) is for the stages that run, not
 
 
 def prepare_tokens(spec: SweepSpec) -> Path:
+    """Build (or reuse) the study's token store; a worker waits while another worker of ``out`` builds it."""
     store = Path(spec.token_store or spec.out_dir / "tokens")
-    prepare(PrepareSettings(corpus=spec.corpus, **spec.prepare), store)
+    with locks.waiting_for(spec.out_dir, store):
+        prepare(PrepareSettings(corpus=spec.corpus, **spec.prepare), store)
     return store
 
 

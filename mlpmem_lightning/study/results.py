@@ -1,5 +1,8 @@
 """The results table of DESIGN.md: one row per trained model x architecture x split.
 
+Reading one checks it: the required columns, numbers in the numeric ones, a finite loss in every row, one
+token store.
+
 The ``arch`` values are the names of the architecture registry (:mod:`mlpmem_lightning.study.architectures`).
 """
 
@@ -7,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mlpmem_lightning.core import artifacts
@@ -38,9 +42,40 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if missing:
         raise UserError(f"{path} lacks required columns {', '.join(missing)}: "
                         "it must follow DESIGN.md's results schema")
+    _check_numbers(df, path)
     if "token_store_fingerprint" in df.columns:  # one study, one dataset: fits across token stores mean nothing
         stores = sorted(df["token_store_fingerprint"].dropna().astype(str).unique())
         if len(stores) > 1:
             raise UserError(f"{path} mixes rows from token stores {stores[0]} and {stores[1]}: "
                             "report each token store's runs separately")
     return df
+
+
+NUMERIC = ("params_decoder", "params_memory", "params_total", "train_tokens", "flops_train_total", "lambda", "loss",
+           "ppl", "seed")
+
+
+def _check_numbers(df: pd.DataFrame, path: Path) -> None:
+    """Numbers where the schema has numbers, and a finite loss in every row: a fit that silently drops a row
+    (NaN/inf loss) would disagree with report.md's row counts, so such rows are named and refused."""
+    for col in NUMERIC:
+        values = pd.to_numeric(df[col], errors="coerce")
+        text = values.isna() & df[col].notna()
+        if text.any():
+            i = text.idxmax()
+            raise UserError(f"{path}: column {col} holds text ({df[col][i]!r} in line {i + 2}, {_name(df, i)}): "
+                            f"every {col} must be a number")
+        df[col] = values
+    bad = df.index[~np.isfinite(df["loss"].astype(float))]
+    if len(bad):
+        named = "; ".join(f"{_name(df, i)} (line {i + 2})" for i in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise UserError(f"{path}: non-finite loss (NaN/inf/empty) in {len(bad)} rows: {named}{more}: "
+                        "re-run those trials or drop the rows, then run `mlpmem report` again")
+
+
+def _name(df: pd.DataFrame, i: int) -> str:
+    """A row as arch, sizes, seed and split: e.g. ``mlp_memory 200k/mem-200k seed 0 test``."""
+    r = df.loc[i]
+    mem = f"/{r['memory_size']}" if isinstance(r["memory_size"], str) and r["memory_size"] else ""
+    return f"{r['arch']} {r['decoder_size']}{mem} seed {r['seed']} {r['split']}"

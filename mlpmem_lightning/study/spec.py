@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from mlpmem_lightning.core.resources import experiments_dir, resolve_shipped
 from mlpmem_lightning.knn.settings import TargetSettings
 
 log = logging.getLogger(__name__)
+# the artifact folders of an ``out`` (stages.py, architectures/): no study's tables may go there
+RESERVED = frozenset({"tokens", "decoders", "datastores", "targets", "knnlm", "memories", "report", ".locks"})
 
 
 @dataclass
@@ -45,6 +48,7 @@ class SweepSpec:
     seq_len: int = 128
     batch_size: int = 16
     decoder_tokens: int = 1_000_000
+    decoder_lr: float | None = None  # the decoders' peak learning rate (default: each rung's shipped one)
     memory_tokens: int = 1_000_000
     memory_mode: str = "online"
     alpha: float = 0.5
@@ -63,7 +67,16 @@ class SweepSpec:
         path = resolve_shipped(path)  # sweeps/<name>.yaml is found without a checkout too
         if not path.is_file():
             raise UserError(f"sweep spec {path} does not exist: see sweeps/ for examples")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UserError(f"sweep spec {path} is not valid YAML ({' '.join(str(err).split())}): "
+                            "see sweeps/demo.yaml") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise UserError(f"sweep spec {path} holds a YAML {type(raw).__name__}, not a mapping of keys "
+                            "(study: NAME, decoder_sizes: [...], ...): see sweeps/demo.yaml")
         if "lambda" in raw:
             raw["lambda_"] = raw.pop("lambda")
         _renamed(raw, path)
@@ -84,6 +97,12 @@ class SweepSpec:
         from mlpmem_lightning.knn.search import choices as backend_choices
         from mlpmem_lightning.models.ladder import get_memory_size, get_size
 
+        if not isinstance(self.study, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.study) \
+                or self.study in RESERVED:
+            raise UserError(f"study {self.study!r}: name it with letters, digits, '.', '_' or '-' (it names "
+                            f"<out>/<study>/results.csv), not one of {', '.join(sorted(RESERVED))}")
+        if self.decoder_lr is not None and not (isinstance(self.decoder_lr, (int, float)) and self.decoder_lr > 0):
+            raise UserError(f"decoder_lr {self.decoder_lr!r} must be a positive number (or left out: each rung's)")
         for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
             get_size(s)
         if self.memory_sizes != "matched":
@@ -114,6 +133,12 @@ class SweepSpec:
     @property
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/sweeps/{self.study}")
+
+    @property
+    def study_dir(self) -> Path:
+        """This study's own tables (``results.csv``, ``trials.csv``): studies sharing an ``out`` share artifacts,
+        never tables."""
+        return self.out_dir / self.study
 
     def grid(self) -> list[dict[str, Any]]:
         """Every (decoder size, memory size, seed) point of the study."""

@@ -1,10 +1,13 @@
 """One trial's shared stages (decoder fit -> datastore -> targets) and the configs every stage is built from.
 
 A shared stage runs only when an architecture of the study needs it, at most once per trial, in
-directories keyed by what it depends on (``decoders/<size>-seed<s>``, ``datastores/…``, ``targets/…``):
-trials with the same decoder reuse its checkpoint, datastore and targets, and a re-run after a crash
-resumes each. Every LightningCLI stage is a structured config built here from the spec's settings (the
-shipped trainer YAML, the data module's settings, the model's ``init_args``), the same commands a user runs.
+directories named by size and seed and keyed by a short hash of everything that changes their result
+(``decoders/<size>-seed<s>-<hash8>``, ``datastores/…``, ``targets/…``; docs/artifacts.md): trials with the
+same decoder reuse its checkpoint, datastore and targets, a re-run after a crash resumes each, and an edited
+spec (another budget, learning rate, batch…) builds beside the old artifacts instead of over them. Workers
+sharing an ``out`` wait for an artifact another worker is writing (:mod:`.locks`). Every LightningCLI stage
+is a structured config built here from the spec's settings (the shipped trainer YAML, the data module's
+settings, the model's ``init_args``), the same commands a user runs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mlpmem_lightning import __version__
+from mlpmem_lightning.core.artifacts import hash_json
 from mlpmem_lightning.core.resources import experiments_dir
+from mlpmem_lightning.study import locks
 from mlpmem_lightning.study.spec import SweepSpec
 
 if TYPE_CHECKING:  # importing lightning (torch) is for the stages that run, not for reading the registry
@@ -73,17 +78,67 @@ class Stages:
     def out(self) -> Path:
         return self.spec.out_dir
 
+    def key(self, *what: Any) -> str:
+        """8 hex digits of ``what`` (configs, settings, the keys of the artifacts it is built from)."""
+        return hash_json(what)[:8]
+
+    def config_key(self, subcommand: str, model: dict[str, Any], data: dict[str, Any] | None = None) -> str:
+        """The key of a LightningCLI stage: its whole config but the run directory (and the progress bar), with
+        the token store's fingerprint. Any change to what the run is given gives another directory, so a run
+        directory never holds two configs (``fit`` refuses to resume one whose saved config differs)."""
+        cfg = self.config(subcommand, model, Path("."), data)[subcommand]
+        trainer = {k: v for k, v in cfg["trainer"].items() if k not in ("default_root_dir", "enable_progress_bar")}
+        return self.key({**cfg, "trainer": trainer}, self.store.fingerprint)
+
+    @cached_property
+    def decoder_model(self) -> dict[str, Any]:
+        """The decoder fit's model: the rung's shipped config (its learning rate unless the spec's ``decoder_lr``)
+        with the spec's token budget."""
+        shipped = yaml.safe_load((experiments_dir() / "model" / f"decoder_{self.decoder_size}.yaml").read_text())
+        model = shipped["model"]
+        lr = {"lr": self.spec.decoder_lr} if self.spec.decoder_lr is not None else {}
+        # on a GPU the small rungs are launch-bound: compiled loss and the whole step as a CUDA graph (docs/gpu.md)
+        speed = {"compile": True, "cuda_graph": True} if self.on_gpu() else {}
+        return {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.spec.decoder_tokens, **lr,
+                                       **speed}}
+
+    @cached_property
+    def decoder_key(self) -> str:
+        return self.config_key("fit", self.decoder_model)
+
+    @cached_property
+    def datastore_settings(self):
+        from mlpmem_lightning.knn.datastore import DatastoreSettings
+
+        return DatastoreSettings(seq_len=self.spec.seq_len, **self.spec.datastore)
+
+    @cached_property
+    def datastore_key(self) -> str:
+        from dataclasses import asdict
+
+        return self.key(self.decoder_key, asdict(self.datastore_settings))
+
+    @cached_property
+    def targets_key(self) -> str:
+        from dataclasses import asdict
+
+        return self.key(self.datastore_key, asdict(self.spec.knn_settings))
+
     @property
     def decoder_run(self) -> Path:
-        return self.out / "decoders" / self.tag
+        return self.out / "decoders" / f"{self.tag}-{self.decoder_key}"
 
     @property
     def datastore_dir(self) -> Path:
-        return self.out / "datastores" / self.tag
+        return self.out / "datastores" / f"{self.tag}-{self.datastore_key}"
 
     @property
     def targets_dir(self) -> Path:
-        return self.out / "targets" / self.tag
+        return self.out / "targets" / f"{self.tag}-{self.targets_key}"
+
+    def exclusive(self, path: Path):
+        """Hold ``path`` for this worker, waiting while another worker of the study writes it (:mod:`.locks`)."""
+        return locks.waiting_for(self.out, path)
 
     @property
     def params_decoder(self) -> int:
@@ -158,8 +213,9 @@ class Stages:
     # -- the shared stages -------------------------------------------------------------------------
     def run_shared(self, needs: Sequence[str]) -> None:
         """Run (or reuse) every shared stage ``needs`` names, with the stages they are built from."""
+        dirs = {"decoder": self.decoder_run, "datastore": self.datastore_dir, "targets": self.targets_dir}
         for stage in closure(needs):
-            with self.timed(TIMED_AS[stage]):
+            with self.exclusive(dirs[stage]), self.timed(TIMED_AS[stage]):  # the wait is not the stage's time
                 getattr(self, f"_{stage}")()
 
     def provenance(self) -> dict[str, Any]:
@@ -172,23 +228,17 @@ class Stages:
     def _decoder(self) -> None:
         from mlpmem_lightning.models.flops import decoder_train_flops
 
-        shipped = yaml.safe_load((experiments_dir() / "model" / f"decoder_{self.decoder_size}.yaml").read_text())
-        model = shipped["model"]  # the rung's shipped config (its learning rate recorded in the checkpoint)
-        # on a GPU the small rungs are launch-bound: compiled loss and the step as a CUDA graph (docs/gpu.md)
-        speed = {"compile": True, "cuda_graph": True} if self.on_gpu() else {}
-        model = {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.spec.decoder_tokens, **speed}}
-        self.run("fit", model, self.decoder_run)
+        self.run("fit", self.decoder_model, self.decoder_run)
         self.flops["decoder"] = decoder_train_flops(self.rung, self.vocab, self.spec.seq_len, self.decoder_tokens,
                                                     family=self.family)
         self.attrs.update(flops_decoder_train=self.flops["decoder"], params_decoder=self.params_decoder,
                           decoder_tokens=self.decoder_tokens)
 
     def _datastore(self) -> None:
-        from mlpmem_lightning.knn.datastore import Datastore, DatastoreSettings, build_datastore
+        from mlpmem_lightning.knn.datastore import Datastore, build_datastore
         from mlpmem_lightning.models.flops import datastore_flops
 
-        settings = DatastoreSettings(seq_len=self.spec.seq_len, **self.spec.datastore)
-        build_datastore(self.decoder_run, self.token_store, self.datastore_dir, settings)
+        build_datastore(self.decoder_run, self.token_store, self.datastore_dir, self.datastore_settings)
         self.rows = len(Datastore(self.datastore_dir))
         self.flops["datastore"] = datastore_flops(self.rung, self.vocab, self.spec.seq_len, self.rows,
                                                   family=self.family)
@@ -212,5 +262,6 @@ class Stages:
     def cleanup(self) -> None:
         """Delete the datastore and targets (``cleanup: true``): they are rebuilt from the checkpoint if needed."""
         for path in (self.datastore_dir, self.targets_dir):
-            if path.exists():
-                shutil.rmtree(path)
+            with self.exclusive(path):
+                if path.exists():
+                    shutil.rmtree(path)

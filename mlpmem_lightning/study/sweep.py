@@ -8,9 +8,11 @@ the valid loss of the ``objective`` architecture (default ``mlp_memory``). Artif
 ``out/`` keyed by what they depend on, so trials that share a decoder reuse its checkpoint, datastore
 and targets, and an interrupted trial resumes its stages. The study lives in Optuna storage (SQLite by
 default, a journal file for shared file systems, or any RDB URL); a restarted sweep re-runs only
-unfinished grid points. Every trial stores its rows as a user attribute; ``results.csv`` (the results
-table) and ``trials.csv`` (one row per trial: sizes, FLOPs and wall seconds per stage) are rebuilt from
-the storage after every trial.
+unfinished grid points. Every trial stores its rows as a user attribute; ``<out>/<study>/results.csv`` (the
+results table) and ``<out>/<study>/trials.csv`` (one row per trial: sizes, FLOPs and wall seconds per stage) are
+rebuilt from the storage after every trial: studies sharing an ``out`` share artifacts, never tables. Workers
+sharing the study take turns on its queue and on the artifacts they share (:mod:`.locks`). A sweep in which
+no trial finished is an error that quotes the first trial's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lightning.pytorch.callbacks import Callback
 
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.study import locks
 from mlpmem_lightning.study.results import write_results
 from mlpmem_lightning.study.spec import SweepSpec
 
@@ -86,7 +89,7 @@ def make_sampler(spec: SweepSpec, seed: int = 0):
 
 
 def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
-    """Run (or resume) the study (``out`` overrides the spec's); returns the path of ``results.csv``."""
+    """Run (or resume) the study (``out`` overrides the spec's); returns the path of its ``results.csv``."""
     import optuna
 
     from mlpmem_lightning.study import pipeline
@@ -96,22 +99,68 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
     if out is not None:
         spec.out, spec.storage, spec.token_store = str(out), None, None
     storage = open_storage(spec)
-    study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
-                                direction="minimize", sampler=make_sampler(spec))
-    _fail_dead_trials(study)
+    queue = locks.QueueLock(spec.out_dir, spec.study)
+    with queue:  # workers starting together: one creates the study and queues the grid, the others find it
+        study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
+                                    direction="minimize", sampler=make_sampler(spec))
+        _fail_dead_trials(study)
+        todo = _enqueue_grid(study, spec) if spec.sampler == "grid" else 0
+        stale = _stale_waiting(study, spec)
     pipeline.prepare_tokens(spec)
     callbacks = [lambda study, trial: collect_results(study, spec)]  # results.csv holds every finished trial
     if spec.sampler != "grid":
         study.optimize(lambda t: objective(t, spec), n_trials=spec.n_trials or len(spec.grid()),
                        catch=(Exception,), callbacks=callbacks)
-        return collect_results(study, spec)
-    todo = _enqueue_grid(study, spec)
-    stale = _stale_waiting(study, spec)
+        return finish(study, spec)
     log.info("study %s: %d of %d grid points to run", spec.study, todo, len(spec.grid()))
-    # one trial at a time while the queue holds any: workers sharing the study take turns from it
-    while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-        study.optimize(lambda t: objective(t, spec, stale), n_trials=1, catch=(Exception,), callbacks=callbacks)
-    return collect_results(study, spec)
+    # one trial at a time while the queue holds any: "is a point waiting?" and popping it are one step under the
+    # queue lock (released by the objective once Optuna has popped its trial), so no worker opens an empty trial
+    while queue.acquire() and study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        study.optimize(lambda t: objective(t, spec, stale, popped=queue.release), n_trials=1, catch=(Exception,),
+                       callbacks=callbacks)
+        queue.release()
+    queue.release()
+    return finish(study, spec)
+
+
+def finish(study, spec: SweepSpec) -> Path:
+    """Write the study's tables; an error quoting the first failed trial when no trial of the study finished."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    path = collect_results(study, spec)
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == S.COMPLETE for t in trials):
+        lost = _failed_points(study)
+        if lost:
+            log.warning("study %s: %d grid points have no finished trial (%s): see `error` in %s",
+                        spec.study, len(lost), "; ".join(lost), spec.out_dir / "optuna.db")
+        return path
+    failed = [t for t in trials if t.state == S.FAIL]
+    if not failed:
+        raise UserError(f"no trial of study {spec.study!r} finished ({len(trials)} trials, none failed: "
+                        "all pruned?): nothing written")
+    first = failed[0]
+    why = first.user_attrs.get("error", "interrupted (its worker was killed)")
+    raise UserError(f"every trial of study {spec.study!r} failed ({len(failed)} trials; no results written); "
+                    f"the first, trial {first.number} {_point_text(first)}: {' '.join(str(why).split())}")
+
+
+def _point_text(trial) -> str:
+    point = _queued_point(trial)
+    return f"({point.get('decoder_size')}, {point.get('memory_size')}, seed {point.get('seed')})"
+
+
+def _failed_points(study) -> list[str]:
+    import optuna
+
+    S = optuna.trial.TrialState
+    done = {_key(_queued_point(t)) for t in study.get_trials(deepcopy=False, states=(S.COMPLETE,))}
+    lost = {}
+    for t in study.get_trials(deepcopy=False, states=(S.FAIL,)):
+        if _key(_queued_point(t)) not in done and "error" in t.user_attrs:
+            lost.setdefault(_key(_queued_point(t)), f"trial {t.number}: {str(t.user_attrs['error']).splitlines()[0]}")
+    return list(lost.values())
 
 
 def _queued_point(trial) -> dict[str, Any]:
@@ -191,13 +240,14 @@ def collect_results(study, spec: SweepSpec) -> Path:
 
     rows = [r for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
             for r in json.loads(t.user_attrs.get("rows", "[]"))]
-    path = spec.out_dir / "results.csv"
+    path = spec.study_dir / "results.csv"
     unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"]): r for r in rows}
     if unique:
+        spec.study_dir.mkdir(parents=True, exist_ok=True)
         write_results(list(unique.values()), path)
         trials = [{"trial": t.number, **{k: v for k, v in t.user_attrs.items() if k != "rows"}}
                   for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        artifacts.atomic_write_text(spec.out_dir / "trials.csv", pd.DataFrame(trials).to_csv(index=False))
+        artifacts.atomic_write_text(spec.study_dir / "trials.csv", pd.DataFrame(trials).to_csv(index=False))
     return path
 
 
@@ -227,10 +277,13 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
     return {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}
 
 
-def objective(trial, spec: SweepSpec, stale: frozenset[int] = frozenset()) -> float:
-    """Run the trial's pipeline; its value is the valid loss of the spec's ``objective`` architecture."""
+def objective(trial, spec: SweepSpec, stale: frozenset[int] = frozenset(), popped=lambda: None) -> float:
+    """Run the trial's pipeline; its value is the valid loss of the spec's ``objective`` architecture.
+
+    ``popped`` is called first: the trial is out of the queue (the sweep releases its queue lock)."""
     from mlpmem_lightning.study.pipeline import run_pipeline
 
+    popped()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # see _fail_dead_trials
     if trial.number in stale:
         trial.set_user_attr("error", "not a point of the current grid")

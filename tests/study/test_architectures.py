@@ -120,11 +120,11 @@ def test_a_toy_architecture_runs_through_a_sweep_into_results_and_the_report(tmp
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
     for trial in study.trials:  # the objective is the toy's valid loss
         assert trial.value == valid.loc[(trial.user_attrs["decoder_size"], "unigram_mix"), "loss"]
-    trials = pd.read_csv(out / "trials.csv")
+    trials = pd.read_csv(out / "tiny" / "trials.csv")
     assert {"time_decoder_fit_s", "time_decoder_eval_s", "flops_decoder_train"} <= set(trials.columns)
     assert "time_datastore_s" not in trials.columns
 
-    md = write_report(out / "results.csv", out / "report", bootstrap=20).read_text()
+    md = write_report(out / "tiny" / "results.csv", out / "report", bootstrap=20).read_text()
     fits = json.loads((out / "report" / "fits.json").read_text())
     assert "decoder+unigram" in md and "| decoder+unigram | test: 3, valid: 3 |" in md
     assert "unigram_mix" in fits or "*decoder+unigram vs parameters (total) not fitted" in md

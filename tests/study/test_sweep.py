@@ -27,6 +27,13 @@ TINY = {"study": "tiny", "decoder_sizes": ["200k", "400k"], "corpus": "wiki-summ
         "knn": {"index": "flat", "k": 16, "keep": 8, "chunk": 2048}}
 
 
+def only(out, pattern):
+    """The one path under ``out`` matching ``pattern`` (run and artifact directories end in a hash of their config)."""
+    found = sorted(out.glob(pattern))
+    assert len(found) == 1, (pattern, found)
+    return found[0]
+
+
 def write_spec(path, **overrides):
     spec = {**TINY, "out": str(path.parent / "study"), **overrides}
     path.write_text(yaml.safe_dump(spec))
@@ -104,16 +111,16 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     out = tmp_path / "study"
     proc = subprocess.Popen([sys.executable, "-m", "mlpmem_lightning.cli", "sweep", "--config", str(spec)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "decoders" / "200k-seed0" / "checkpoints" / "last.ckpt"
-    # trial 0 done, trial 1 under way: killed in a random one of its stages
-    second = out / kill_rng("sweep").choice(["decoders/400k-seed0/checkpoints", "datastores/400k-seed0",
-                                             "targets/400k-seed0", "memories/mem-400k-on-400k-seed0"])
+    # trial 0 done, trial 1 under way: killed in a random one of its stages (directories keyed <size>-seed<s>-<hash8>)
+    second = kill_rng("sweep").choice(["decoders/400k-seed0-*/checkpoints", "datastores/400k-seed0-*",
+                                       "targets/400k-seed0-*", "memories/mem-400k-on-400k-seed0-*"])
     deadline = time.time() + 600
-    while time.time() < deadline and not second.exists():
+    while time.time() < deadline and not any(out.glob(second)):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert first.is_file() and (out / "results.csv").is_file()
+    first = only(out, "decoders/200k-seed0-*") / "checkpoints" / "last.ckpt"
+    assert first.is_file() and (out / "tiny" / "results.csv").is_file()
     finished = first.stat().st_mtime_ns
 
     results = pd.read_csv(run_sweep(spec))
@@ -131,7 +138,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert set(results["token_store_fingerprint"]) == {TokenStore(out / "tokens").fingerprint}  # provenance
     for size in ("200k", "400k"):
         rows = results[results.decoder_size == size]
-        assert set(rows["decoder_fingerprint"]) == {Datastore(out / "datastores" / f"{size}-seed0").manifest[
+        assert set(rows["decoder_fingerprint"]) == {Datastore(only(out, f"datastores/{size}-seed0-*")).manifest[
             "decoder_fingerprint"]}
     mem = results[(results.arch == "mlp_memory") & (results.split == "valid")]
     dec = results[(results.arch == "decoder") & (results.split == "valid")]
@@ -159,7 +166,8 @@ def test_editing_the_grid_and_resuming_runs_only_the_new_points(tmp_path, monkey
     assert ran == ["200k", "400k", "800k", "1.6m"]
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study' / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["FAIL", "COMPLETE"]
-    assert sorted(pd.read_csv(tmp_path / "study" / "results.csv")["decoder_size"]) == ["1.6m", "200k", "400k", "800k"]
+    assert sorted(pd.read_csv(tmp_path / "study" / "tiny" / "results.csv")["decoder_size"]) == [
+        "1.6m", "200k", "400k", "800k"]
 
 
 def test_demo_pipeline_is_deterministic_on_cpu(tmp_path):
@@ -175,10 +183,10 @@ def test_demo_pipeline_is_deterministic_on_cpu(tmp_path):
     pd.testing.assert_frame_equal(outs[0], outs[1])
     a, b = tmp_path / "a", tmp_path / "b"
     files = [f"tokens/{s}.npy" for s in ("train", "valid", "test")] + ["tokens/tokenizer.json"]
-    files += [f"datastores/200k-seed0/{n}" for n in ("keys.npy", "values.npy")]
-    files += [f"targets/200k-seed0/{n}" for n in ("ids.npy", "probs.npy")]
-    for f in files:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    files += [f"datastores/200k-seed0-*/{n}" for n in ("keys.npy", "values.npy")]
+    files += [f"targets/200k-seed0-*/{n}" for n in ("ids.npy", "probs.npy")]
+    for f in files:  # the keys differ (each out's token store path is in them), the bytes do not
+        assert only(a, f).read_bytes() == only(b, f).read_bytes(), f
 
 
 def test_decoder_rows_are_decoder_lms_own_evaluation_and_equal_the_knn_lms_lambda_zero(tmp_path):
@@ -192,15 +200,15 @@ def test_decoder_rows_are_decoder_lms_own_evaluation_and_equal_the_knn_lms_lambd
     assert not (out / "targets").exists() and not (out / "memories").exists()
 
     def logged(run: str, command: str, key: str) -> float:
-        return pd.read_csv(out / run / command / "metrics.csv")[key].dropna().iloc[-1]
+        return pd.read_csv(only(out, run) / command / "metrics.csv")[key].dropna().iloc[-1]
 
     for split, command, prefix in (("valid", "validate", "val"), ("test", "test", "test")):
-        ppl = logged("decoders/200k-seed0", command, f"{prefix}/ppl")
-        assert ppl == logged("knnlm/200k-seed0", command, f"{prefix}/decoder_ppl")
+        ppl = logged("decoders/200k-seed0-*", command, f"{prefix}/ppl")
+        assert ppl == logged("knnlm/200k-seed0-*", command, f"{prefix}/decoder_ppl")
         row = results[(results["arch"] == "decoder") & (results["split"] == split)].iloc[0]
         assert row["loss"] == math.log(ppl) and row["lambda"] == 0.0
     knn = results[(results["arch"] == "knn_lm") & (results["split"] == "valid")].iloc[0]
-    assert knn["ppl_lambda_0.00"] == logged("decoders/200k-seed0", "validate", "val/ppl")
+    assert knn["ppl_lambda_0.00"] == logged("decoders/200k-seed0-*", "validate", "val/ppl")
 
 
 def test_workers_sharing_a_study_keep_each_others_trials(tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ class DecoderOnly(Architecture):
     def evaluate(self, stages: Stages) -> dict[str, Score]:
         model = {"class_path": self.module, "init_args": {"size": stages.decoder_size}}
         run, ckpt = stages.decoder_run, stages.decoder_run / "checkpoints" / "best.ckpt"
-        with stages.timed("decoder_eval"):  # logs under <run>/validate and <run>/test, as `mlpmem validate` does
+        # logs under <run>/validate and <run>/test, as `mlpmem validate` does; one worker at a time
+        with stages.exclusive(run), stages.timed("decoder_eval"):
             valid = stages.run("validate", model, run, ckpt=ckpt)
             test = stages.run("test", model, run, ckpt=ckpt)
         # the loss as log of the logged perplexity: the value rows had when they were read off the kNN-LM's λ=0

@@ -21,8 +21,9 @@ class KNNLanguageModel(Architecture):
         model = {"class_path": self.module, "init_args": {
             "decoder": str(stages.decoder_run), "datastore": str(stages.datastore_dir),
             **search, "index": spec.knn_eval_index or knn.index}}
-        with stages.timed("knn_lm_eval"):
-            return lambda_grid_scores(stages, model, stages.out / "knnlm" / stages.tag)
+        root = stages.out / "knnlm" / f"{stages.tag}-{stages.key(stages.datastore_key, model)}"
+        with stages.exclusive(root), stages.timed("knn_lm_eval"):  # trials of one decoder take turns
+            return lambda_grid_scores(stages, model, root)
 
 
 KNN_LM = KNNLanguageModel(name="knn_lm", label="kNN-LM", colour="tab:orange", marker="s", module="KNNLM",

@@ -15,7 +15,12 @@ from mlpmem_lightning.study.stages import Stages
 
 class MLPMemory(Architecture):
     def run_dir(self, stages: Stages) -> Path:
-        return stages.out / "memories" / f"{stages.memory_size}-on-{stages.tag}"
+        """``memories/<memory>-on-<size>-seed<s>-<hash8>``: keyed by its fit's config (decoder and targets
+        directories, which carry their keys, budget, α, mode, trainer, batch)."""
+        spec = stages.spec
+        key = stages.config_key("fit", self.model(stages, max_tokens=spec.memory_tokens),
+                                {"targets": str(stages.targets_dir)})
+        return stages.out / "memories" / f"{stages.memory_size}-on-{stages.tag}-{key}"
 
     def model(self, stages: Stages, **init_args) -> dict:
         spec = stages.spec
@@ -30,8 +35,9 @@ class MLPMemory(Architecture):
         from mlpmem_lightning.models.memory import memory_config, memory_flops_per_token, memory_params
 
         spec = stages.spec
-        with stages.timed("memory_fit"):
-            stages.run("fit", self.model(stages, max_tokens=spec.memory_tokens), self.run_dir(stages),
+        run = self.run_dir(stages)
+        with stages.exclusive(run), stages.timed("memory_fit"):
+            stages.run("fit", self.model(stages, max_tokens=spec.memory_tokens), run,
                        {"targets": str(stages.targets_dir)})
         block = get_family(stages.family).memory_block  # MemoryLM's default block for this decoder
         cfg = memory_config(stages.memory_size, stages.rung.d_model, stages.vocab, block)
@@ -44,7 +50,7 @@ class MLPMemory(Architecture):
 
     def evaluate(self, stages: Stages) -> dict[str, Score]:
         run = self.run_dir(stages)
-        with stages.timed("memory_eval"):
+        with stages.exclusive(run), stages.timed("memory_eval"):
             return lambda_grid_scores(stages, self.model(stages), run, {"targets": str(stages.targets_dir)},
                                       run / "checkpoints" / "best.ckpt")
 

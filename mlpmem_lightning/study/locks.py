@@ -1,0 +1,70 @@
+"""Workers of a study that share an ``out`` take turns: on an artifact, and on the queue of grid points.
+
+Several sweep workers (same spec, same storage) run trials at once, and trials share artifacts: two memory
+sizes on one decoder need the same decoder, datastore and targets. Each stage's own writer lock refuses a
+second writer at once ("is being written by another process"), which is right for two users and wrong
+for two workers of one study: the second worker must wait until the first has finished, then reuse it.
+So a trial holds ``<out>/.locks/<the artifact's path under out>/.lock`` (``artifact_lock(wait=True)``)
+while it builds, resumes or reuses an artifact, and the stage's own lock is never contended.
+
+The queue lock makes "is a grid point waiting? then take it" one step, so a worker never opens a trial
+after another worker emptied the queue. Both are ``flock`` locks: the kernel drops them when a worker
+dies, and they hold across processes of one host or of a file system with working ``flock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlpmem_lightning.core.artifacts import artifact_lock, hash_json
+
+LOCKS = ".locks"
+
+
+def lock_dir(out: Path, path: Path) -> Path:
+    """Where the workers of ``out`` lock ``path``: its path under ``out``, or a hash of it for a path outside."""
+    out, path = Path(out).resolve(), Path(path).resolve()
+    try:
+        name = path.relative_to(out).as_posix()
+    except ValueError:
+        name = f"outside-{path.name}-{hash_json(str(path))[:8]}"
+    return out / LOCKS / name
+
+
+@contextmanager
+def waiting_for(out: Path, path: Path) -> Iterator[Path]:
+    """Hold ``path`` among the workers of ``out``, waiting as long as another worker holds it."""
+    with artifact_lock(lock_dir(out, path), wait=True):
+        yield path
+
+
+class QueueLock:
+    """The lock on a study's queue (``<out>/.locks/queue-<study>``): ``acquire``, then ``release`` once the
+    trial is popped (``release`` twice is harmless)."""
+
+    def __init__(self, out: Path, study: str):
+        path = Path(out) / LOCKS / f"queue-{study}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.fd = path, None
+
+    def acquire(self) -> QueueLock:
+        if self.fd is None:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing the only descriptor releases the flock
+
+    def __enter__(self) -> QueueLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
