@@ -10,12 +10,26 @@ from mlpmem_lightning.cli.command import Command
 
 # -- sweep and report -----------------------------------------------------------------------------
 def args_sweep(p: argparse.ArgumentParser) -> None:
+    from mlpmem_lightning.cli.argtypes import int_at_least
+
     p.add_argument("--config", required=True, type=Path, help="sweep specification (see sweeps/)")
+    p.add_argument("--workers", type=int_at_least(1), default=1,
+                   help="processes running the study at once, sharing its storage and (on a GPU, 1/N of its memory "
+                        "each) one device; logs in <out>/<study>/workers/")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from mlpmem_lightning.study.sweep import run_sweep
 
+    if args.workers > 1:
+        from mlpmem_lightning.core.resources import resolve_shipped
+        from mlpmem_lightning.study.spec import SweepSpec
+        from mlpmem_lightning.study.workers import run_workers
+
+        spec = SweepSpec.load(args.config)  # a bad spec is refused here, once, not by every worker
+        run_workers(resolve_shipped(args.config), args.workers, spec.study_dir / "workers")
+        print(f"results: {spec.study_dir / 'results.csv'}")
+        return
     print(f"results: {run_sweep(args.config)}")
 
 

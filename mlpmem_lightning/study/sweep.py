@@ -93,7 +93,9 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
     import optuna
 
     from mlpmem_lightning.study import pipeline
+    from mlpmem_lightning.study.workers import limit_gpu_memory
 
+    limit_gpu_memory()  # a worker of `mlpmem sweep --workers N`: at most 1/N of the GPU's memory
     spec = SweepSpec.load(spec_path)
     pipeline.select(spec)  # unknown architectures or objective: refused before anything runs
     if out is not None:

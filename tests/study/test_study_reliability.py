@@ -130,14 +130,14 @@ def test_a_sweep_with_one_finished_trial_writes_it_and_names_the_failed_points(t
 def test_two_workers_sharing_a_decoder_wait_for_each_other(tmp_path):
     """Two workers started together on one storage, two memory sizes on one decoder: whichever needs the token
     store, decoder, datastore or targets while the other writes it waits, then reuses it. Both exit 0, every trial
-    is COMPLETE (none failed, none opened on an emptied queue), and each shared artifact was built once."""
+    is COMPLETE (none failed, none opened on an emptied queue), and each shared artifact was built once.
+    Started as `mlpmem sweep --workers 2` (study/workers.py), which runs two worker processes."""
     spec = write_spec(tmp_path / "spec.yaml", decoder_sizes=["200k"], memory_sizes=["mem-200k", "mem-400k"])
-    cmd = [sys.executable, "-m", "mlpmem_lightning.cli", "sweep", "--config", str(spec)]
-    workers = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
-    logs = [w.communicate(timeout=900)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], logs
+    cmd = [sys.executable, "-m", "mlpmem_lightning.cli", "sweep", "--config", str(spec), "--workers", "2"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     out = tmp_path / "study"
+    logs = [(out / "tiny" / "workers" / f"worker{i}.log").read_text() for i in range(2)]
+    assert done.returncode == 0, (done.stdout, done.stderr, logs)
     assert states(out, "tiny") == ["COMPLETE", "COMPLETE"]
     assert not any("being written by another process" in log for log in logs), logs
     for kind in ("decoders", "datastores", "targets"):

@@ -1,0 +1,59 @@
+"""Several sweep workers on one machine (and one GPU): ``mlpmem sweep --workers N``.
+
+A small model leaves most of an H200 idle, so N processes run the same study at once. They share the study's
+storage (Optuna) and its artifact directories, which are locked: a worker that needs a decoder, datastore or
+targets another one is building waits for it (``study/locks.py``). On a GPU each worker may allocate at most
+1/N of the device's memory (``torch.cuda.set_per_process_memory_fraction``), so one large trial cannot starve
+the others. Processes rather than threads: each has its own CUDA context, compiled graphs and Python.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlpmem_lightning.core.errors import UserError
+
+FRACTION_ENV = "MLPMEM_GPU_MEMORY_FRACTION"
+
+
+def limit_gpu_memory() -> None:
+    """Apply the share of GPU memory a worker was given (no-op outside ``--workers`` or without a GPU)."""
+    share = os.environ.get(FRACTION_ENV)
+    if share is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(float(share))
+
+
+def run_workers(spec_path: Path, workers: int, logs: Path) -> list[Path]:
+    """Run ``workers`` processes of ``mlpmem sweep --config spec_path``; their logs go to ``logs/worker<i>.log``.
+
+    Returns the log paths. Raises the one-line error naming the logs of the workers that failed."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, FRACTION_ENV: f"{1.0 / workers:.6f}"}
+    procs, paths = [], []
+    for i in range(workers):
+        path = logs / f"worker{i}.log"
+        paths.append(path)
+        with path.open("ab") as log:  # appended: a re-run keeps the earlier workers' logs
+            procs.append(subprocess.Popen([sys.executable, "-m", "mlpmem_lightning.cli", "sweep", "--config",
+                                           str(spec_path)], stdout=log, stderr=subprocess.STDOUT, env=env))
+        time.sleep(0.5)  # staggered: the first creates the study and queues the grid
+    print(f"sweep: {workers} workers, logs in {logs}/worker*.log", flush=True)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    failed = [str(paths[i]) for i, c in enumerate(codes) if c != 0]
+    if failed:
+        raise UserError(f"{len(failed)} of {workers} sweep workers failed: see {', '.join(failed)}; "
+                        "run the same command again to resume")
+    return paths
