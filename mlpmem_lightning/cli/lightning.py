@@ -24,7 +24,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -39,14 +39,14 @@ from mlpmem_lightning.lightning.knn_lm import KNNLM
 from mlpmem_lightning.lightning.memory_lm import MemoryLM
 from mlpmem_lightning.lightning.optim import steps_for_tokens
 from mlpmem_lightning.lightning.run_dir import check_config, finished_line, run_lock
-from mlpmem_lightning.lightning.run_io import AppendingCSVLogger, AtomicCheckpointIO, SaveLastStep
+from mlpmem_lightning.lightning.run_io import AppendingCSVLogger, AtomicCheckpointIO, RunCheckpoint
 
 MODELS = (DecoderLM, KNNLM, MemoryLM)  # imported so that --model finds them by class name
 
 
 class MlpmemCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_top_k": 1,
             "checkpoint.save_last": True, "checkpoint.filename": "best",
@@ -99,7 +99,7 @@ class MlpmemCLI(LightningCLI):
                                TensorBoardLogger(root, name="", version="")]
             trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":
-            trainer.callbacks += [ThroughputMonitor(batch_size_fn=_windows, length_fn=_tokens), SaveLastStep()]
+            trainer.callbacks.append(ThroughputMonitor(batch_size_fn=_windows, length_fn=_tokens))
             if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
                 trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer

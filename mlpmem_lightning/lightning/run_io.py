@@ -5,8 +5,8 @@
   to a temporary file and renamed). Steps re-trained after a resume appear again, after the earlier rows.
 - :class:`AtomicCheckpointIO`: a checkpoint is written to a temporary file beside it, fsynced and renamed, so
   a full disk or a kill leaves the previous ``last.ckpt`` whole; ENOSPC names the checkpoint's own path.
-- :class:`SaveLastStep`: ``last.ckpt`` also holds the step training ended on (the budget's last one), which
-  validation rarely lands on.
+- :class:`RunCheckpoint`: ``last.ckpt`` also holds the step training ended on (the budget's last one), which
+  validation rarely lands on; ``fast_dev_run`` leaves no checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -95,15 +95,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
-class SaveLastStep(Callback):
-    """At the end of training, ``last.ckpt`` at the final step when no checkpoint was written at that step."""
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (``--checkpoint.*``), with the end of training made right.
+
+    Lightning saves ``last.ckpt`` at the end of training only when it never saved one in this process, so the
+    budget's last step is lost whenever validation does not land on it, and it saves one under
+    ``fast_dev_run``, which should write nothing. Here: at the end, ``last.ckpt`` at the final step unless it
+    is already there; under ``fast_dev_run``, nothing. Checkpoint state keeps ModelCheckpoint's key, so runs
+    checkpointed before resume with their best score.
+    """
 
     def on_train_end(self, trainer, pl_module) -> None:
-        cb = trainer.checkpoint_callback
-        if trainer.fast_dev_run or cb is None or not cb.save_last or cb.dirpath is None:
+        if trainer.fast_dev_run or not self.save_last:
             return
-        last = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
-        if getattr(cb, "_last_global_step_saved", -1) == trainer.global_step and last.is_file():
+        if self._last_global_step_saved == trainer.global_step and self._last_checkpoint_saved:
             return
-        trainer.save_checkpoint(last)
-        cb._last_global_step_saved = trainer.global_step
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"ModelCheckpoint{kwargs!r}"
