@@ -13,6 +13,7 @@ step runs/crash/checkpoints/last.ckpt; steps runs/crash/metrics.csv
 mlpmem $F $B 2>&1 | quiet; echo "exit ${PIPESTATUS[0]}"
 step runs/crash/checkpoints/last.ckpt; steps runs/crash/metrics.csv
 echo "## item 4: a real full disk (10 MiB tmpfs; one checkpoint is 4.2 MB)"
+mkdir -p full && mountpoint -q full || mount -t tmpfs -o size=10m tmpfs full  # needs root
 B="--trainer.max_steps 9 --trainer.val_check_interval 3 --trainer.default_root_dir full/run"
 mlpmem $F $B 2>&1 | quiet; echo "exit ${PIPESTATUS[0]}"
 ls full/run/checkpoints; step full/run/checkpoints/last.ckpt
@@ -28,7 +29,7 @@ mlpmem $F --trainer.max_steps 400 --trainer.default_root_dir runs/busy 2>&1 | qu
 kill $first; wait $first 2>/dev/null
 echo "## item 10/14: λ"
 mlpmem datastore --decoder runs/dec --data tok --out ds 2>&1 | tail -1
-mlpmem targets --datastore ds --out tg --k 16 2>&1 | tail -1
+mlpmem targets --datastore ds --out tg --k 16 --keep 16 2>&1 | tail -1
 M="fit --config $E/trainer/cpu.yaml --model MemoryLM --model.decoder runs/dec --data.token_store tok --data.seq_len 64 --data.targets tg --trainer.default_root_dir runs/mem"
 for extra in "--model.lambda_ 0.33" "--model.lambdas []"; do
   echo "\$ mlpmem \$M $extra"; mlpmem $M $extra 2>&1 | quiet; echo "exit ${PIPESTATUS[0]}"
