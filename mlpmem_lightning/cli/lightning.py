@@ -5,7 +5,9 @@ What it adds to the stock CLI, and why:
   seed when unset) that holds the saved config, CSV and TensorBoard logs and
   ``checkpoints/{best,last}.ckpt``, so a run can be found, compared and resumed;
 - ``fit`` resumes from that directory's ``last.ckpt`` when one exists, so re-running an
-  interrupted command continues it (and re-running a finished one trains no further);
+  interrupted command continues it; it holds the directory's lock, refuses a run saved with other
+  settings and leaves a finished run untouched (:mod:`..lightning.run_dir`); ``metrics.csv`` is appended
+  to, checkpoints are written atomically and the last step is saved (:mod:`..lightning.run_io`);
 - a token budget: ``--model.max_tokens`` sets ``trainer.max_steps`` before the Trainer exists
   (``--trainer.max_steps``, when given, wins);
 - every fit logs tokens/s and MFU once per logging interval (``IntervalThroughput``: no per-step sync);
@@ -22,9 +24,11 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.core.resources import resolve_shipped
@@ -34,6 +38,8 @@ from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation
 from mlpmem_lightning.lightning.knn_lm import KNNLM
 from mlpmem_lightning.lightning.memory_lm import MemoryLM
 from mlpmem_lightning.lightning.optim import steps_for_tokens
+from mlpmem_lightning.lightning.run_dir import check_config, finished_line, run_lock
+from mlpmem_lightning.lightning.run_io import AppendingCSVLogger, AtomicCheckpointIO, RunCheckpoint
 from mlpmem_lightning.lightning.throughput import IntervalThroughput
 
 MODELS = (DecoderLM, KNNLM, MemoryLM)  # imported so that --model finds them by class name
@@ -41,7 +47,7 @@ MODELS = (DecoderLM, KNNLM, MemoryLM)  # imported so that --model finds them by 
 
 class MlpmemCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_top_k": 1,
             "checkpoint.save_last": True, "checkpoint.filename": "best",
@@ -88,20 +94,44 @@ class MlpmemCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        if self._default_loggers:
+        if self._default_loggers and not trainer.fast_dev_run:  # fast_dev_run logs nothing (Lightning's rule)
             root = trainer.default_root_dir
-            trainer.loggers = [CSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
+            trainer.loggers = [AppendingCSVLogger(root, name="", version=""),
+                               TensorBoardLogger(root, name="", version="")]
             trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":
             trainer.callbacks.append(IntervalThroughput())
+            if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+                trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """``fit`` holds the run directory's lock (rank 0; a ``fast_dev_run`` writes nothing, so takes none)."""
+        if subcommand != "fit" or self.trainer.fast_dev_run or rank_zero_only.rank != 0:
+            return super()._run_subcommand(subcommand)
+        with run_lock(self.run_dir):
+            return super()._run_subcommand(subcommand)
+
     def before_fit(self) -> None:
+        """Refuse a run saved with other settings; note a finished one; else resume from its ``last.ckpt``."""
+        self._finished = None
+        if self.trainer.fast_dev_run:  # a smoke test of the command: no resume, nothing written
+            return
+        check_config(self.run_dir, self._parser("fit").dump(self.config["fit"], skip_none=False))
         ckpt_dir = self.trainer.checkpoint_callback.dirpath or self.run_dir / "checkpoints"
         last = Path(ckpt_dir) / "last.ckpt"
         if self.config_init["fit"].get("ckpt_path") is None and last.is_file():
-            print(f"resuming from {last}")
-            self.config_init["fit"]["ckpt_path"] = str(last)
+            self._finished = finished_line(self.run_dir, last, self.trainer.max_steps)
+            if self._finished is None:
+                print(f"resuming from {last}")
+                self.config_init["fit"]["ckpt_path"] = str(last)
+
+    def fit(self, **kwargs) -> None:
+        """``trainer.fit``, unless the run is finished: then one line, and nothing trained or rewritten."""
+        if self._finished:
+            print(self._finished)
+            return
+        self.trainer.fit(**kwargs)
 
 
 def _world_size(cfg) -> int:
