@@ -138,6 +138,9 @@ def finish(study, spec: SweepSpec) -> Path:
             log.warning("study %s: %d grid points have no finished trial (%s): see `error` in %s",
                         spec.study, len(lost), "; ".join(lost), spec.out_dir / "optuna.db")
         return path
+    if busy := [t for t in trials if t.state in (S.RUNNING, S.WAITING)]:  # another worker has them: not a failure
+        log.info("study %s: this worker found no point left; %d trials are with other workers", spec.study, len(busy))
+        return path
     failed = [t for t in trials if t.state == S.FAIL]
     if not failed:
         raise UserError(f"no trial of study {spec.study!r} finished ({len(trials)} trials, none failed: "

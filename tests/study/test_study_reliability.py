@@ -109,6 +109,22 @@ def test_a_sweep_whose_every_trial_failed_is_an_error_quoting_the_first(tmp_path
     assert not list((tmp_path / "study").rglob("results.csv"))
 
 
+def test_a_worker_that_finds_no_point_left_while_others_run_is_not_an_error(tmp_path):
+    """`--workers 4` on a 3-point study: the fourth worker finds the queue empty while the others still run their
+    trials (none COMPLETE yet). That is not "every trial failed": it ends without an error (found on the H200)."""
+    from mlpmem_lightning.study.sweep import finish
+
+    spec = SweepSpec.load(write_spec(tmp_path / "spec.yaml"))
+    study = optuna.create_study(study_name=spec.study)
+    study.ask()  # RUNNING, held by another worker
+    study.enqueue_trial({})  # WAITING
+    finish(study, spec)  # no UserError
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # the waiting one, popped and failed
+    study.tell(study.trials[0].number, state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(UserError, match="every trial of study"):
+        finish(study, spec)
+
+
 def test_a_sweep_with_one_finished_trial_writes_it_and_names_the_failed_points(tmp_path, monkeypatch, caplog):
     from mlpmem_lightning.study import pipeline
 
