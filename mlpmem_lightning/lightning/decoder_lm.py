@@ -23,6 +23,7 @@ from mlpmem_lightning.lightning.optim import (
     FiniteLossGuard,
     OptimSettings,
     adamw_warmup_cosine,
+    make_capturable,
     tokens_per_step,
 )
 from mlpmem_lightning.lightning.step_graph import GraphedTrainStep
@@ -196,6 +197,10 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         if self.step_graph is None:
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         optimizer_closure()  # training_step: the graph replays forward, backward, clipping and the update
+
+    def on_train_start(self) -> None:
+        if self.step_graph is not None and self.device.type == "cuda":  # after a resumed optimizer's state is loaded
+            make_capturable(self.trainer.optimizers[0], self.device)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         if self.step_graph is None:  # the graph overwrites its gradients each step: nothing to zero

@@ -68,6 +68,17 @@ def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Paramet
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Make an optimizer's step replayable in a CUDA graph after its state was restored from a checkpoint.
+
+    ``load_state_dict`` takes the saved groups' ``lr`` and ``capturable``: a run saved without the step graph has a
+    float LR, which a captured step would freeze at its value at capture (the schedule would stop moving it)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        if not (torch.is_tensor(group["lr"]) and group["lr"].device == device):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+
+
 class ClipGradients:
     """Gradient clipping that works with fused AdamW under bf16-mixed (a LightningModule mixin).
 

@@ -141,6 +141,23 @@ def test_cuda_graph_path_trains_the_same_weights(wiki_store, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resumed_optimizer_is_made_capturable_with_a_tensor_lr_the_schedule_moves():
+    """A checkpoint saved without the step graph restores a float LR and capturable=False; a captured step would
+    freeze that LR. make_capturable turns it into a device tensor that LambdaLR fills in place."""
+    from mlpmem_lightning.lightning.optim import make_capturable
+
+    lin = torch.nn.Linear(3, 3)
+    saved = torch.optim.AdamW(lin.parameters(), lr=0.5).state_dict()
+    opt = torch.optim.AdamW(lin.parameters(), lr=0.1)
+    opt.load_state_dict(saved)
+    make_capturable(opt, torch.device("cpu"))
+    lr = opt.param_groups[0]["lr"]
+    assert torch.is_tensor(lr) and float(lr) == 0.5 and opt.param_groups[0]["capturable"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    sched.step()
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.25)  # the same tensor, refilled
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_captured_step_trains_like_the_eager_step_on_gpu(wiki_store, tmp_path):
     """On a GPU, 40 steps with the step captured as a CUDA graph end within bf16 noise of the eager steps' weights
