@@ -23,6 +23,7 @@ from mlpmem_lightning.lightning.optim import (
     FiniteLossGuard,
     OptimSettings,
     adamw_warmup_cosine,
+    is_logging_step,
     make_capturable,
     tokens_per_step,
 )
@@ -152,9 +153,7 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             loss = self.train_loss(batch["input_ids"], batch["labels"])
         self.guard_loss(loss)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
-        # counters only on the steps the logger writes: each float logged is a host-to-device copy that waits for
-        # the GPU to drain its queue
-        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+        if is_logging_step(self):
             tokens = (self.global_step + 1) * self.tokens_per_step
             self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})
         return loss

@@ -30,6 +30,7 @@ from mlpmem_lightning.lightning.optim import (
     FiniteLossGuard,
     OptimSettings,
     adamw_warmup_cosine,
+    is_logging_step,
     tokens_per_step,
 )
 from mlpmem_lightning.models.decoder import ffn_inputs, logits_and_ffn_inputs
@@ -161,7 +162,7 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         self.guard_loss(out["loss"])
         self.log_dict({"train/loss": out["loss"], "train/kl": out["kl"], "train/ce": out["ce"]}, prog_bar=True,
                       sync_dist=True)  # the global batch's losses under DDP
-        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # a logged float waits for the GPU
+        if is_logging_step(self):
             self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
         return out["loss"]
 

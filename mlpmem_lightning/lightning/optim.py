@@ -68,6 +68,15 @@ def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Paramet
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def is_logging_step(module: L.LightningModule) -> bool:
+    """Whether the Trainer's logger writes this step (every step outside a Trainer, as in the bench).
+
+    Counters are logged only then: each Python float logged is a host-to-device copy that waits for the GPU."""
+    trainer = getattr(module, "_trainer", None)
+    every = max(1, trainer.log_every_n_steps) if trainer is not None else 1
+    return (module.global_step + 1) % every == 0
+
+
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Make an optimizer's step replayable in a CUDA graph after its state was restored from a checkpoint.
 
