@@ -102,7 +102,7 @@ class ArtifactWriter:
             found = self.kind  # read_manifest names what is wrong with it
         if found != self.kind:
             raise UserError(f"{self.out} holds a finished {found}, not a {self.kind}: pick another --out")
-        manifest = artifacts.read_manifest(self.out, self.kind)
+        manifest = artifacts.read_manifest(self.out, self.kind, check=False)  # another identity is the clearer error
         want = {k: v for k, v in self.identity.items() if k in manifest or k not in self.added}
         if len(want) < len(self.identity):  # written before these identity fields existed
             log.warning("%s predates the identity fields %s: reused without checking them", self.out,
@@ -110,6 +110,7 @@ class ArtifactWriter:
         if {k: manifest.get(k) for k in want} != want:
             raise UserError(f"{self.out} {self.mismatch} (recorded != requested: "
                             f"{artifacts.diff(manifest, want)}): choose another --out or delete it")
+        artifacts.check_files(self.out, manifest)
         log.info("reusing %s %s", self.kind, self.out)
         return manifest
 

@@ -82,7 +82,7 @@ def test_model_is_chosen_by_class_name(capsys):
     (["sweep", "--config", "no-such-spec.yaml"], "does not exist"),
     (["report", "--results", "missing.csv", "--out", "r"], "does not exist"),
     (["targets", "--datastore", "missing", "--out", "t"], "does not exist"),
-    (["targets", "--datastore", "missing", "--out", "t", "--k", "0"], "does not exist"),
+    (["targets", "--datastore", "missing", "--out", "t", "--k", "0"], "argument --k: 0 must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     out = mlpmem(*args, cwd=tmp_path)

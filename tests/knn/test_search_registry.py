@@ -47,8 +47,9 @@ def first_rows(src, dst, n: int):
     dst.mkdir()
     np.save(dst / "keys.npy", np.asarray(ds.keys[:n]))
     np.save(dst / "values.npy", np.asarray(ds.values[:n]))
-    fields = {k: v for k, v in ds.manifest.items() if k not in ("kind", "indexes")}
-    artifacts.write_manifest(dst, "datastore", {**fields, "N": n, "fingerprint": f"{ds.fingerprint}-first{n}"})
+    fields = {k: v for k, v in ds.manifest.items() if k not in ("kind", "indexes", "files")}
+    artifacts.write_manifest(dst, "datastore", {**fields, "N": n, "fingerprint": f"{ds.fingerprint}-first{n}",
+                                                "files": artifacts.file_records(dst, ("keys.npy", "values.npy"))})
     return dst
 
 
