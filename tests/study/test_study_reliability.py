@@ -143,6 +143,7 @@ def test_a_sweep_with_one_finished_trial_writes_it_and_names_the_failed_points(t
 
 
 # -- item 12: workers that share artifacts wait for each other -----------------------------------------------
+@pytest.mark.slow  # 98 s on CI's 2 cores: `make test-slow`
 def test_two_workers_sharing_a_decoder_wait_for_each_other(tmp_path):
     """Two workers started together on one storage, two memory sizes on one decoder: whichever needs the token
     store, decoder, datastore or targets while the other writes it waits, then reuses it. Both exit 0, every trial
