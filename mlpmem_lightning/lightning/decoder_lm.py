@@ -111,6 +111,9 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             if self.trainer.accumulate_grad_batches != 1:
                 raise UserError("--model.cuda_graph true overwrites the gradients at each step: "
                                 "drop --trainer.accumulate_grad_batches or set --model.cuda_graph false")
+            if self.trainer.world_size > 1:  # its backward runs inside the step, outside DDP's gradient reduction
+                raise UserError("--model.cuda_graph true trains on one device: set --model.cuda_graph false to "
+                                f"train on {self.trainer.world_size} processes")
             self.step_graph = GraphedTrainStep(self.net, self.train_loss, self._clip_and_step)
 
     def _check_data(self, dm) -> None:
@@ -147,7 +150,8 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         return lm_loss(self.net, input_ids, labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.step_graph is not None:  # forward and backward done here; Lightning's backward is skipped below
+        if self.step_graph is not None:  # forward, backward, clipping and the update all replayed here: Lightning's
+            # backward and optimizer step are skipped (``backward``, ``optimizer_step`` below)
             loss = self.step_graph(batch["input_ids"], batch["labels"])
         else:
             loss = self.train_loss(batch["input_ids"], batch["labels"])

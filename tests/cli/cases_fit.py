@@ -66,4 +66,7 @@ CASES: list = [
          lambda t, fx: _memory(fx, t, "--model.lambda_", "0.33")),
     Case("fit runs", "an empty λ grid (--model.lambdas [])", "the λ grid is empty",
          lambda t, fx: _memory(fx, t, "--model.lambdas", "[]")),
+    Case("fit runs", "the step as a CUDA graph with gradient accumulation", "overwrites the gradients at each step",
+         lambda t, fx: _fit(fx, t / "run", "--model.cuda_graph", "true", "--trainer.accumulate_grad_batches", "2",
+                            "--model.max_tokens", "8192")),
 ]
