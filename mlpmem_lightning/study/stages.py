@@ -12,6 +12,7 @@ settings, the model's ``init_args``), the same commands a user runs.
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -184,8 +185,7 @@ class Stages:
                ckpt: Path | None = None) -> dict[str, Any]:
         """The structured config of ``mlpmem <subcommand>``: the spec's trainer YAML, data and seed, and ``model``
         (``{"class_path": <LightningModule name>, "init_args": {...}}``)."""
-        spec = self.spec
-        shipped = yaml.safe_load((experiments_dir() / "trainer" / f"{spec.trainer}.yaml").read_text()) or {}
+        spec, shipped = self.spec, copy.deepcopy(self.trainer_yaml)  # the run may alter what it is given
         trainer = {**shipped.get("trainer", {}), "default_root_dir": str(root), "enable_progress_bar": False}
         data = {"token_store": str(self.token_store), "seq_len": spec.seq_len, "batch_size": spec.batch_size,
                 "num_workers": spec.num_workers,
@@ -202,12 +202,16 @@ class Stages:
         cli = run_cli(self.config(subcommand, model, root, data, ckpt), callbacks=callbacks)
         return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
 
+    @cached_property
+    def trainer_yaml(self) -> dict[str, Any]:
+        """The spec's shipped trainer config (``experiments/trainer/<trainer>.yaml``), read once per trial."""
+        return yaml.safe_load((experiments_dir() / "trainer" / f"{self.spec.trainer}.yaml").read_text()) or {}
+
     def on_gpu(self) -> bool:
         """Whether the spec's trainer YAML trains on a GPU (``accelerator: gpu``, or ``auto`` with one present)."""
         import torch
 
-        shipped = yaml.safe_load((experiments_dir() / "trainer" / f"{self.spec.trainer}.yaml").read_text()) or {}
-        accelerator = shipped.get("trainer", {}).get("accelerator", "auto")
+        accelerator = self.trainer_yaml.get("trainer", {}).get("accelerator", "auto")
         return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
     # -- the shared stages -------------------------------------------------------------------------
