@@ -24,10 +24,9 @@ from mlpmem_lightning.lightning.optim import (
     OptimSettings,
     adamw_warmup_cosine,
     is_logging_step,
-    make_capturable,
     tokens_per_step,
 )
-from mlpmem_lightning.lightning.step_graph import GraphedTrainStep
+from mlpmem_lightning.lightning.step_graph import GraphedTrainStep, StepGraphHooks
 from mlpmem_lightning.models.decoder import build_decoder, context_length
 from mlpmem_lightning.models.families import get_family
 from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, flops_per_token, get_size
@@ -38,7 +37,7 @@ def lm_loss(net: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor)
     return token_nll(net(input_ids=input_ids, use_cache=False).logits, labels).mean()
 
 
-class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
+class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModule):
     """Decoder-only causal LM on the size ladder.
 
     Args:
@@ -108,13 +107,7 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             net = self.net
             self.train_loss = torch.compile(lambda input_ids, labels: lm_loss(net, input_ids, labels))
         if stage == "fit" and self.hparams.cuda_graph:
-            if self.trainer.accumulate_grad_batches != 1:
-                raise UserError("--model.cuda_graph true overwrites the gradients at each step: "
-                                "drop --trainer.accumulate_grad_batches or set --model.cuda_graph false")
-            if self.trainer.world_size > 1:  # its backward runs inside the step, outside DDP's gradient reduction
-                raise UserError("--model.cuda_graph true trains on one device: set --model.cuda_graph false to "
-                                f"train on {self.trainer.world_size} processes")
-            self.step_graph = GraphedTrainStep(self.net, self.train_loss, self._clip_and_step)
+            self.start_step_graph(self.net, self.train_loss)
 
     def _check_data(self, dm) -> None:
         have, fp = self.hparams.data_fingerprint, dm.fingerprint
@@ -184,35 +177,6 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         self._log_epoch(self.test_nll, "test")
 
     # -- optimisation ------------------------------------------------------------------------
-    def _clip_and_step(self) -> None:
-        """What Lightning does after backward, done inside the step graph: clip (``--trainer.gradient_clip_val``,
-        by norm) and the AdamW update (capturable, its LR a device tensor that the LR schedule fills)."""
-        optimizer = self.trainer.optimizers[0]
-        if clip := self.trainer.gradient_clip_val:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if self.trainer.gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(params, clip)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        if self.step_graph is None:
-            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        optimizer_closure()  # training_step: the graph replays forward, backward, clipping and the update
-
-    def on_train_start(self) -> None:
-        if self.step_graph is not None and self.device.type == "cuda":  # after a resumed optimizer's state is loaded
-            make_capturable(self.trainer.optimizers[0], self.device)
-
-    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
-        if self.step_graph is None:  # the graph overwrites its gradients each step: nothing to zero
-            optimizer.zero_grad()
-
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        if self.step_graph is None:
-            super().backward(loss, *args, **kwargs)
-
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self, list(self.parameters()), self.lr, self.optim,
                                    capturable=bool(self.hparams.cuda_graph))

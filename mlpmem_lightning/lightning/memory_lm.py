@@ -33,6 +33,7 @@ from mlpmem_lightning.lightning.optim import (
     is_logging_step,
     tokens_per_step,
 )
+from mlpmem_lightning.lightning.step_graph import StepGraphHooks
 from mlpmem_lightning.models.decoder import ffn_inputs, logits_and_ffn_inputs
 from mlpmem_lightning.models.families import family_of
 from mlpmem_lightning.models.flops import forward_flops_of
@@ -46,7 +47,7 @@ RECORDED = {"token_store_fingerprint": ("token store", "--data.token_store"),
             "datastore_fingerprint": ("datastore", None)}  # follows from the targets: recorded, not checked twice
 
 
-class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.LightningModule):
+class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.LightningModule):
     """MLP Memory on top of a frozen decoder.
 
     Args:
@@ -65,7 +66,9 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         max_tokens: training token budget (sets ``trainer.max_steps``).
         lambdas: λ grid evaluated in one pass (default 0, 0.05, ..., 1).
         lambda_: λ of the headline ``loss``/``ppl`` (e.g. chosen on valid); best of the grid if unset.
-        compile: ``torch.compile`` the memory (GPU).
+        compile: ``torch.compile`` the memory together with its loss (GPU).
+        cuda_graph: capture the whole training step (the frozen decoder's forward to the keys, the memory, its loss,
+            backward, clipping and AdamW) as one CUDA graph and replay it (GPU; ``lightning/step_graph.py``).
         loss: ``sparse`` (log_softmax of the logits, then the K target ids) or ``fused`` (head, log_softmax
             and loss chunk by chunk with the gradient computed in forward: same values, no [tokens, vocab]
             tensor kept for backward; for long batches and large vocabularies).
@@ -77,7 +80,8 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
                  weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, lambdas: list[float] | None = None,
-                 lambda_: float | None = None, compile: bool = False, loss: Literal["sparse", "fused"] = "sparse"):
+                 lambda_: float | None = None, compile: bool = False, loss: Literal["sparse", "fused"] = "sparse",
+                 cuda_graph: bool = False):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"alpha {alpha} must lie in [0, 1]: fix --model.alpha")
@@ -121,8 +125,13 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
             decoder = forward_flops_of(self.decoder, dm.seq_len) if self.hparams.mode == "online" else 0
             per_token = memory_flops_per_token(self.memory.cfg) + decoder
             self.flops_per_token = per_token  # read by IntervalThroughput
-            if self.hparams.compile:
-                self.memory.compile()
+            self.prepare_train_step(self.hparams.compile)
+            if self.hparams.cuda_graph:
+                self.start_step_graph(self.memory, self._step_losses)
+
+    def prepare_train_step(self, compile: bool) -> None:
+        """``train_losses``, compiled (memory and loss as one graph: the fp32 logits never written out) or not."""
+        self.train_losses = torch.compile(self._memory_losses) if compile else self._memory_losses
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # FiniteLossGuard: never a checkpoint of non-finite weights
@@ -146,28 +155,45 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         self.layer = checkpoint.get("memory_layer", -1)
 
     # -- training --------------------------------------------------------------------------------
-    def keys(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _keys_of(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.mode == "offline":
-            return batch["keys"]
+            return x
         with torch.no_grad():
-            return ffn_inputs(self.decoder, batch["input_ids"], self.layer)
+            return ffn_inputs(self.decoder, x, self.layer)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        keys, ids, probs = self.keys(batch).float(), batch["knn_ids"].flatten(0, 1), batch["knn_probs"].flatten(0, 1)
-        labels, alpha = batch["labels"].flatten(), self.hparams.alpha
+    def _memory_losses(self, keys: torch.Tensor, knn_ids: torch.Tensor, knn_probs: torch.Tensor,
+                       labels: torch.Tensor) -> torch.Tensor:
+        """[loss, kl, ce] of the memory on these keys (a vector, so that one graph returns all three)."""
+        ids, probs, labels, alpha = knn_ids.flatten(0, 1), knn_probs.flatten(0, 1), labels.flatten(), self.hparams.alpha
         if self.hparams.loss == "fused":
             out = fused_memory_loss(self.memory.features(keys), self.memory.head_w, ids, probs, labels, alpha)
         else:
             out = memory_loss(self.memory(keys).flatten(0, 1), ids, probs, labels, alpha)
-        self.guard_loss(out["loss"])
-        self.log_dict({"train/loss": out["loss"], "train/kl": out["kl"], "train/ce": out["ce"]}, prog_bar=True,
+        return torch.stack([out["loss"], out["kl"], out["ce"]])
+
+    def _step_losses(self, x: torch.Tensor, labels: torch.Tensor, knn_ids: torch.Tensor,
+                     knn_probs: torch.Tensor) -> torch.Tensor:
+        """One training step's [loss, kl, ce] from the batch (``x``: token ids online, keys offline)."""
+        return self.train_losses(self._keys_of(x).float(), knn_ids, knn_probs, labels)
+
+    train_losses = _memory_losses  # replaced by ``prepare_train_step`` in ``setup``
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x = batch["keys"] if self.hparams.mode == "offline" else batch["input_ids"]
+        xs = (x, batch["labels"], batch["knn_ids"], batch["knn_probs"])
+        # the step graph replays forward, backward, clipping and the update (Lightning's are skipped: StepGraphHooks)
+        out = self.step_graph(*xs) if self.step_graph is not None else self._step_losses(*xs)
+        loss, kl, ce = out.unbind()
+        self.guard_loss(loss)
+        self.log_dict({"train/loss": loss, "train/kl": kl, "train/ce": ce}, prog_bar=True,
                       sync_dist=True)  # the global batch's losses under DDP
         if is_logging_step(self):
             self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
-        return out["loss"]
+        return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self, list(self.memory.parameters()), self.lr, self.optim)
+        return adamw_warmup_cosine(self, list(self.memory.parameters()), self.lr, self.optim,
+                                   capturable=bool(self.hparams.cuda_graph))
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()

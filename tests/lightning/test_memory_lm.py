@@ -148,3 +148,15 @@ def test_command_line_lambda_beats_the_checkpoint(memory_run, small_targets, sma
                            "--model.lambda_", "0.35"))
     m = cli.trainer.callback_metrics
     assert float(m["test/lambda"]) == pytest.approx(0.35) and float(m["test/ppl"]) == float(m["test/ppl_lambda_0.35"])
+
+
+def test_memory_step_graph_path_trains_the_same_weights(small_targets, small_decoder, small_store, tmp_path):
+    """`--model.cuda_graph true` on a memory: the step (keys, memory, loss, backward, clipping, AdamW) runs inside
+    StepGraphHooks, and Lightning's zero_grad, backward and optimizer step are skipped. Off a GPU it runs eagerly,
+    so the trained memory must equal the plain path's bit for bit (the GPU bench captures it)."""
+    budget = ["--model.max_tokens", "2048", "--trainer.gradient_clip_val", "0.5"]
+    for run, extra in (("plain", []), ("graph", ["--model.cuda_graph", "true"])):
+        run_cli(mem_args("fit", small_decoder, small_store, small_targets, tmp_path / run, *budget, *extra))
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+            for r in ("plain", "graph"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
