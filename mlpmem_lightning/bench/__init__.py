@@ -13,6 +13,7 @@ Sections (each row names the GPU, dtype, sizes and batch):
   others is measured against it.
   (``bench.targets``)
 - ``generate`` and ``memory``: see ``bench.infer``.
+- ``speed_claim``: a decoder of N parameters against a decoder of N/2 plus a memory of N/2 (``bench.speed_claim``).
 A ``--profile`` run also writes torch-profiler tables of one decoder training window and one
 clustered-search list, which is how the stage's dominant kernels were found.
 """
@@ -149,8 +150,9 @@ def _profile_train(model, dm, path: Path, steps: int = 5) -> None:
 
 
 # -- files -----------------------------------------------------------------------------------------
-KEY_COLUMNS = ("gpu", "decoder_size", "memory_size", "compile", "cuda_graph", "batch", "seq_len", "rows", "backend",
-               "mode", "search", "datastore_rows")  # what a row measured; the other columns are what it found
+# what a row measured; the other columns are what it found
+KEY_COLUMNS = ("gpu", "target_params", "decoder_size", "memory_size", "compile", "cuda_graph", "batch", "seq_len",
+               "rows", "backend", "mode", "train_mode", "search", "datastore_rows")
 
 
 def write_section(out: Path, section: str, rows: list[dict]) -> Path:
@@ -224,9 +226,16 @@ def run_bench(sections: list[str], out: Path, token_store: str, sizes: list[str]
         from mlpmem_lightning.bench.infer import bench_memory_training
 
         for s in kw.get("memory_sizes", sizes):
-            add("memory", bench_memory_training(s, kw.get("vocab", 16384), dev))
+            add("memory", bench_memory_training(s, kw.get("vocab", 16384), dev, profile_dir=prof,
+                                                train_modes=tuple(kw.get("memory_train_modes", ("eager",)))))
 
-    run = {"train": train, "targets": targets, "generate": generate, "memory": memory}
+    def speed_claim() -> None:
+        from mlpmem_lightning.bench.speed_claim import bench_speed_claim
+
+        for s in kw.get("claim_sizes", ["25m", "100m"]):
+            add("speed_claim", bench_speed_claim(s, kw.get("vocab", 16384), dev, repeats=kw.get("repeats", 3)))
+
+    run = {"train": train, "targets": targets, "generate": generate, "memory": memory, "speed_claim": speed_claim}
     failed = []
     for section in sections:  # in the order given, so a time-limited run measures what matters first
         try:

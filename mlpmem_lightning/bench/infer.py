@@ -130,9 +130,13 @@ def bench_generate(decoder_size: str, vocab: int, datastore_rows: int, device: s
     return rows
 
 
+MEMORY_TRAIN_MODES = {"eager": (False, False), "compiled": (True, False), "graph": (True, True)}  # compile, graph
+
+
 def bench_memory_training(decoder_size: str, vocab: int, device: str, batch: int = 64, seq_len: int = 256,
                           steps: int = 30, warmup: int = 5, keep: int = 128, dtype: torch.dtype = torch.bfloat16,
-                          seed: int = 0) -> list[dict]:
+                          seed: int = 0, train_modes: tuple[str, ...] = ("eager",),
+                          profile_dir: Path | None = None) -> list[dict]:
     """Tokens/s of one MLP Memory optimizer step, ``online`` and ``offline``, as ``mlpmem fit`` runs it.
 
     The step is ``MemoryLM.training_step`` itself (its ``keys``: frozen decoder up to the tapped FFN
@@ -143,9 +147,10 @@ def bench_memory_training(decoder_size: str, vocab: int, device: str, batch: int
     no-ops (supported by Lightning for trainer-less steps), and ``configure_optimizers`` is called
     with a stand-in carrying ``trainer.max_steps``. Offline keys are on the device already (disk
     and host-to-device time not counted). ``step_ms`` is the median over ``steps`` after ``warmup``.
+    ``train_modes``: ``eager``; ``compiled`` (memory and loss compiled together: ``MemoryLM.prepare_train_step``);
+    ``graph`` (compiled, and the whole step, decoder forward and AdamW included, one CUDA graph: the module's own
+    ``GraphedTrainStep`` over ``MemoryLM._step_losses``, as ``--model.cuda_graph true`` builds it).
     """
-    from mlpmem_lightning.lightning.memory_lm import MemoryLM
-
     if keep > vocab:
         raise UserError(f"keep {keep} exceeds the vocabulary {vocab}")
     dev = torch.device(device)
@@ -161,30 +166,64 @@ def bench_memory_training(decoder_size: str, vocab: int, device: str, batch: int
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         build_decoder(size, vocab).save_pretrained(tmp)
-        for mode in ("online", "offline"):
-            module = MemoryLM(tmp, size=mem_name, mode=mode).to(dev).train()
-            module.decoder.to(dev)  # not a submodule: moved by MemoryLM.setup in a real run
-            module.tokens_per_step = batch * seq_len
-            stand_in = SimpleNamespace(hparams=module.hparams, lr=module.lr, optim=module.optim, memory=module.memory,
-                                       device=dev,
-                                       trainer=SimpleNamespace(max_steps=warmup + steps))
-            opt_cfg = MemoryLM.configure_optimizers(stand_in)
-            opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-
-            def step(i: int) -> None:
-                with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
-                    loss = module.training_step(data, i)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*self.log.*")
-                times = [_seconds(lambda: step(i), dev) for i in range(warmup + steps)][warmup:]
-            ms = 1e3 * statistics.median(times)
-            rows.append({"bench": "memory_train", **_info(dev, dtype), "decoder_size": decoder_size,
-                         "memory_size": mem_name, "mode": mode, "batch": batch, "seq_len": seq_len, "keep": keep,
-                         "tokens_per_s": batch * seq_len / (ms / 1e3), "step_ms": ms})
-            module = opt = sched = None
+        for train_mode in train_modes:
+            for mode in ("online", "offline"):
+                rows.append(_memory_row(tmp, mem_name, mode, train_mode, data, dev, dtype, warmup, steps, profile_dir) |
+                            {"decoder_size": decoder_size, "batch": batch, "seq_len": seq_len, "keep": keep})
     return rows
+
+
+def _profile_steps(step: Callable[[int], None], dev: torch.device, path: Path, n: int = 5) -> None:
+    """Profiler table (device time first) of ``n`` more steps, the way ``bench_train --profile`` writes one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(n):
+            step(i)
+        _sync(dev)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by="cuda_time_total" if dev.type == "cuda" else "cpu_time_total",
+                                              row_limit=30))
+
+
+def _memory_row(decoder_dir: str, mem_name: str, mode: str, train_mode: str, data: dict, dev: torch.device,
+                dtype: torch.dtype, warmup: int, steps: int, profile_dir: Path | None = None) -> dict:
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+    from mlpmem_lightning.lightning.step_graph import GraphedTrainStep
+
+    compile, graph = MEMORY_TRAIN_MODES[train_mode]
+    graph = graph and dev.type == "cuda"
+    module = MemoryLM(decoder_dir, size=mem_name, mode=mode, cuda_graph=graph).to(dev).train()
+    module.decoder.to(dev)  # not a submodule: moved by MemoryLM.setup in a real run
+    module.tokens_per_step = data["input_ids"].numel()
+    module.prepare_train_step(compile and dev.type == "cuda")
+    stand_in = SimpleNamespace(hparams=module.hparams, lr=module.lr, optim=module.optim, memory=module.memory,
+                               device=dev, trainer=SimpleNamespace(max_steps=warmup + steps))
+    opt_cfg = MemoryLM.configure_optimizers(stand_in)
+    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+
+    def clip_and_step() -> None:  # what StepGraphHooks._clip_and_step does with --trainer.gradient_clip_val 1
+        torch.nn.utils.clip_grad_norm_(list(module.memory.parameters()), 1.0)
+        opt.step()
+
+    if graph:
+        module.step_graph = GraphedTrainStep(module.memory, module._step_losses, clip_and_step)
+
+    def step(i: int) -> None:
+        with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
+            loss = module.training_step(data, i)
+        if not graph:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_and_step()
+        sched.step()
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        times = [_seconds(lambda: step(i), dev) for i in range(warmup + steps)][warmup:]
+        if profile_dir is not None:
+            _profile_steps(step, dev, profile_dir / f"profile_memory_{mem_name}_{mode}_{train_mode}.txt")
+    ms = 1e3 * statistics.median(times)
+    return {"bench": "memory_train", **_info(dev, dtype), "memory_size": mem_name, "mode": mode,
+            "train_mode": train_mode, "tokens_per_s": module.tokens_per_step / (ms / 1e3), "step_ms": ms}

@@ -134,10 +134,24 @@ def _bench_clustered(run: _Run, name: str, profile_dir: Path | None, **_: Any) -
     ivf = ClusteredIVF(run.ds.keys, nlist, nprobe, run.dev, centroids=centroids)
     _, ivf_ids = ivf.search(run.q, k + 1)
     run.row("clustered IVF (whole targets run)", n, n / full, ivf_ids, projected_full_s=round(full, 1),
-            mass_kept_mean=round(m["mass_kept_mean"], 4))
+            mass_kept_mean=round(m["mass_kept_mean"], 4), **search_bounds(ivf, full))
     if profile_dir is not None:
         values = torch.from_numpy(np.asarray(run.ds.values, dtype=np.int64)).to(run.dev)
         _profile_search(ivf, values, profile_dir / f"profile_targets_{n}.txt", k + 1, run.base["keep"])
+
+
+def search_bounds(ivf: ClusteredIVF, seconds: float) -> dict:
+    """Where a whole self-search of ``seconds`` sits against the chip: its fp32 FLOPs over the fp32 peak, and its
+    score matrix (4 bytes written, 4 read by topk per element) over the HBM bandwidth."""
+    from mlpmem_lightning.core.hardware import hbm_bandwidth, peak_fp32
+
+    flops, scores = ivf.self_search_work()
+    peak, bw = peak_fp32(gpu_name()), hbm_bandwidth(gpu_name())
+    out = {"search_tflop": round(flops / 1e12, 2), "score_gelements": round(scores / 1e9, 1)}
+    if peak and bw:
+        out |= {"flop_bound_s": round(flops / peak, 2), "vs_flop_bound": round(seconds / (flops / peak), 1),
+                "bytes_bound_s": round(8 * scores / bw, 2), "vs_bytes_bound": round(seconds / (8 * scores / bw), 1)}
+    return out
 
 
 def _bench_torch(run: _Run, name: str, **_: Any) -> None:

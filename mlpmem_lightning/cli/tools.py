@@ -61,7 +61,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 # -- bench ------------------------------------------------------------------------------------
-SECTIONS = ("train", "targets", "generate", "memory")
+SECTIONS = ("train", "targets", "generate", "memory", "speed_claim")
 
 
 def args_bench(p: argparse.ArgumentParser) -> None:
@@ -73,8 +73,8 @@ def args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=csv_list, default=["1.6m", "6m", "12m", "25m", "50m", "100m", "150m"],
                    help="decoder sizes for train (and memory)")
     p.add_argument("--train-modes", type=csv_list, default=["eager", "compiled", "graph"],
-                   help="train modes, each against the in-run plain-PyTorch reference: eager, compiled, graph "
-                        "(compiled + the step as a CUDA graph)")
+                   help="train and memory modes (train: each against the in-run plain-PyTorch reference): eager, "
+                        "compiled, graph (compiled + the step as a CUDA graph)")
     p.add_argument("--batch", type=int, default=64, help="train: windows per step")
     p.add_argument("--seq-len", type=int, default=256, help="train: tokens per window")
     p.add_argument("--steps", type=int, default=30, help="train: timed steps (after 10 untimed)")
@@ -87,6 +87,8 @@ def args_bench(p: argparse.ArgumentParser) -> None:
                         f"{', '.join(REGISTRY)}")
     p.add_argument("--generate-sizes", type=csv_list, default=["12m"], help="decoder sizes for generate")
     p.add_argument("--datastore-rows", type=positive, default=10_000_000, help="kNN-LM datastore keys for generate")
+    p.add_argument("--claim-sizes", type=csv_list, default=["25m", "100m"],
+                   help="speed_claim: decoder sizes N, each against a decoder of ~N/2 + a memory of ~N/2")
     p.add_argument("--memory-sizes", type=csv_list, default=["6m", "12m"], help="decoder sizes for memory training")
     p.add_argument("--work", type=Path, default=Path("runs/bench"), help="scratch space (synthetic datastores)")
     p.add_argument("--repeats", type=positive, default=3, help="timed generate calls per row (median)")
@@ -106,7 +108,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     run_bench(args.sections, args.out, args.data, args.sizes, args.rows, args.work, args.train_modes,
               batch=args.batch, seq_len=args.seq_len, steps=args.steps, reference=args.reference,
               profile=args.profile, generate_sizes=args.generate_sizes, datastore_rows=args.datastore_rows,
-              memory_sizes=args.memory_sizes, repeats=args.repeats, targets_backends=tuple(args.targets_backends))
+              memory_sizes=args.memory_sizes, memory_train_modes=args.train_modes, claim_sizes=args.claim_sizes,
+              repeats=args.repeats, targets_backends=tuple(args.targets_backends))
     print(f"bench: {', '.join(args.sections)} -> {args.out / 'bench.md'}")
 
 

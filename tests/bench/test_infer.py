@@ -54,3 +54,34 @@ def test_bench_memory_training_rows():
         assert r["bench"] == "memory_train" and r["memory_size"] == "mem-200k" and r["keep"] == 16
         assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0 and r["step_ms"] > 0
         assert math.isclose(r["tokens_per_s"] * r["step_ms"] / 1e3, 4 * 16)
+
+
+def test_bench_memory_training_modes_are_rows_of_their_own():
+    rows = bench_memory_training("200k", VOCAB, "cpu", batch=2, seq_len=8, steps=2, warmup=1, keep=8,
+                                 train_modes=("eager", "graph"))
+    assert [(r["train_mode"], r["mode"]) for r in rows] == [(t, m) for t in ("eager", "graph")
+                                                           for m in ("online", "offline")]
+
+
+def test_speed_claim_halves_are_the_closest_to_half_of_n_by_brute_force():
+    """The split the speed-claim bench times: counted by building every candidate network (sum of numel)."""
+    from mlpmem_lightning.bench.speed_claim import bench_speed_claim, half_split
+    from mlpmem_lightning.models.decoder import build_decoder
+    from mlpmem_lightning.models.ladder import LADDER, MEMORY_LADDER, get_size
+    from mlpmem_lightning.models.memory import build_memory
+
+    def count(net):
+        return sum(p.numel() for p in net.parameters())
+
+    half, mem, n, n_half, n_mem = half_split("1.6m", VOCAB)
+    assert n == count(build_decoder(get_size("1.6m"), VOCAB))
+    totals = {s.name: count(build_decoder(s, VOCAB)) for s in LADDER if s.d_model <= 512}
+    assert half == min(totals, key=lambda s: abs(totals[s] - n / 2)) and n_half == totals[half]
+    mems = {m.name: count(build_memory(m.name, get_size(half).d_model, VOCAB)) for m in MEMORY_LADDER[:6]}
+    assert mem == min(mems, key=lambda m: abs(mems[m] - n / 2)) and n_mem == mems[mem]
+
+    rows = bench_speed_claim("1.6m", VOCAB, "cpu", batches=(1,), prompt_len=8, new_tokens=4, repeats=1)
+    assert [(r["mode"], r["decoder_size"], r["memory_size"]) for r in rows] == [
+        ("decoder", "1.6m", ""), ("half+memory", half, mem), ("decoder", "1.6m", "")]
+    assert rows[1]["params_total"] == n_half + n_mem
+    assert math.isclose(rows[0]["speed_vs_full_decoder"] + rows[2]["speed_vs_full_decoder"], 2.0)

@@ -106,3 +106,17 @@ def test_centroids_are_cached_beside_the_datastore(tmp_path, monkeypatch):
     np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8, fingerprint="fp0"), first + 1)
     monkeypatch.setattr(cs, "train_centroids", lambda *a: first + 3)  # another datastore's keys: retrained
     np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8, fingerprint="fp1"), first + 3)
+
+
+def test_self_search_work_counts_every_scored_pair():
+    """The FLOPs the bench holds against the fp32 peak: every (query, candidate) pair a self-search scores,
+    counted by brute force over the lists' own keys and probe sets, at 2d FLOPs each, plus assigning each key."""
+    keys = clustered(3000, 8, 24, seed=3)
+    s = ClusteredIVF(keys, nlist=24, nprobe=5)
+    pairs = 0
+    for lst in range(s.nlist):
+        queries = s.bounds[lst + 1] - s.bounds[lst]
+        probe = s.probes[lst, :s.used[lst]].tolist()
+        pairs += queries * sum(s.bounds[p + 1] - s.bounds[p] for p in probe)
+    flops, scored = s.self_search_work()
+    assert scored == pairs and flops == 2 * 8 * (pairs + 3000 * 24)

@@ -189,6 +189,12 @@ class ClusteredIVF(Searcher):
             start += count
         return decode(out)
 
+    def self_search_work(self) -> tuple[int, int]:
+        """(FLOPs, score elements) of a whole self-search: each list's queries against its probe set (2d FLOPs per
+        pair, in IEEE fp32) plus assigning every key to its list; each score is written once and read by topk."""
+        pairs = int((self.counts.double() * torch.tensor(self.sizes, dtype=torch.float64, device=self.device)).sum())
+        return 2 * self.d * (pairs + self.n * self.nlist), pairs
+
     def units(self, chunk: int = TARGETS.chunk) -> np.ndarray:
         """Self-search units are the IVF lists (``chunk`` is not used): the rows of each list."""
         return self.counts.cpu().numpy()
