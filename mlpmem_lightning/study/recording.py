@@ -101,10 +101,10 @@ def summary_line(trial, spec: SweepSpec) -> str:
     extra = " ".join(f"{k}={v:g}" for k, v in point.items() if k in axes.AXES)
     losses = ", ".join(f"{r['arch']} {r['loss']:.4f}" + (f" (λ {r['lambda']:g})" if r["arch"] != "decoder" else "")
                        for r in rows)
-    temperature = axes.value(axes.at(spec, point), "knn.temperature")
+    temperature = axes.at(spec, point).knn_settings.temperature
     times = " ".join(f"{k[5:-2]} {v:.0f}s" for k, v in attrs.items() if k.startswith("time_") and k.endswith("_s"))
-    t = f"; T {temperature:g}" if isinstance(temperature, (int, float)) else ""
-    return f"trial {trial.number} {where}{' ' + extra if extra else ''}: valid loss {losses}{t}; {times}"
+    where += f" {extra}" if extra else ""
+    return f"trial {trial.number} {where}: valid loss {losses}; T {temperature:g}; {times}"
 
 
 def short_table(results: pd.DataFrame, split: str = "test") -> str:

@@ -188,6 +188,8 @@ def _override(raw: dict[str, Any], key: str, value: Any) -> None:
     *sections, last = key.split(".")
     here = raw
     for name in sections:
+        if name == "sampler" and isinstance(here.get(name), str):  # sampler: tpe, then --set sampler.n_trials=8
+            here[name] = {"name": here[name]}
         if here.get(name) is None:
             here[name] = {}
         if not isinstance(here[name], dict):

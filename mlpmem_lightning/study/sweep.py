@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,8 @@ def open_storage(spec: SweepSpec):
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
                                           if url.startswith("sqlite") else {},
                                           heartbeat_interval=spec.heartbeat, grace_period=4 * spec.heartbeat)
-    except ModuleNotFoundError as err:  # the URL's database driver (psycopg2, pymysql…) is not installed
-        raise UserError(missing_driver(url, err.name)) from None
+    except ImportError as err:  # the URL's database driver (psycopg2, pymysql…) is not installed
+        raise UserError(missing_driver(url, _missing_module(err))) from None
     except Exception as err:  # sqlalchemy, file-system and lock errors come in many types
         raise UserError(f"cannot open sweep storage {url} ({type(err).__name__}: {str(err).splitlines()[0]}): "
                         "check the path/URL and that no other process holds a lock on it") from None
@@ -89,6 +90,15 @@ def missing_driver(url: str, module: str | None) -> str:
     extra = EXTRAS.get(scheme)
     fix = f"pip install 'mlpmem-lightning[{extra}]'" if extra else f"pip install the {module} package"
     return f"sweep storage {url.split('@')[-1]} needs the database driver {module}, which is not installed: {fix}"
+
+
+def _missing_module(err: BaseException | None) -> str | None:
+    """The module an import error (or the error it wraps: Optuna's RDB storage wraps SQLAlchemy's) failed on."""
+    while err is not None:
+        if isinstance(err, ImportError) and err.name:
+            return err.name
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def make_sampler(spec: SweepSpec, seed: int = 0):
@@ -112,6 +122,7 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None,
 
     limit_gpu_memory()  # a worker of `mlpmem sweep --workers N`: at most 1/N of the GPU's memory
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "Trial 0 finished … Best is trial 0": ours below
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, every trial
     spec = SweepSpec.load(spec_path, overrides)
     pipeline.select(spec)  # unknown architectures or objective: refused before anything runs
     if out is not None:
