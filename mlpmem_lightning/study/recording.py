@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from typing import Any
@@ -23,7 +24,24 @@ from mlpmem_lightning.study import axes
 from mlpmem_lightning.study.spec import SweepSpec
 
 KIND = "lambda_point"
+STAGE_ORDER = ["decoder_fit", "datastore", "targets", "memory_fit", "decoder_eval", "knn_lm_eval", "memory_eval"]
 GRID_KEY = re.compile(r"ppl_lambda_([0-9.]+)(?:_T_?([0-9.]+))?$")
+
+
+class NoAdverts(logging.Filter):
+    """Drops Lightning's adverts ("💡 Tip: … try installing litlogger …"), printed at every Trainer's start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("💡") or "litlogger" in text or "litmodels" in text)
+
+
+def quiet_lightning() -> None:
+    """Install :class:`NoAdverts` on Lightning's loggers (once): a trial runs several Trainers."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, NoAdverts) for f in logger.filters):
+            logger.addFilter(NoAdverts())
 
 
 def is_lambda_point(trial) -> bool:
@@ -102,16 +120,22 @@ def summary_line(trial, spec: SweepSpec) -> str:
     losses = ", ".join(f"{r['arch']} {r['loss']:.4f}" + (f" (λ {r['lambda']:g})" if r["arch"] != "decoder" else "")
                        for r in rows)
     temperature = axes.at(spec, point).knn_settings.temperature
-    times = " ".join(f"{k[5:-2]} {v:.0f}s" for k, v in attrs.items() if k.startswith("time_") and k.endswith("_s"))
+    stages = sorted((k[5:-2] for k in attrs if k.startswith("time_") and k.endswith("_s")),
+                    key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+    times = " ".join(f"{s} {attrs[f'time_{s}_s']:.0f}s" for s in stages)
     where += f" {extra}" if extra else ""
     return f"trial {trial.number} {where}: valid loss {losses}; T {temperature:g}; {times}"
 
 
 def short_table(results: pd.DataFrame, split: str = "test") -> str:
     """Loss per architecture (columns) and point (rows) on ``split``: what the sweep prints when it ends."""
-    keys = ["decoder_size", "memory_size", "seed"] + [c for c in results.columns if c in axes.AXES]
-    df = results[results["split"] == split]
+    keys = ["decoder_size", "seed"] + [c for c in results.columns if c in axes.AXES]
+    df = results[results["split"] == split].copy()
     if df.empty:
         return "(no rows)"
-    table = df.pivot_table(index=keys, columns="arch", values="loss", aggfunc="first")
+    df["memory_size"] = df["memory_size"].fillna("").astype(str)
+    # one column per architecture; per (architecture, memory size) where a decoder has several memory sizes
+    several = df.groupby(keys + ["arch"])["memory_size"].transform("nunique") > 1
+    df["column"] = df["arch"].where(~several, df["arch"] + " " + df["memory_size"])
+    table = df.pivot_table(index=keys, columns="column", values="loss", aggfunc="first").rename_axis(columns=None)
     return f"{split} loss:\n{table.round(4).to_string()}"

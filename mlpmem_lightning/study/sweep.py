@@ -123,6 +123,8 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None,
     limit_gpu_memory()  # a worker of `mlpmem sweep --workers N`: at most 1/N of the GPU's memory
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "Trial 0 finished … Best is trial 0": ours below
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, every trial
+    recording.quiet_lightning()
+    warnings.filterwarnings("ignore", message="The dirpath has changed")  # every evaluation of a fitted run
     spec = SweepSpec.load(spec_path, overrides)
     pipeline.select(spec)  # unknown architectures or objective: refused before anything runs
     if out is not None:
