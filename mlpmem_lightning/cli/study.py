@@ -82,6 +82,20 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.results, args.out, split=args.split, bootstrap=args.bootstrap)}")
 
 
+def args_collect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_DIR",
+                   help="run directories of fit/validate/test (--trainer.default_root_dir), or folders holding them")
+    p.add_argument("--out", required=True, type=Path, help="results.csv to write (DESIGN.md schema)")
+    p.add_argument("--study", default="collected", help="the study column of the rows")
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.study.collect import collect
+
+    rows = collect(args.runs, args.out, args.study)
+    print(f"results: {args.out} ({len(rows)} rows from {rows['run'].nunique()} runs)")
+
+
 # -- demo --------------------------------------------------------------------------------------
 def args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where every artifact of the demo goes")
@@ -99,5 +113,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 COMMANDS = (
     Command("sweep", "Optuna study over decoder and memory sizes -> results.csv", args_sweep, cmd_sweep),
     Command("report", "results.csv -> power-law fits, plots, report.md", args_report, cmd_report),
+    Command("collect", "runs made by hand with fit/validate/test -> results.csv", args_collect, cmd_collect),
     Command("demo", "a small end-to-end study on the embedded corpus (CPU)", args_demo, cmd_demo),
 )
