@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlpmem_lightning.core.errors import UserError
 
-if TYPE_CHECKING:
-    from mlpmem_lightning.study.spec import SweepSpec
+SweepSpec = Any  # a study.spec.SweepSpec: spec.py imports this module, so it is not imported here (no cycle)
 
 # parameter name -> where it lives in the spec (a top-level key, or a key of the ``knn:`` section)
 AXES: dict[str, tuple[str, ...]] = {

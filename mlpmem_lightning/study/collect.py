@@ -88,10 +88,11 @@ def run_rows(run: Path, study: str) -> list[dict[str, Any]]:
     module = test_cfg["model"]["class_path"].rsplit(".", 1)[-1]
     arch = _arch(module)
     init = test_cfg["model"].get("init_args") or {}
+    scores = _scores(run, arch, test_cfg)  # before the accounting: a λ picked on test is refused first
     decoder_run = _fit_dir(init["decoder"]) if module != "DecoderLM" else _fit_dir(test_cfg.get("ckpt_path") or run)
     base = {"study": study, "trial": None, "arch": arch.name, "run": str(run), "mlpmem_version": __version__,
             **_account(arch.name, decoder_run, run, test_cfg)}
-    return [{**base, **split} for split in _scores(run, arch, test_cfg)]
+    return [{**base, **split} for split in scores]
 
 
 def _scores(run: Path, arch, test_cfg: dict[str, Any]) -> list[dict[str, Any]]:
