@@ -101,10 +101,9 @@ def distribution(name: str, values: list[Any]):
 
     from mlpmem_lightning.models.ladder import MEMORY_SIZES, SIZES
 
-    if name == "decoder_size":
-        return CategoricalDistribution(sorted(set(SIZES) | set(values)))
-    if name == "memory_size":
-        return CategoricalDistribution(sorted(set(MEMORY_SIZES) | set(values)))
+    if name in ("decoder_size", "memory_size"):  # in ladder order: the dashboard's axes run small to large
+        ladder = list(SIZES if name == "decoder_size" else MEMORY_SIZES)
+        return CategoricalDistribution(ladder + sorted(set(values) - set(ladder)))
     if name == "seed" or name in INTEGER:
         return IntDistribution(int(min(values)), int(max(values)), log=name in LOG and min(values) > 0)
     return FloatDistribution(float(min(values)), float(max(values)), log=name in LOG and min(values) > 0)

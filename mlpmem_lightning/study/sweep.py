@@ -1,4 +1,4 @@
-"""`mlpmem sweep --config sweeps/NAME.yaml`: an Optuna study over decoder and memory sizes.
+"""`mlpmem sweep --config sweeps/NAME.yaml`: an Optuna study over decoder and memory sizes (and swept settings).
 
 Each trial runs the pipeline for its (decoder size, memory size, seed): the shared stages its
 architectures need (fit the decoder -> datastore -> targets), then each architecture of the study
@@ -8,7 +8,9 @@ the valid loss of the ``objective`` architecture (default ``mlp_memory``). Artif
 ``out/`` keyed by what they depend on, so trials that share a decoder reuse its checkpoint, datastore
 and targets, and an interrupted trial resumes its stages. The study lives in Optuna storage (SQLite by
 default, a journal file for shared file systems, or any RDB URL); a restarted sweep re-runs only
-unfinished grid points. Every trial stores its rows as a user attribute; ``<out>/<study>/results.csv`` (the
+unfinished grid points. Grid points, swept settings and each evaluated λ are Optuna parameters
+(:mod:`.recording`, :mod:`.axes`), so optuna-dashboard can plot them. Every trial stores its rows as a user
+attribute; ``<out>/<study>/results.csv`` (the
 results table) and ``<out>/<study>/trials.csv`` (one row per trial: sizes, FLOPs and wall seconds per stage) are
 rebuilt from the storage after every trial: studies sharing an ``out`` share artifacts, never tables. Workers
 sharing the study take turns on its queue and on the artifacts they share (:mod:`.locks`). A sweep in which
