@@ -200,3 +200,47 @@ def test_optuna_dashboard_sees_the_grid_as_parameters_with_importances(tmp_path,
     importances = dashboard_get(app, f"/api/studies/{study_id}/param_importances")["param_importances"][0]
     ranked = [i["name"] for i in sorted(importances, key=lambda i: -i["importance"])]
     assert set(ranked) >= {"decoder_size", "decoder_lr", "lambda"}
+
+
+def test_trial_stages_are_quiet_and_show_a_fit_progress_bar_only_on_a_terminal(monkeypatch):
+    """The structured configs a trial runs: fits show a bar on a terminal, evaluations print no result tables."""
+    import sys
+    from types import SimpleNamespace
+
+    from mlpmem_lightning.study.stages import Stages
+
+    spec = SweepSpec(study="s", decoder_sizes=["200k"])
+    stages = SimpleNamespace(spec=spec, trainer_yaml={"trainer": {"accelerator": "cpu"}}, token_store="tok", seed=0)
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: tty, raising=False)
+        fit = Stages.config(stages, "fit", {"class_path": "DecoderLM"}, root=".")["fit"]
+        assert fit["trainer"]["enable_progress_bar"] is tty and "verbose" not in fit
+    for sub in ("validate", "test"):
+        cfg = Stages.config(stages, sub, {"class_path": "DecoderLM"}, root=".")[sub]
+        assert cfg["verbose"] is False and cfg["trainer"]["enable_progress_bar"] is False
+
+
+def test_lightning_adverts_are_dropped_and_other_messages_kept():
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero
+
+    recording.quiet_lightning()
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = rank_zero.rank_zero_module.log
+    handler = Keep()
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        rank_zero.rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org)")
+        rank_zero.rank_zero_info("GPU available: False, used: False")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    assert seen == ["GPU available: False, used: False"]
