@@ -39,19 +39,21 @@ class SweepSpec:
     objective: str = "mlp_memory"  # the architecture whose valid loss is the trial's value
     out: str | None = None  # default runs/sweeps/<study>
     storage: str | None = None  # default sqlite:///<out>/optuna.db; "journal:PATH"; any RDB URL
-    sampler: str = "grid"  # grid | random | tpe
+    sampler: str = "grid"  # grid | random | tpe; or {name, n_trials, params} (axes.py)
     n_trials: int | None = None  # for random/tpe (grid: the whole grid)
+    ranges: dict[str, dict[str, Any]] = field(default_factory=dict)  # sampled settings: the sampler's params
     corpus: str = "wiki-summaries"
     token_store: str | None = None  # default <out>/tokens
     prepare: dict[str, Any] = field(default_factory=dict)  # PrepareSettings overrides
     trainer: str = "cpu"  # experiments/trainer/<name>.yaml
     seq_len: int = 128
     batch_size: int = 16
-    decoder_tokens: int = 1_000_000
-    decoder_lr: float | None = None  # the decoders' peak learning rate (default: each rung's shipped one)
-    memory_tokens: int = 1_000_000
+    # a list where a number is expected sweeps that setting (decoder_lr, alpha, the budgets, knn k/keep/temperature)
+    decoder_tokens: int | list[int] = 1_000_000
+    decoder_lr: float | list[float] | None = None  # the decoders' peak learning rate (default: each rung's shipped)
+    memory_tokens: int | list[int] = 1_000_000
     memory_mode: str = "online"
-    alpha: float = 0.5
+    alpha: float | list[float] = 0.5
     knn: dict[str, Any] = field(default_factory=dict)  # TargetSettings overrides (index, k, temperature, backend, ...)
     knn_eval_index: str | None = None  # index for kNN-LM evaluation (default: knn.index)
     lambda_: float | None = None  # YAML key "lambda": fix λ instead of choosing it on valid
@@ -63,7 +65,8 @@ class SweepSpec:
     heartbeat: int = 60  # seconds between a running trial's heartbeats (RDB storages); stale after 4 of them
 
     @classmethod
-    def load(cls, path: str | Path) -> SweepSpec:
+    def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+        """Read, override (``{"knn.k": 64}``: the command line's ``--set``) and check a spec."""
         path = resolve_shipped(path)  # sweeps/<name>.yaml is found without a checkout too
         if not path.is_file():
             raise UserError(f"sweep spec {path} does not exist: see sweeps/ for examples")
@@ -77,6 +80,9 @@ class SweepSpec:
         if not isinstance(raw, dict):
             raise UserError(f"sweep spec {path} holds a YAML {type(raw).__name__}, not a mapping of keys "
                             "(study: NAME, decoder_sizes: [...], ...): see sweeps/demo.yaml")
+        for key, value in (overrides or {}).items():
+            _override(raw, key, value)
+        _sampler_section(raw, path)
         if "lambda" in raw:
             raw["lambda_"] = raw.pop("lambda")
         _renamed(raw, path)
@@ -93,6 +99,14 @@ class SweepSpec:
         return spec
 
     def validate(self) -> None:
+        from mlpmem_lightning.study import axes
+
+        axes.check_ranges(self)
+        scalars = axes.validate(self)  # a swept spec is checked once per swept value
+        for spec in scalars or [self]:
+            spec._validate_scalar()
+
+    def _validate_scalar(self) -> None:
         from mlpmem_lightning.knn.datastore import DatastoreSettings
         from mlpmem_lightning.knn.search import choices as backend_choices
         from mlpmem_lightning.models.ladder import get_memory_size, get_size
@@ -141,8 +155,9 @@ class SweepSpec:
         return self.out_dir / self.study
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every (decoder size, memory size, seed) point of the study."""
+        """Every (decoder size, memory size, seed, swept settings…) point of the study."""
         from mlpmem_lightning.models.ladder import matched_memory
+        from mlpmem_lightning.study import axes
 
         points = []
         for dec, seed in itertools.product(self.decoder_sizes, self.seeds):
@@ -153,7 +168,7 @@ class SweepSpec:
                      or matched_memory(p["decoder_size"]).name, "seed": int(p.get("seed", 0))}
             if point not in points:
                 points.append(point)
-        return points
+        return [{**p, **combo} for p in points for combo in axes.combos(self)]
 
 
 def _renamed(raw: dict[str, Any], path: Path) -> None:
@@ -166,3 +181,33 @@ def _renamed(raw: dict[str, Any], path: Path) -> None:
                             "drop knn_backend (renamed to knn: {backend: ...})")
         raw["knn"] = {**knn, "backend": backend}
         log.warning("%s: knn_backend is renamed: write knn: {backend: %s}", path, backend)
+
+
+def _override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (``knn.k`` reaches into a section) to ``value`` in the raw spec, as if the YAML said so."""
+    *sections, last = key.split(".")
+    here = raw
+    for name in sections:
+        if name == "sampler" and isinstance(here.get(name), str):  # sampler: tpe, then --set sampler.n_trials=8
+            here[name] = {"name": here[name]}
+        if here.get(name) is None:
+            here[name] = {}
+        if not isinstance(here[name], dict):
+            raise UserError(f"--set {key}: {name} is not a section of the spec (e.g. knn.k=64)")
+        here = here[name]
+    here[last] = value
+
+
+def _sampler_section(raw: dict[str, Any], path: Path) -> None:
+    """``sampler: {name: tpe, n_trials: N, params: {decoder_lr: {low, high, log}}}`` read as its three keys."""
+    section = raw.get("sampler")
+    if not isinstance(section, dict):
+        return
+    bad = sorted(set(section) - {"name", "n_trials", "params"})
+    if bad or "name" not in section:
+        raise UserError(f"{path}: sampler section {section!r}: give name (random or tpe), n_trials and params "
+                        "(e.g. {decoder_lr: {low: 1e-4, high: 1e-2, log: true}})")
+    raw["sampler"] = section["name"]
+    if "n_trials" in section:
+        raw["n_trials"] = section["n_trials"]
+    raw["ranges"] = section.get("params") or {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -186,12 +187,15 @@ class Stages:
         """The structured config of ``mlpmem <subcommand>``: the spec's trainer YAML, data and seed, and ``model``
         (``{"class_path": <LightningModule name>, "init_args": {...}}``)."""
         spec, shipped = self.spec, copy.deepcopy(self.trainer_yaml)  # the run may alter what it is given
-        trainer = {**shipped.get("trainer", {}), "default_root_dir": str(root), "enable_progress_bar": False}
+        # a fit's progress bar on a terminal only; evaluations print no result tables (the trial's summary line does)
+        bar = subcommand == "fit" and sys.stdout.isatty()
+        trainer = {**shipped.get("trainer", {}), "default_root_dir": str(root), "enable_progress_bar": bar}
         data = {"token_store": str(self.token_store), "seq_len": spec.seq_len, "batch_size": spec.batch_size,
                 "num_workers": spec.num_workers,
                 **({"eval_batch_size": spec.eval_batch_size} if spec.eval_batch_size else {}), **(data or {})}
         cfg = {**shipped, "trainer": trainer, "model": model, "data": data, "seed_everything": self.seed}
-        return {"subcommand": subcommand, subcommand: {**cfg, **({"ckpt_path": str(ckpt)} if ckpt else {})}}
+        quiet = {"verbose": False} if subcommand in ("validate", "test") else {}
+        return {"subcommand": subcommand, subcommand: {**cfg, **quiet, **({"ckpt_path": str(ckpt)} if ckpt else {})}}
 
     def run(self, subcommand: str, model: dict[str, Any], root: Path, data: dict[str, Any] | None = None,
             ckpt: Path | None = None) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""`mlpmem sweep --config sweeps/NAME.yaml`: an Optuna study over decoder and memory sizes.
+"""`mlpmem sweep --config sweeps/NAME.yaml`: an Optuna study over decoder and memory sizes (and swept settings).
 
 Each trial runs the pipeline for its (decoder size, memory size, seed): the shared stages its
 architectures need (fit the decoder -> datastore -> targets), then each architecture of the study
@@ -8,7 +8,9 @@ the valid loss of the ``objective`` architecture (default ``mlp_memory``). Artif
 ``out/`` keyed by what they depend on, so trials that share a decoder reuse its checkpoint, datastore
 and targets, and an interrupted trial resumes its stages. The study lives in Optuna storage (SQLite by
 default, a journal file for shared file systems, or any RDB URL); a restarted sweep re-runs only
-unfinished grid points. Every trial stores its rows as a user attribute; ``<out>/<study>/results.csv`` (the
+unfinished grid points. Grid points, swept settings and each evaluated λ are Optuna parameters
+(:mod:`.recording`, :mod:`.axes`), so optuna-dashboard can plot them. Every trial stores its rows as a user
+attribute; ``<out>/<study>/results.csv`` (the
 results table) and ``<out>/<study>/trials.csv`` (one row per trial: sizes, FLOPs and wall seconds per stage) are
 rebuilt from the storage after every trial: studies sharing an ``out`` share artifacts, never tables. Workers
 sharing the study take turns on its queue and on the artifacts they share (:mod:`.locks`). A sweep in which
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from lightning.pytorch.callbacks import Callback
 
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.study import locks
+from mlpmem_lightning.study import axes, locks, recording
 from mlpmem_lightning.study.results import write_results
 from mlpmem_lightning.study.spec import SweepSpec
 
@@ -73,9 +76,31 @@ def open_storage(spec: SweepSpec):
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
                                           if url.startswith("sqlite") else {},
                                           heartbeat_interval=spec.heartbeat, grace_period=4 * spec.heartbeat)
+    except ImportError as err:  # the URL's database driver (psycopg2, pymysql…) is not installed
+        raise UserError(missing_driver(url, _missing_module(err))) from None
     except Exception as err:  # sqlalchemy, file-system and lock errors come in many types
         raise UserError(f"cannot open sweep storage {url} ({type(err).__name__}: {str(err).splitlines()[0]}): "
                         "check the path/URL and that no other process holds a lock on it") from None
+
+
+EXTRAS = {"postgresql": "postgres", "postgres": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def missing_driver(url: str, module: str | None) -> str:
+    """The one line for a storage URL whose database driver is not installed: the extra that installs it."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    extra = EXTRAS.get(scheme)
+    fix = f"pip install 'mlpmem-lightning[{extra}]'" if extra else f"pip install the {module} package"
+    return f"sweep storage {url.split('@')[-1]} needs the database driver {module}, which is not installed: {fix}"
+
+
+def _missing_module(err: BaseException | None) -> str | None:
+    """The module an import error (or the error it wraps: Optuna's RDB storage wraps SQLAlchemy's) failed on."""
+    while err is not None:
+        if isinstance(err, ImportError) and err.name:
+            return err.name
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def make_sampler(spec: SweepSpec, seed: int = 0):
@@ -85,18 +110,24 @@ def make_sampler(spec: SweepSpec, seed: int = 0):
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
-    return None  # grid: points are enqueued explicitly
+    return recording.point_sampler()  # grid: points are enqueued; the sampler hands each trial its point
 
 
-def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
-    """Run (or resume) the study (``out`` overrides the spec's); returns the path of its ``results.csv``."""
+def run_sweep(spec_path: str | Path, out: str | Path | None = None,
+              overrides: dict[str, Any] | None = None) -> Path:
+    """Run (or resume) the study (``out`` overrides the spec's, ``overrides`` its keys: ``--set``); returns the path
+    of its ``results.csv``."""
     import optuna
 
     from mlpmem_lightning.study import pipeline
     from mlpmem_lightning.study.workers import limit_gpu_memory
 
     limit_gpu_memory()  # a worker of `mlpmem sweep --workers N`: at most 1/N of the GPU's memory
-    spec = SweepSpec.load(spec_path)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "Trial 0 finished … Best is trial 0": ours below
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, every trial
+    recording.quiet_lightning()
+    warnings.filterwarnings("ignore", message="The dirpath has changed")  # every evaluation of a fitted run
+    spec = SweepSpec.load(spec_path, overrides)
     pipeline.select(spec)  # unknown architectures or objective: refused before anything runs
     if out is not None:
         spec.out, spec.storage, spec.token_store = str(out), None, None
@@ -109,7 +140,7 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
         todo = _enqueue_grid(study, spec) if spec.sampler == "grid" else 0
         stale = _stale_waiting(study, spec)
     pipeline.prepare_tokens(spec)
-    callbacks = [lambda study, trial: collect_results(study, spec)]  # results.csv holds every finished trial
+    callbacks = [lambda study, trial: after_trial(study, trial, spec, storage)]
     if spec.sampler != "grid":
         study.optimize(lambda t: objective(t, spec), n_trials=spec.n_trials or len(spec.grid()),
                        catch=(Exception,), callbacks=callbacks)
@@ -125,18 +156,30 @@ def run_sweep(spec_path: str | Path, out: str | Path | None = None) -> Path:
     return finish(study, spec)
 
 
+def after_trial(study, trial, spec: SweepSpec, storage) -> None:
+    """A finished trial: its λ points into the study, the tables rebuilt, its summary line printed."""
+    import optuna
+
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        recording.record_lambda_points(study, trial, spec, storage)
+        print(recording.summary_line(trial, spec), flush=True)
+    collect_results(study, spec)  # results.csv holds every finished trial
+
+
 def finish(study, spec: SweepSpec) -> Path:
     """Write the study's tables; an error quoting the first failed trial when no trial of the study finished."""
     import optuna
 
     S = optuna.trial.TrialState
     path = collect_results(study, spec)
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not recording.is_lambda_point(t)]
     if any(t.state == S.COMPLETE for t in trials):
         lost = _failed_points(study)
         if lost:
             log.warning("study %s: %d grid points have no finished trial (%s): see `error` in %s",
                         spec.study, len(lost), "; ".join(lost), spec.out_dir / "optuna.db")
+        if path.is_file():
+            print(f"study {spec.study}: results in {path}\n{recording.short_table(pd.read_csv(path))}", flush=True)
         return path
     if busy := [t for t in trials if t.state in (S.RUNNING, S.WAITING)]:  # another worker has them: not a failure
         log.info("study %s: this worker found no point left; %d trials are with other workers", spec.study, len(busy))
@@ -181,6 +224,8 @@ def _enqueue_grid(study, spec: SweepSpec) -> int:
     grid = {_key(p): p for p in spec.grid()}
     taken, todo = set(), 0
     for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING, S.WAITING)):
+        if recording.is_lambda_point(t):
+            continue
         key = _key(_queued_point(t))
         if t.state != S.WAITING or key in grid:
             taken.add(key)
@@ -207,7 +252,9 @@ def _stale_waiting(study, spec: SweepSpec) -> frozenset[int]:
 
 
 def _key(point: dict[str, Any]) -> tuple:
-    return point.get("decoder_size"), point.get("memory_size"), int(point.get("seed", -1))
+    """A point's identity: sizes, seed and the swept settings it carries (an older point carries none)."""
+    return (point.get("decoder_size"), point.get("memory_size"), int(point.get("seed", -1)),
+            *sorted((k, v) for k, v in point.items() if k in axes.AXES))
 
 
 def _fail_dead_trials(study) -> None:
@@ -243,31 +290,33 @@ def _alive(pid: int) -> bool:
 def collect_results(study, spec: SweepSpec) -> Path:
     import optuna
 
-    rows = [r for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-            for r in json.loads(t.user_attrs.get("rows", "[]"))]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and not recording.is_lambda_point(t)]
+    rows = [r for t in done for r in json.loads(t.user_attrs.get("rows", "[]"))]
     path = spec.study_dir / "results.csv"
-    unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"]): r for r in rows}
+    unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"],
+               *sorted((k, v) for k, v in r.items() if k in axes.AXES)): r for r in rows}
     if unique:
         spec.study_dir.mkdir(parents=True, exist_ok=True)
         write_results(list(unique.values()), path)
-        trials = [{"trial": t.number, **{k: v for k, v in t.user_attrs.items() if k != "rows"}}
-                  for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        trials = [{"trial": t.number, **{k: v for k, v in t.user_attrs.items() if k != "rows"}} for t in done]
         artifacts.atomic_write_text(spec.study_dir / "trials.csv", pd.DataFrame(trials).to_csv(index=False))
     return path
 
 
 # -- one trial ---------------------------------------------------------------------------------------
 def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
-    """The trial's (decoder size, memory size, seed): an enqueued grid point as enqueued, else sampled.
+    """The trial's (decoder size, memory size, seed, swept settings): an enqueued grid point as enqueued (and
+    recorded as its parameters, :mod:`.recording`), else sampled.
 
-    Grid points are not Optuna parameters: a categorical's choices may not change within a study, and a
-    researcher who adds or drops a size and resumes must not break it. Random/TPE studies sample
-    categoricals, so their size lists are fixed for the study's life (use a new ``study`` name).
+    Random/TPE studies sample categoricals, so their size lists are fixed for the study's life (use a new
+    ``study`` name); settings with a sampler range are drawn from it.
     """
     from mlpmem_lightning.models.ladder import matched_memory
 
     if "point" in trial.user_attrs:
-        return json.loads(trial.user_attrs["point"])
+        point = json.loads(trial.user_attrs["point"])
+        recording.record_params(trial, spec, point)
+        return point
     if spec.sampler == "grid":  # another worker emptied the queue between our look and our pop
         import optuna
 
@@ -279,7 +328,13 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
         mem = matched_memory(dec).name
     else:
         mem = trial.suggest_categorical("memory_size", sorted({p["memory_size"] for p in grid}))
-    return {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}
+    point = {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}
+    for name, values in axes.swept(spec).items():
+        point[name] = trial.suggest_categorical(name, sorted(set(values)))
+    for name, r in spec.ranges.items():
+        suggest = trial.suggest_int if name in axes.INTEGER else trial.suggest_float
+        point[name] = suggest(name, r["low"], r["high"], log=bool(r.get("log")))
+    return point
 
 
 def objective(trial, spec: SweepSpec, stale: frozenset[int] = frozenset(), popped=lambda: None) -> float:
@@ -295,14 +350,15 @@ def objective(trial, spec: SweepSpec, stale: frozenset[int] = frozenset(), poppe
         raise UserError(f"trial {trial.number} is not a point of the current grid")
     point = suggest_point(trial, spec)
     callbacks = [OptunaPruning(trial)] if spec.prune else []
+    sizes = {k: point[k] for k in axes.POINT}
     try:
-        rows, attrs = run_pipeline(spec, **point, callbacks=callbacks)
+        rows, attrs = run_pipeline(axes.at(spec, point), **sizes, callbacks=callbacks)
     except Exception as err:
         trial.set_user_attr("error", f"{type(err).__name__}: {err}")
         log.error("trial %d %s failed: %s", trial.number, point, err)
         raise
-    for row in rows:
-        row["trial"] = trial.number
+    for row in rows:  # the swept settings are columns of the results table
+        row.update({k: v for k, v in point.items() if k in axes.AXES}, trial=trial.number)
     for key, value in {**point, **attrs}.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("rows", json.dumps(rows))

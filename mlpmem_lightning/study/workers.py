@@ -31,8 +31,9 @@ def limit_gpu_memory() -> None:
         torch.cuda.set_per_process_memory_fraction(float(share))
 
 
-def run_workers(spec_path: Path, workers: int, logs: Path) -> list[Path]:
-    """Run ``workers`` processes of ``mlpmem sweep --config spec_path``; their logs go to ``logs/worker<i>.log``.
+def run_workers(spec_path: Path, workers: int, logs: Path, flags: list[str] = ()) -> list[Path]:
+    """Run ``workers`` processes of ``mlpmem sweep --config spec_path [flags]`` (the command's ``--set``, ``--out``,
+    ``--storage``); their logs go to ``logs/worker<i>.log``.
 
     Returns the log paths. Raises the one-line error naming the logs of the workers that failed."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ def run_workers(spec_path: Path, workers: int, logs: Path) -> list[Path]:
         paths.append(path)
         with path.open("ab") as log:  # appended: a re-run keeps the earlier workers' logs
             procs.append(subprocess.Popen([sys.executable, "-m", "mlpmem_lightning.cli", "sweep", "--config",
-                                           str(spec_path)], stdout=log, stderr=subprocess.STDOUT, env=env))
+                                           str(spec_path), *flags], stdout=log, stderr=subprocess.STDOUT, env=env))
         time.sleep(0.5)  # staggered: the first creates the study and queues the grid
     print(f"sweep: {workers} workers, logs in {logs}/worker*.log", flush=True)
     try:
