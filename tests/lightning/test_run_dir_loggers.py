@@ -60,4 +60,4 @@ def test_help_offers_no_optimizer_option_the_modules_would_ignore(capsys):
     with pytest.raises(SystemExit):
         run_cli(["fit", "--help"])
     out = capsys.readouterr().out
-    assert "--model.lr" in out and "--optimizer" not in out and "--lr_scheduler" not in out
+    assert "--trainer.max_steps" in out and "--optimizer" not in out and "--lr_scheduler" not in out
