@@ -41,6 +41,7 @@ from mlpmem_lightning.lightning.optim import steps_for_tokens
 from mlpmem_lightning.lightning.run_dir import check_config, finished_line, logs_into_run_dir, run_lock
 from mlpmem_lightning.lightning.run_io import AppendingCSVLogger, AtomicCheckpointIO, RunCheckpoint
 from mlpmem_lightning.lightning.throughput import IntervalThroughput
+from mlpmem_lightning.lightning.valid_lambda import lambda_from_validate
 
 MODELS = (DecoderLM, KNNLM, MemoryLM)  # imported so that --model finds them by class name
 
@@ -96,6 +97,8 @@ class MlpmemCLI(LightningCLI):
             cfg.trainer.default_root_dir = str(
                 Path("runs") / Path(cfg.data.token_store).name / f"{model}-{size}-seed{cfg.seed_everything}")
         self.run_dir = Path(cfg.trainer.default_root_dir)
+        if self.subcommand == "test":
+            self._lambda_from_validate(cfg)
         if self.subcommand != "fit":
             cfg.trainer.default_root_dir = str(self.run_dir / self.subcommand)
         else:
@@ -103,6 +106,22 @@ class MlpmemCLI(LightningCLI):
         self._default_loggers = cfg.trainer.logger in (None, True)
         if not self._default_loggers:
             logs_into_run_dir(cfg.trainer.logger, cfg.trainer.default_root_dir)
+
+    def _lambda_from_validate(self, cfg) -> None:
+        """A mixture's test without ``--model.lambda_`` takes λ from this run's validate (:mod:`.valid_lambda`)."""
+        import yaml
+
+        init = cfg.model.init_args
+        if init is None or "lambda_" not in init or init["lambda_"] is not None or rank_zero_only.rank != 0:
+            return
+        now = yaml.safe_load(self._parser("test").dump(self.config["test"], skip_none=False))
+        lam, why = lambda_from_validate(self.run_dir, now)
+        if lam is None:
+            print(f"test: {why}, so no λ chosen on valid: test/loss is not reported, the best λ on test is logged "
+                  "as test/loss_at_best_test_lambda; run validate first or pass --model.lambda_")
+        else:
+            print(f"test: λ = {lam} chosen on valid ({why})")
+            init["lambda_"] = lam
 
     @staticmethod
     def _apply_token_budget(cfg) -> None:
