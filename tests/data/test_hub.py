@@ -45,7 +45,8 @@ def wikitext(tmp_path_factory):
     truth = {}
     for split, n in (("train", 6), ("validation", 2), ("test", 3)):
         arts = [article(rng, f"{split.title()} {i}") for i in range(n)]
-        pd.DataFrame({"text": [r for a in arts for r in a]}).to_parquet(root / CONFIG / f"{split}-00000-of-00001.parquet")
+        rows = pd.DataFrame({"text": [r for a in arts for r in a]})
+        rows.to_parquet(root / CONFIG / f"{split}-00000-of-00001.parquet")
         truth[split] = ["".join(a) for a in arts]
     return root, truth
 
