@@ -16,7 +16,7 @@ import torch
 
 from mlpmem_lightning import __version__
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.lightning.evaluation import TokenNLL, token_nll
+from mlpmem_lightning.lightning.evaluation import TokenNLL, scored, token_nll
 from mlpmem_lightning.lightning.optim import (
     OPTIM,
     ClipGradients,
@@ -99,6 +99,9 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         if dm.seq_len > context_length(self.net):
             raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
                             "lower --data.seq_len or raise --model.context")
+        if (dm.eval_context or 0) > context_length(self.net):
+            raise UserError(f"--data.eval_context {dm.eval_context} exceeds the model's context "
+                            f"{context_length(self.net)}: lower --data.eval_context or raise --model.context")
         self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
         self.tokens_per_step = tokens_per_step(self)
         self.train_loss = self._loss
@@ -163,7 +166,7 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
-        metric.update(token_nll(self(batch["input_ids"]), batch["labels"]))
+        metric.update(scored(batch, token_nll(self(batch["input_ids"]), batch["labels"])))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_nll)

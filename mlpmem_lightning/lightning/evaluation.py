@@ -21,6 +21,14 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
 
 
+def scored(batch: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, L, ...] at the positions a batch scores, flattened to [tokens, ...]: all of them, or those of
+    ``score_mask`` (sliding-window evaluation, :mod:`..data.sliding`: labels already scored by an earlier
+    window are left out)."""
+    mask = batch.get("score_mask")
+    return x.flatten(0, 1) if mask is None else x[mask.to(x.device)]
+
+
 class TokenNLL(Metric):
     """Sum of per-token NLL and token count, float64, one entry per λ of a grid.
 
