@@ -103,6 +103,8 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             raise UserError(f"--data.eval_context {dm.eval_context} exceeds the model's context "
                             f"{context_length(self.net)}: lower --data.eval_context or raise --model.context")
         self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
+        # one window: Lightning's model summary counts the forward's FLOPs on it (else "Total FLOPs: 0")
+        self.example_input_array = torch.zeros(1, dm.seq_len, dtype=torch.long)
         self.tokens_per_step = tokens_per_step(self)
         self.train_loss = self._loss
         if stage == "fit" and self.hparams.compile:

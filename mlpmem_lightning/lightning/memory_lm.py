@@ -105,6 +105,8 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
                             f"{dm.fingerprint}: pass the decoder's --data.token_store")
         self.decoder.to(self.trainer.strategy.root_device)
         self.token_store_fingerprint = dm.fingerprint
+        # one window of keys: Lightning's model summary counts the memory's forward FLOPs on it
+        self.example_input_array = torch.zeros(1, dm.seq_len, self.memory.cfg.input_dim)
         if dm.targets is not None:
             targets, datastore = dm.targets_info()
             self.targets_fingerprint, self.datastore_fingerprint = targets["fingerprint"], datastore["fingerprint"]
