@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBE = ("import sys\nfrom mlpmem_lightning.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+PROBE = ("import sys\nfrom mlpmem_lightning.cli import main\n"
+         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
          "print('IMPORTED', ' '.join(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))")
 
 
