@@ -112,16 +112,18 @@ class MlpmemCLI(LightningCLI):
         import yaml
 
         init = cfg.model.init_args
-        if init is None or "lambda_" not in init or init["lambda_"] is not None or rank_zero_only.rank != 0:
+        if init is None or "lambda_" not in init or init["lambda_"] is not None:
             return
         now = yaml.safe_load(self._parser("test").dump(self.config["test"], skip_none=False))
-        lam, why = lambda_from_validate(self.run_dir, now)
+        lam, why = lambda_from_validate(self.run_dir, now)  # every rank reads it: all log the same keys
+        init["lambda_"] = lam
+        if rank_zero_only.rank != 0:
+            return
         if lam is None:
             print(f"test: {why}, so no λ chosen on valid: test/loss is not reported, the best λ on test is logged "
                   "as test/loss_at_best_test_lambda; run validate first or pass --model.lambda_")
         else:
             print(f"test: λ = {lam} chosen on valid ({why})")
-            init["lambda_"] = lam
 
     @staticmethod
     def _apply_token_budget(cfg) -> None:
