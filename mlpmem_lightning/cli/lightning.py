@@ -12,6 +12,11 @@ What it adds to the stock CLI, and why:
   (``--trainer.max_steps``, when given, wins);
 - every fit logs tokens/s and MFU once per logging interval (``IntervalThroughput``: no per-step sync);
 - validate/test log into ``<run dir>/<subcommand>/`` so they never overwrite the fit's logs;
+- ``config.yaml`` and checkpoints stay in the run directory whatever ``--trainer.logger`` is (``RunDirConfig``,
+  the checkpoint's ``dirpath``; a logger's unset ``save_dir`` becomes the run directory);
+- ``test`` of a mixture takes λ from the run's validate when ``--model.lambda_`` is unset
+  (:mod:`..lightning.valid_lambda`);
+- no ``--optimizer``/``--lr_scheduler``: the modules configure their own AdamW and schedule;
 - ``--config experiments/...`` finds the shipped configs from any directory, checkout or not.
 """
 
