@@ -33,9 +33,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             run_cli(argv)
         else:
-            args = build_parser().parse_args(argv)
+            parser = build_parser(argv[0] if argv else "")  # only the asked command's options: --help stays fast
+            args = parser.parse_args(argv)
             if not hasattr(args, "func"):
-                build_parser().print_help()
+                parser.print_help()
                 sys.exit(EXIT_USER_ERROR)
             args.func(args)
     except UserError as err:
@@ -61,7 +62,9 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The subcommand parser; with ``only``, options are declared for that subcommand alone (the others are
+    listed by name), because declaring some (``targets``' search backends) imports torch, seconds at start-up."""
     parser = Parser(
         prog="mlpmem", description="MLP Memory scaling studies: decoder-only, kNN-LM and decoder + MLP Memory.",
         epilog="Each subcommand has its own --help.")
@@ -70,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, add_help=False,
                        help=f"LightningCLI: {what} (--model DecoderLM|KNNLM|MemoryLM, --config …, --print_config)")
     for command in COMMANDS.values():
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
-        command.add_arguments(p)
+        p = sub.add_parser(command.name, help=command.help, description=command.help,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if only is None or only == command.name:
+            command.add_arguments(p)
         p.set_defaults(func=command.run)
     return parser

@@ -12,6 +12,11 @@ What it adds to the stock CLI, and why:
   (``--trainer.max_steps``, when given, wins);
 - every fit logs tokens/s and MFU once per logging interval (``IntervalThroughput``: no per-step sync);
 - validate/test log into ``<run dir>/<subcommand>/`` so they never overwrite the fit's logs;
+- ``config.yaml`` and checkpoints stay in the run directory whatever ``--trainer.logger`` is (``RunDirConfig``,
+  the checkpoint's ``dirpath``; a logger's unset ``save_dir`` becomes the run directory);
+- ``test`` of a mixture takes λ from the run's validate when ``--model.lambda_`` is unset
+  (:mod:`..lightning.valid_lambda`);
+- no ``--optimizer``/``--lr_scheduler``: the modules configure their own AdamW and schedule;
 - ``--config experiments/...`` finds the shipped configs from any directory, checkout or not.
 """
 
@@ -25,7 +30,7 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -38,11 +43,31 @@ from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation
 from mlpmem_lightning.lightning.knn_lm import KNNLM
 from mlpmem_lightning.lightning.memory_lm import MemoryLM
 from mlpmem_lightning.lightning.optim import steps_for_tokens
-from mlpmem_lightning.lightning.run_dir import check_config, finished_line, run_lock
+from mlpmem_lightning.lightning.run_dir import check_config, finished_line, logs_into_run_dir, run_lock
 from mlpmem_lightning.lightning.run_io import AppendingCSVLogger, AtomicCheckpointIO, RunCheckpoint
 from mlpmem_lightning.lightning.throughput import IntervalThroughput
+from mlpmem_lightning.lightning.valid_lambda import lambda_from_validate
 
 MODELS = (DecoderLM, KNNLM, MemoryLM)  # imported so that --model finds them by class name
+
+
+class RunDirConfig(SaveConfigCallback):
+    """``config.yaml`` in the run directory (``trainer.default_root_dir``), whatever the logger.
+
+    Lightning's writes it into ``trainer.log_dir``, which for W&B and other loggers without a log directory is
+    their ``save_dir`` (``.``): every run would overwrite ``./config.yaml``, and resume and ``--decoder RUN``,
+    which read ``<run>/config.yaml``, would not find it."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            root = Path(trainer.default_root_dir)
+            root.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(root / self.config_filename), skip_none=False,
+                             overwrite=self.overwrite, multifile=self.multifile)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
 class MlpmemCLI(LightningCLI):
@@ -77,11 +102,33 @@ class MlpmemCLI(LightningCLI):
             cfg.trainer.default_root_dir = str(
                 Path("runs") / Path(cfg.data.token_store).name / f"{model}-{size}-seed{cfg.seed_everything}")
         self.run_dir = Path(cfg.trainer.default_root_dir)
+        if self.subcommand == "test":
+            self._lambda_from_validate(cfg)
         if self.subcommand != "fit":
             cfg.trainer.default_root_dir = str(self.run_dir / self.subcommand)
         else:
             self._apply_token_budget(cfg)
         self._default_loggers = cfg.trainer.logger in (None, True)
+        if not self._default_loggers:
+            logs_into_run_dir(cfg.trainer.logger, cfg.trainer.default_root_dir)
+
+    def _lambda_from_validate(self, cfg) -> None:
+        """A mixture's test without ``--model.lambda_`` takes λ from this run's validate (:mod:`.valid_lambda`)."""
+        import yaml
+
+        init = cfg.model.init_args
+        if init is None or "lambda_" not in init or init["lambda_"] is not None:
+            return
+        now = yaml.safe_load(self._parser("test").dump(self.config["test"], skip_none=False))
+        lam, why = lambda_from_validate(self.run_dir, now)  # every rank reads it: all log the same keys
+        init["lambda_"] = lam
+        if rank_zero_only.rank != 0:
+            return
+        if lam is None:
+            print(f"test: {why}, so no λ chosen on valid: test/loss is not reported, the best λ on test is logged "
+                  "as test/loss_at_best_test_lambda; run validate first or pass --model.lambda_")
+        else:
+            print(f"test: λ = {lam} chosen on valid ({why})")
 
     @staticmethod
     def _apply_token_budget(cfg) -> None:
@@ -100,6 +147,9 @@ class MlpmemCLI(LightningCLI):
                                TensorBoardLogger(root, name="", version="")]
             trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":
+            if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath is None:
+                # not under the logger's save_dir/name/version (W&B: ./<project>/<id>/), which resume never finds
+                trainer.checkpoint_callback.dirpath = str((self.run_dir / "checkpoints").resolve())
             trainer.callbacks.append(IntervalThroughput())
             if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
                 trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -175,7 +225,10 @@ def run_cli(args: list[str] | dict[str, Any], callbacks: Sequence[Callback] = ()
         return MlpmemCLI(
             LightningModule, LMDataModule, subclass_mode_model=True,
             args=None if args == sys.argv[1:] else args,  # LightningCLI warns when given both
-            save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mlpmem"},
+            save_config_callback=RunDirConfig, save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mlpmem"},
+            # the modules build their own AdamW + warmup-cosine (OptimSettings, the CUDA-graph step's capturable
+            # AdamW): LightningCLI's --optimizer/--lr_scheduler would be ignored or break it, so they are not offered
+            auto_configure_optimizers=False,
             seed_everything_default=0, trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
         )
     except Exception as err:  # jsonargparse wraps errors raised in __init__; surface ours

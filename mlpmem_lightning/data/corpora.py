@@ -327,29 +327,6 @@ def _load_local(path: Path, cache_dir: str | Path | None) -> datasets.Dataset:
     return ds
 
 
-def _load_hf(name: str) -> datasets.Dataset:
-    """Every split of a hub data set, concatenated: the token store makes its own split."""
-    import datasets
-
-    ident, _, config = name[3:].partition(":")
-    try:
-        loaded = datasets.load_dataset(ident, config or None)
-    except Exception as exc:  # offline, unknown, gated...: the fix is the same
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise UserError(f"could not load {name} from the Hugging Face hub ({type(exc).__name__}: {first}); "
-                        "the hub may be unreachable: save it as .parquet/.jsonl and pass that folder") from None
-    parts = []
-    for split, ds in (loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("all", loaded)]):
-        if "text" not in ds.column_names:
-            raise UserError(f"{name} split {split!r} has no 'text' column (has {ds.column_names}); "
-                            "save it with one as .jsonl and pass that")
-        parts.append(ds.select_columns(["text"]).add_column("source", [f"{name}/{split}"] * len(ds)))
-    ds = datasets.concatenate_datasets(parts).filter(lambda row: bool(row["text"] and row["text"].strip()))
-    if len(ds) == 0:
-        raise UserError(f"{name} has no non-empty text: choose another data set")
-    return ds
-
-
 # ---------------------------------------------------------------------- public API
 def list_corpora() -> list[str]:
     """Registry corpus names, then ``mixed-english``."""
@@ -365,8 +342,9 @@ def load_corpus(name: str | os.PathLike[str] = DEFAULT_CORPUS, cache_dir: str | 
     """A corpus as a Dataset with ``text`` (one row per document) and ``source`` columns.
 
     ``name`` is a registry name, ``mixed-english``, a local .txt/.jsonl/.parquet file or
-    folder, or ``hf:NAME[:CONFIG]``.  ``source`` is the registry corpus's name (also inside
-    ``mixed-english``), a local file's path relative to the folder, or ``hf:NAME[:CONFIG]/SPLIT``.
+    folder, or ``hf:NAME[:CONFIG]`` (plus a ``split`` column: its own splits, :mod:`.hub`).  ``source`` is the
+    registry corpus's name (also inside ``mixed-english``), a local file's path relative to the folder, or
+    ``hf:NAME[:CONFIG]/SPLIT``.
     """
     name = os.fspath(name)
     if name in CORPORA:
@@ -381,7 +359,9 @@ def load_corpus(name: str | os.PathLike[str] = DEFAULT_CORPUS, cache_dir: str | 
             sources += [part] * len(docs)
         return _dataset(texts, sources, name)
     if name.startswith("hf:"):
-        return _load_hf(name)
+        from mlpmem_lightning.data.hub import load_hf
+
+        return load_hf(name, cache_root(cache_dir) / "datasets")
     if Path(name).expanduser().exists():
         return _load_local(Path(name).expanduser().resolve(), cache_dir)
     raise _unknown(name)
@@ -402,8 +382,9 @@ def corpus_info(name: str | os.PathLike[str] = DEFAULT_CORPUS, cache_dir: str | 
     if name == MIXED:
         return {"kind": "mixed", "name": name, "parts": [corpus_info(p) for p in _mixed_parts(cache_dir)]}
     if name.startswith("hf:"):
-        ident, _, config = name[3:].partition(":")
-        return {"kind": "hf", "name": name, "dataset": ident, "config": config or None}
+        from mlpmem_lightning.data.hub import identity
+
+        return identity(name)
     path = Path(name).expanduser()
     if path.exists():
         files = _local_files(path.resolve())

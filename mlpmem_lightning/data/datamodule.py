@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.data.sliding import SlidingWindows, check_sliding
 from mlpmem_lightning.data.token_store import TokenStore
 from mlpmem_lightning.data.windows import BudgetSampler, ShardSampler, TokenWindows, passthrough
 
@@ -35,14 +36,19 @@ class LMDataModule(L.LightningDataModule):
         targets: kNN targets directory (``mlpmem targets``): training batches then carry ``knn_ids``
             and ``knn_probs`` [B, L, K] for every position; set ``serve_keys`` (MemoryLM's offline mode
             does) to also serve the datastore's stored ``keys`` [B, L, d].
+        eval_context: validation/test on sliding windows of this many inputs (the papers' protocol, e.g. 2560;
+            :mod:`.sliding`) instead of the ``seq_len`` cut; every label is scored once. ``None``: the cut.
+        eval_stride: new labels scored per sliding window (e.g. 512; default: ``eval_context``, no overlap).
     """
 
     def __init__(self, token_store: str = "runs/tokens/wiki-summaries", seq_len: int = 256, batch_size: int = 32,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
                  corpus: str | None = None, fingerprint: str | None = None, eval_windows: int | None = None,
-                 targets: str | None = None):
+                 targets: str | None = None, eval_context: int | None = None, eval_stride: int | None = None):
         super().__init__()
         self.save_hyperparameters()
+        check_sliding(eval_context, eval_stride)
+        self.eval_context, self.eval_stride = eval_context, eval_stride or eval_context
         if seq_len < 1 or batch_size < 1:
             raise UserError("seq_len and batch_size must be positive integers")
         self.token_store, self.seq_len, self.batch_size = Path(token_store), seq_len, batch_size
@@ -133,8 +139,15 @@ class LMDataModule(L.LightningDataModule):
                                 t.global_rank if t else 0, t.world_size if t else 1)
         return self._loader(ds, sampler, self.batch_size)
 
+    def eval_windows_of(self, split: str) -> TokenWindows | SlidingWindows:
+        """What validation/test score: the ``seq_len`` cut, or sliding windows (``eval_context``)."""
+        if self.eval_context is None:
+            return self.windows(split)
+        n_tokens = self.store.manifest["tokens"][split]
+        return SlidingWindows(self.token_store / f"{split}.npy", n_tokens, self.eval_context, self.eval_stride)
+
     def _eval_loader(self, split: str) -> DataLoader:
-        ds = self.windows(split)
+        ds = self.eval_windows_of(split)
         n = len(ds) if self.eval_windows is None else min(len(ds), self.eval_windows)
         t = self.trainer
         return self._loader(ds, ShardSampler(n, t.global_rank if t else 0, t.world_size if t else 1),

@@ -72,7 +72,8 @@ def source_identity(corpus: str) -> dict[str, Any]:
     from mlpmem_lightning.data.corpora import CLEANING_VERSION, corpus_info
 
     local = Path(corpus).expanduser().exists()
-    return {"cleaning": CLEANING_VERSION, **({"sha256": corpus_info(corpus)["sha256"]} if local else {})}
+    hub = {"hf_layout": corpus_info(corpus)["layout"]} if corpus.startswith("hf:") else {}  # own splits, documents
+    return {"cleaning": CLEANING_VERSION, **({"sha256": corpus_info(corpus)["sha256"]} if local else {}), **hub}
 
 
 def prepare(
@@ -94,11 +95,17 @@ def _build(settings: PrepareSettings, writer: ArtifactWriter, num_proc: int, cac
     from mlpmem_lightning.data.corpora import corpus_info, load_corpus
 
     out = writer.out
+    from mlpmem_lightning.data.hub import own_splits
+
     docs = load_corpus(settings.corpus, cache_dir=cache_dir)
-    if settings.max_documents is not None:
-        docs = docs.select(range(min(settings.max_documents, len(docs))))
-    parts = split_documents(len(docs), settings.valid_fraction, settings.test_fraction, settings.seed)
-    splits = {name: docs.select(idx) for name, idx in parts.items()}
+    splits = own_splits(docs, settings.max_documents)  # a benchmark's own split (hf:), never re-split
+    if splits is None:
+        if settings.max_documents is not None:
+            docs = docs.select(range(min(settings.max_documents, len(docs))))
+        parts = split_documents(len(docs), settings.valid_fraction, settings.test_fraction, settings.seed)
+        splits = {name: docs.select(idx) for name, idx in parts.items()}
+    else:
+        log.info("%s: the data set's own train/validation/test splits are kept", settings.corpus)
 
     log.info("tokenizer: %s", settings.tokenizer)
     if settings.tokenizer == "bpe":
@@ -126,7 +133,7 @@ def _build(settings: PrepareSettings, writer: ArtifactWriter, num_proc: int, cac
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok_hash, "separator_id": separator_id(tok)},
         "vocab_size": vocab,
         "dtype": token_dtype(vocab).name,
-        "documents": {k: int(len(v)) for k, v in parts.items()},
+        "documents": {k: int(len(v)) for k, v in splits.items()},
         "tokens": counts,
         "sha256": hashes,
         "fingerprint": fingerprint,

@@ -16,7 +16,7 @@ import torch
 
 from mlpmem_lightning import __version__
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.lightning.evaluation import TokenNLL, token_nll
+from mlpmem_lightning.lightning.evaluation import TokenNLL, scored, token_nll
 from mlpmem_lightning.lightning.optim import (
     OPTIM,
     ClipGradients,
@@ -98,7 +98,12 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
         if dm.seq_len > context_length(self.net):
             raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
                             "lower --data.seq_len or raise --model.context")
+        if (dm.eval_context or 0) > context_length(self.net):
+            raise UserError(f"--data.eval_context {dm.eval_context} exceeds the model's context "
+                            f"{context_length(self.net)}: lower --data.eval_context or raise --model.context")
         self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
+        # one window: Lightning's model summary counts the forward's FLOPs on it (else "Total FLOPs: 0")
+        self.example_input_array = torch.zeros(1, dm.seq_len, dtype=torch.long)
         self.tokens_per_step = tokens_per_step(self)
         self.train_loss = self._loss
         if stage == "fit" and self.hparams.compile:
@@ -156,7 +161,7 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
-        metric.update(token_nll(self(batch["input_ids"]), batch["labels"]))
+        metric.update(scored(batch, token_nll(self(batch["input_ids"]), batch["labels"])))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_nll)

@@ -21,6 +21,14 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
 
 
+def scored(batch: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, L, ...] at the positions a batch scores, flattened to [tokens, ...]: all of them, or those of
+    ``score_mask`` (sliding-window evaluation, :mod:`..data.sliding`: labels already scored by an earlier
+    window are left out)."""
+    mask = batch.get("score_mask")
+    return x.flatten(0, 1) if mask is None else x[mask.to(x.device)]
+
+
 class TokenNLL(Metric):
     """Sum of per-token NLL and token count, float64, one entry per λ of a grid.
 
@@ -65,7 +73,8 @@ def check_lambdas(lambdas, fixed: float | None = None) -> None:
 
 def log_lambda_grid(module: L.LightningModule, metric: TokenNLL, lambdas: torch.Tensor, prefix: str,
                     fixed: float | None) -> None:
-    """Log perplexity per λ, the best λ, and the headline loss/ppl (at ``fixed`` λ if given, else the best)."""
+    """Log perplexity per λ, the best λ, and the headline loss/ppl at ``fixed`` λ (valid: else the best; test:
+    else no headline, only ``test/loss_at_best_test_lambda``, since λ picked on test flatters the mixture)."""
     loss = metric.compute().reshape(-1)  # torchmetrics squeezes a one-λ grid to a scalar
     metric.reset()
     best = int(torch.argmin(loss))
@@ -73,8 +82,13 @@ def log_lambda_grid(module: L.LightningModule, metric: TokenNLL, lambdas: torch.
         module.log(f"{prefix}/ppl_lambda_{lam:.2f}", torch.exp(value))
     pick = best if fixed is None else int(torch.argmin((lambdas - fixed).abs()))
     module.log_dict({f"{prefix}/best_lambda": lambdas[best].float(), f"{prefix}/best_ppl": torch.exp(loss[best]),
-                     f"{prefix}/decoder_ppl": torch.exp(loss[0]) if lambdas[0] == 0 else torch.tensor(float("nan")),
-                     f"{prefix}/lambda": lambdas[pick].float(), f"{prefix}/loss": loss[pick],
+                     f"{prefix}/decoder_ppl": torch.exp(loss[0]) if lambdas[0] == 0 else torch.tensor(float("nan"))},
+                    prog_bar=False)
+    if prefix == "test" and fixed is None:  # λ picked on test itself: never the headline (lightning/valid_lambda.py)
+        module.log_dict({"test/loss_at_best_test_lambda": loss[best],
+                         "test/ppl_at_best_test_lambda": torch.exp(loss[best])}, prog_bar=False)
+        return
+    module.log_dict({f"{prefix}/lambda": lambdas[pick].float(), f"{prefix}/loss": loss[pick],
                      f"{prefix}/ppl": torch.exp(loss[pick])}, prog_bar=False)
 
 

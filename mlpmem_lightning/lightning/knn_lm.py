@@ -16,7 +16,7 @@ from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.datastore import Datastore
 from mlpmem_lightning.knn.distributions import interpolate, label_log_prob
 from mlpmem_lightning.knn.settings import KNN, KNNSettings
-from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation, TokenNLL, token_nll
+from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation, TokenNLL, scored, token_nll
 from mlpmem_lightning.models.decoder import logits_and_ffn_inputs
 from mlpmem_lightning.models.loading import load_decoder
 
@@ -74,9 +74,9 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
 
     @torch.no_grad()
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
-        labels = batch["labels"].flatten()
+        labels = scored(batch, batch["labels"])  # sliding windows: only the labels no earlier window scored
         logits, keys = logits_and_ffn_inputs(self.net, batch["input_ids"], self.layer)
-        lp_lm = -token_nll(logits, batch["labels"]).double().flatten()
-        dist, ids = self.searcher.search(keys.reshape(labels.numel(), -1).float(), self.knn.k)
+        lp_lm = -scored(batch, token_nll(logits, batch["labels"])).double()
+        dist, ids = self.searcher.search(scored(batch, keys).float(), self.knn.k)
         lp_knn = label_log_prob(dist, ids, self.values[ids.clamp_min(0)], labels, self.knn.temperature)
         metric.update(-interpolate(lp_lm, lp_knn, self.lambdas))

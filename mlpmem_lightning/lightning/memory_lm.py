@@ -22,7 +22,7 @@ import torch
 from mlpmem_lightning import __version__
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.distributions import interpolate
-from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation, TokenNLL, token_nll
+from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation, TokenNLL, scored, token_nll
 from mlpmem_lightning.lightning.losses import fused_memory_loss, memory_loss
 from mlpmem_lightning.lightning.optim import (
     OPTIM,
@@ -109,6 +109,8 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
                             f"{dm.fingerprint}: pass the decoder's --data.token_store")
         self.decoder.to(self.trainer.strategy.root_device)
         self.token_store_fingerprint = dm.fingerprint
+        # one window of keys: Lightning's model summary counts the memory's forward FLOPs on it
+        self.example_input_array = torch.zeros(1, dm.seq_len, self.memory.cfg.input_dim)
         if dm.targets is not None:
             targets, datastore = dm.targets_info()
             self.targets_fingerprint, self.datastore_fingerprint = targets["fingerprint"], datastore["fingerprint"]
@@ -199,8 +201,9 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
     @torch.no_grad()
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
         logits, keys = logits_and_ffn_inputs(self.decoder, batch["input_ids"], self.layer)
-        lp_lm = -token_nll(logits, batch["labels"]).double().flatten()
-        lp_mem = -token_nll(self.memory(keys.float()), batch["labels"]).double().flatten()
+        labels = scored(batch, batch["labels"])  # sliding windows: only the labels no earlier window scored
+        lp_lm = -scored(batch, token_nll(logits, batch["labels"])).double()
+        lp_mem = -token_nll(self.memory(scored(batch, keys).float()), labels).double()
         metric.update(-interpolate(lp_lm, lp_mem, self.lambdas))
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,8 @@ NEUTRAL = (
     "config", "ckpt_path", "print_config",
     "checkpoint.*",  # which checkpoints are kept, not what is trained
     "trainer.default_root_dir",  # the run itself
-    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.logger", "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.logger", "trainer.logger.*",
+    "trainer.log_every_n_steps",
     "trainer.callbacks", "trainer.callbacks.*", "trainer.profiler", "trainer.enable_checkpointing",
     "trainer.barebones", "trainer.detect_anomaly",
     # validation: when and on how much is measured, not what is trained
@@ -41,6 +42,15 @@ NEUTRAL = (
     "data.num_workers", "data.eval_batch_size",
     "model.init_args.compile", "model.init_args.cuda_graph", "model.init_args.lambdas", "model.init_args.lambda_",
 )
+
+
+def logs_into_run_dir(loggers: Any, run: str) -> None:
+    """Point each configured logger whose ``save_dir`` is unset (or W&B's default ``.``) at the run directory,
+    so that its files (W&B's ``wandb/``, TensorBoard's events) stay with the run's checkpoints and config."""
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init = getattr(logger, "init_args", None) if not isinstance(logger, dict) else logger.get("init_args")
+        if init is not None and "save_dir" in init and init["save_dir"] in (None, ".", "./"):
+            init["save_dir"] = run
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

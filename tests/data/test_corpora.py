@@ -255,11 +255,12 @@ def test_hf_unreachable_and_concatenation(monkeypatch):
 
     splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a", ""], "label": [0, 1]}),
                                    "test": datasets.Dataset.from_dict({"text": ["b"], "label": [1]})})
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, config: splits)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config, cache_dir=None: splits)
     ds = load_corpus("hf:someone/set:en")
     assert ds["text"] == ["a", "b"] and ds["source"] == ["hf:someone/set:en/train", "hf:someone/set:en/test"]
-    assert corpus_info("hf:someone/set:en") == {"kind": "hf", "name": "hf:someone/set:en",
-                                                "dataset": "someone/set", "config": "en"}
+    assert ds["split"] == ["train", "test"]  # kept (no validation here: prepare re-splits by seed)
+    assert corpus_info("hf:someone/set:en") == {"kind": "hf", "name": "hf:someone/set:en", "dataset": "someone/set",
+                                                "config": "en", "layout": 2, "documents": "rows"}
 
 
 # ------------------------------------------------------------- the other registries
