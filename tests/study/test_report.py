@@ -30,6 +30,9 @@ DECODERS = {"200k": (1_262_144, 5_213_568), "800k": (2_950_272, 12_983_040), "3m
             "12m": (17_947_200, 101_784_960), "50m": (60_060_800, 348_568_320)}
 MEMORIES = {"200k": (745_920, 4_475_520), "800k": (1_934_208, 11_605_248), "3m": (5_114_304, 30_685_824),
             "12m": (15_528_960, 93_173_760), "50m": (55_019_520, 330_117_120)}
+# non-embedding parameters of each decoder and memory (vocab 8192: the embedding is most of a small model)
+NON_EMBEDDING = {"200k": (200_000, 120_000), "800k": (800_000, 500_000), "3m": (3_000_000, 2_000_000),
+                 "12m": (12_000_000, 9_000_000), "50m": (50_000_000, 40_000_000)}
 LAMBDAS = np.round(np.arange(21) * 0.05, 2)
 TOKENS, ROWS = 2_000_000, 1_066_554  # decoder/memory training tokens, datastore rows
 
@@ -51,6 +54,7 @@ def synthetic_results(seed: int = 0) -> pd.DataFrame:
     rows = []
     for trial, (size, (p_dec, fpt)) in enumerate(DECODERS.items()):
         p_mem, mem_fpt = MEMORIES[size]
+        ne_dec, ne_mem = NON_EMBEDDING[size]
         f_dec = TOKENS * fpt
         f_knn = f_dec + ROWS * (fpt // 3)
         f_mem = f_knn + 2 * 64 * ROWS * (1024 + 32 * ROWS / 1024) + TOKENS * mem_fpt
@@ -58,18 +62,20 @@ def synthetic_results(seed: int = 0) -> pd.DataFrame:
             test = (2.0 + 300 * p_dec**-0.35) * math.exp(0.01 * rng.standard_normal())
             valid = test * 1.01
             base = {"study": "synthetic", "trial": trial, "decoder_size": size, "params_decoder": p_dec, "seed": s}
-            archs = {"decoder": ("", 0, TOKENS, f_dec, 0.0, 0.0),
-                     "knn_lm": ("", 0, TOKENS, f_knn, 0.12, 0.25),
-                     "mlp_memory": (f"mem-{size}", p_mem, 2 * TOKENS, f_mem, 0.06 + 0.02 * trial, 0.20)}
-            for arch, (mem, pm, tokens, flops, gain, lam) in archs.items():
+            archs = {"decoder": ("", 0, 0, TOKENS, f_dec, 0.0, 0.0),
+                     "knn_lm": ("", 0, 0, TOKENS, f_knn, 0.12, 0.25),
+                     "mlp_memory": (f"mem-{size}", p_mem, ne_mem, 2 * TOKENS, f_mem, 0.06 + 0.02 * trial, 0.20)}
+            for arch, (mem, pm, nem, tokens, flops, gain, lam) in archs.items():
                 gain += 0.005 * rng.standard_normal() if gain else 0.0
                 common = {**base, "arch": arch, "memory_size": mem, "params_memory": pm, "params_total": p_dec + pm,
-                          "train_tokens": tokens, "flops_train_total": int(flops), "lambda": lam}
-                grid = {} if arch == "decoder" else {
-                    f"ppl_lambda_{x:.2f}": math.exp(v) for x, v in zip(LAMBDAS, _lambda_losses(valid, gain, lam))}
+                          "train_tokens": tokens, "flops_train_total": int(flops), "lambda": lam,
+                          "params_non_embedding": ne_dec + nem, "temperature": np.nan if arch == "decoder" else 1.0,
+                          "lr": 1e-3, "epochs": 1}
                 for split, loss in (("valid", valid - gain), ("test", test - gain)):
-                    extra = grid if split == "valid" else {}
-                    rows.append({**common, "split": split, "loss": loss, "ppl": math.exp(loss), **extra})
+                    at = valid if split == "valid" else test
+                    grid = {} if arch == "decoder" else {
+                        f"ppl_lambda_{x:.2f}": math.exp(v) for x, v in zip(LAMBDAS, _lambda_losses(at, gain, lam))}
+                    rows.append({**common, "split": split, "loss": loss, "ppl": math.exp(loss), **grid})
     return pd.DataFrame(rows)
 
 
