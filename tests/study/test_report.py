@@ -20,8 +20,8 @@ from mlpmem_lightning.study.report import write_report
 from mlpmem_lightning.study.results import COLUMNS, write_results
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures" / "results_small.csv"
-FILES = ("fits.json", "loss_vs_params.png", "loss_vs_flops.png", "lambda_curves.png", "gap_memory_vs_knn.png",
-         "report.md")
+FILES = ("fits.json", "loss_vs_params.png", "loss_vs_params_total.png", "loss_vs_flops.png", "isoflop.png",
+         "lambda_curves.png", "gap_memory_vs_knn.png", "runs.csv", "report.md")
 B = 20  # bootstrap resamples in these tests: enough to exercise the intervals, fast on 2 cores
 
 # Ladder rungs as `mlpmem sizes` prints them (vocab 8192, seq_len 256): params_total and training FLOPs
@@ -105,6 +105,7 @@ def test_report_writes_every_file(report_dir):
     for name in FILES:
         if name.endswith(".png"):
             assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert (report_dir / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"  # paper-ready twin
     assert not list(report_dir.glob("*.tmp"))
 
 
@@ -112,11 +113,14 @@ def test_fits_json_structure(report_dir):
     fits = json.loads((report_dir / "fits.json").read_text())
     assert set(fits) == set(architectures.names())
     for arch in architectures.names():
-        assert set(fits[arch]) == {"params_total", "flops_train_total"}
+        assert set(fits[arch]) == {"params_non_embedding", "params_total", "flops_train_total"}
         for axis, f in fits[arch].items():
             for p in ("E", "A", "alpha"):
                 lo, hi = f[f"{p}_ci"]
                 assert f[p] > 0 and lo <= hi, (arch, axis, p)
+            lo, hi = f["alpha_ci"]
+            assert f["alpha_identified"] == (f["alpha_bounds"][0] * 1.001 < lo and hi < f["alpha_bounds"][1] * 0.999)
+            assert f["ci_degenerate"] == (not hi > lo)
             assert f["n"] == 10 and f["n_bootstrap"] <= B and f["ci_level"] == 0.95
 
 
@@ -135,8 +139,9 @@ def test_fits_json_matches_an_independent_least_squares_fit(report_dir):
 
 def test_report_md_stands_on_its_own(report_dir):
     md = (report_dir / "report.md").read_text()
-    for section in ("## What was run", "## Conclusions", "## Power-law fits", "## Matched parameters",
-                    "## Matched compute", "## Decoder+memory vs kNN-LM", "## Interpolation weight λ"):
+    for section in ("## What was run", "## Conclusions", "## Perplexity of every run", "## Power-law fits",
+                    "## Matched parameters", "## Matched compute", "### Decoder-only compute frontier",
+                    "## IsoFLOP view", "## Decoder+memory vs kNN-LM", "## Interpolation weight λ", "## Methods"):
         assert section in md
     for name in FILES:
         if name.endswith(".png"):
@@ -197,12 +202,22 @@ def test_missing_columns_are_a_user_error(tmp_path):
         write_report(tmp_path / "r.csv", tmp_path / "out")
 
 
-def test_nothing_fittable_is_a_user_error(tmp_path):
+def test_fewer_than_three_sizes_still_writes_tables_and_lambda_and_gap_plots(tmp_path, caplog):
+    """Issue 16: two sizes cannot be fitted; the report says why (report.md and one log line) and writes the rest."""
     df = pd.read_csv(DATA)
     df[df["decoder_size"].isin(["200k", "800k"])].to_csv(tmp_path / "r.csv", index=False)
-    with pytest.raises(UserError, match="no architecture can be fitted.*need at least 3 points"):
-        write_report(tmp_path / "r.csv", tmp_path / "out")
-    assert not (tmp_path / "out" / "report.md").exists()
+    with caplog.at_level("WARNING", logger="mlpmem_lightning.study.report"):
+        md = write_report(tmp_path / "r.csv", tmp_path / "out", bootstrap=5).read_text()
+    out = tmp_path / "out"
+    for name in ("lambda_curves.png", "lambda_curves.pdf", "gap_memory_vs_knn.png", "gap_memory_vs_knn.pdf",
+                 "runs.csv", "fits.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "fits.json").read_text()) == {}
+    assert "*Not fitted: no architecture can be fitted" in md and "need at least 3 points" in md
+    assert "## Perplexity of every run" in md and "## Interpolation weight λ" in md
+    assert len(pd.read_csv(out / "runs.csv")) == 2 * 2 * 3  # sizes × seeds × architectures
+    warnings = [r for r in caplog.records if "no power-law fits" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 def test_no_rows_on_the_split_is_a_user_error(tmp_path):
