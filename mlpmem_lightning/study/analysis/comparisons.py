@@ -16,6 +16,7 @@ from mlpmem_lightning.study.analysis.fits import (
     claims_allowed,
     clean,
     difference_interval,
+    fit_points,
     points,
     predict,
     predict_samples,
@@ -103,8 +104,9 @@ def _inside(fit: dict, x: float) -> bool:
 
 
 def seed_means(df: pd.DataFrame, split: str, axis: str) -> pd.DataFrame:
-    """Mean loss over seeds per (study, arch, decoder_size, memory_size, x), with the seed count."""
-    frames = [points(df, a, axis, split) for a in architectures.ranked(df["arch"])]
+    """Mean loss over seeds per (study, arch, decoder_size, memory_size, x), with the seed count, over the runs the
+    fits use (:func:`fit_points`: each model at its largest token budget against parameters)."""
+    frames = [fit_points(df, a, axis, split) for a in architectures.ranked(df["arch"])]
     rows = pd.concat(frames) if frames else df.iloc[:0]
     keys = ["study", "arch", "decoder_size", "memory_size", axis]
     return rows.groupby(keys, as_index=False).agg(loss=("loss", "mean"), n_seeds=("seed", "nunique"))
@@ -167,8 +169,10 @@ def imitation_gaps(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     for arch in architectures.registered():
         if arch.imitates is None:
             continue
-        ref = points(df, arch.imitates, "params_total", split)[on + ["loss"]].rename(columns={"loss": "reference_loss"})
-        pairs = points(df, arch.name, "params_total", split).merge(ref, on=on)
+        # each at its largest token budget (fit_points): with two decoder budgets, one pair per decoder size
+        ref = fit_points(df, arch.imitates, "params_total", split)[on + ["loss"]]
+        ref = ref.rename(columns={"loss": "reference_loss"})
+        pairs = fit_points(df, arch.name, "params_total", split).merge(ref, on=on)
         frames.append(pairs.assign(reference=arch.imitates, gap=pairs["loss"] - pairs["reference_loss"])[cols]
                       .sort_values(["params_total", "seed"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

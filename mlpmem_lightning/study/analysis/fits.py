@@ -31,8 +31,9 @@ from mlpmem_lightning.study import architectures
 X_AXES = ("params_non_embedding", "params_total", "flops_train_total")
 PARAM_AXES = ("params_non_embedding", "params_total")
 # A row's identity: two rows that agree on these describe the same model (a sweep writes the decoder's
-# and the kNN-LM's rows again for every memory trained on the same decoder).
-IDENTITY = ("study", "arch", "decoder_size", "memory_size", "seed", "split")
+# and the kNN-LM's rows again for every memory trained on the same decoder). The token budget is part of it: one
+# decoder size trained at two budgets is two models (the compute frontier needs both).
+IDENTITY = ("study", "arch", "decoder_size", "memory_size", "train_tokens", "seed", "split")
 HUBER_DELTA = 1e-3  # Chinchilla's δ: residuals are log-ratios, so 1e-3 is a 0.1% miss
 ALPHA_BOUNDS = (1e-3, 5.0)
 MIN_SIZES_FOR_CLAIMS = 5  # fewer sizes: no "excludes 0", "steeper" or "shallower" (issue 15)
