@@ -71,8 +71,8 @@ def _fitted_conclusion(matched: pd.DataFrame, fits: dict, arch: str, comparison:
         sure = int(((inside["delta_hi"] < 0) | (inside["delta_lo"] > 0)).sum())
         claim = f"the 95% interval excludes 0 at {sure} of {n}"
     else:
-        claim = (f"no interval claim: a fit on fewer than {an.MIN_SIZES_FOR_CLAIMS} sizes or with a zero-width "
-                 "bootstrap interval")
+        claim = (f"no interval claim: a fit on fewer than {an.MIN_SIZES_FOR_CLAIMS} sizes, with a zero-width "
+                 "bootstrap interval or an α not identified")
     if lower == n:
         head = f"{style(arch).label} is lower than {base_label()} at every matched {what}"
     elif lower == 0:

@@ -125,7 +125,8 @@ METHODS = f"""\
 - **Honest statistics.** α is *not identified* when its interval reaches the fit's bounds
   {list(an.ALPHA_BOUNDS)} (`alpha_identified: false` in `fits.json`); it is then never printed as a number, and no
   exponent comparison is made. "Excludes 0", "steeper" and "shallower" are only said when every fit involved is on
-  at least {an.MIN_SIZES_FOR_CLAIMS} sizes and its bootstrap interval of α has width (`ci_degenerate: false`).
+  at least {an.MIN_SIZES_FOR_CLAIMS} sizes, its bootstrap interval of α has width (`ci_degenerate: false`) and
+  its α is identified.
 - **Matched compute** compares a run with the {{base}} compute frontier: the lower envelope of {{base}} loss against
   FLOPs over every size and token budget, interpolated linearly in log FLOPs; never against one run per size.
 - **Figures.** Points are seed means with min–max error bars over seeds, labelled by decoder size; hollow points are
