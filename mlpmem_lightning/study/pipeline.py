@@ -67,6 +67,6 @@ def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int
         for arch, accounting, scores in results:
             s = scores[split]
             rows.append({**base, **accounting, "arch": arch.name, "lambda": s.lambda_, "split": split,
-                         "loss": s.loss, "ppl": math.exp(s.loss), **(s.grid if split == "valid" else {})})
+                         "loss": s.loss, "ppl": math.exp(s.loss), **s.grid})
     attrs = {**stages.attrs, **stages.times, **{f"{r['arch']}_{r['split']}_ppl": r["ppl"] for r in rows}}
     return rows, attrs

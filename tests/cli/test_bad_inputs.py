@@ -120,8 +120,6 @@ BASE = [
          lambda t, fx: ["report", "--results", str(_results(t, drop="loss")), "--out", str(t / "r")]),
     Case("results", "rows from two token stores in one results file", "mixes rows from token stores",
          lambda t, fx: ["report", "--results", str(_results(t, stores=2)), "--out", str(t / "r")]),
-    Case("report", "too few sizes to fit a power law", "need at least 3 points",
-         lambda t, fx: ["report", "--results", str(_results(t, sizes=2)), "--out", str(t / "r")]),
     # -- training
     Case("training", "the loss becomes NaN/inf (learning rate far too high)", "training loss became",
          lambda t, fx: _fit(fx, t / "run", "--model.lr", "1e30", "--model.max_tokens", "8192")),

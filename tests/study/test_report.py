@@ -20,8 +20,8 @@ from mlpmem_lightning.study.report import write_report
 from mlpmem_lightning.study.results import COLUMNS, write_results
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures" / "results_small.csv"
-FILES = ("fits.json", "loss_vs_params.png", "loss_vs_flops.png", "lambda_curves.png", "gap_memory_vs_knn.png",
-         "report.md")
+FILES = ("fits.json", "loss_vs_params.png", "loss_vs_params_total.png", "loss_vs_flops.png", "isoflop.png",
+         "lambda_curves.png", "gap_memory_vs_knn.png", "runs.csv", "report.md")
 B = 20  # bootstrap resamples in these tests: enough to exercise the intervals, fast on 2 cores
 
 # Ladder rungs as `mlpmem sizes` prints them (vocab 8192, seq_len 256): params_total and training FLOPs
@@ -30,6 +30,9 @@ DECODERS = {"200k": (1_262_144, 5_213_568), "800k": (2_950_272, 12_983_040), "3m
             "12m": (17_947_200, 101_784_960), "50m": (60_060_800, 348_568_320)}
 MEMORIES = {"200k": (745_920, 4_475_520), "800k": (1_934_208, 11_605_248), "3m": (5_114_304, 30_685_824),
             "12m": (15_528_960, 93_173_760), "50m": (55_019_520, 330_117_120)}
+# non-embedding parameters of each decoder and memory (vocab 8192: the embedding is most of a small model)
+NON_EMBEDDING = {"200k": (200_000, 120_000), "800k": (800_000, 500_000), "3m": (3_000_000, 2_000_000),
+                 "12m": (12_000_000, 9_000_000), "50m": (50_000_000, 40_000_000)}
 LAMBDAS = np.round(np.arange(21) * 0.05, 2)
 TOKENS, ROWS = 2_000_000, 1_066_554  # decoder/memory training tokens, datastore rows
 
@@ -51,6 +54,7 @@ def synthetic_results(seed: int = 0) -> pd.DataFrame:
     rows = []
     for trial, (size, (p_dec, fpt)) in enumerate(DECODERS.items()):
         p_mem, mem_fpt = MEMORIES[size]
+        ne_dec, ne_mem = NON_EMBEDDING[size]
         f_dec = TOKENS * fpt
         f_knn = f_dec + ROWS * (fpt // 3)
         f_mem = f_knn + 2 * 64 * ROWS * (1024 + 32 * ROWS / 1024) + TOKENS * mem_fpt
@@ -58,18 +62,20 @@ def synthetic_results(seed: int = 0) -> pd.DataFrame:
             test = (2.0 + 300 * p_dec**-0.35) * math.exp(0.01 * rng.standard_normal())
             valid = test * 1.01
             base = {"study": "synthetic", "trial": trial, "decoder_size": size, "params_decoder": p_dec, "seed": s}
-            archs = {"decoder": ("", 0, TOKENS, f_dec, 0.0, 0.0),
-                     "knn_lm": ("", 0, TOKENS, f_knn, 0.12, 0.25),
-                     "mlp_memory": (f"mem-{size}", p_mem, 2 * TOKENS, f_mem, 0.06 + 0.02 * trial, 0.20)}
-            for arch, (mem, pm, tokens, flops, gain, lam) in archs.items():
+            archs = {"decoder": ("", 0, 0, TOKENS, f_dec, 0.0, 0.0),
+                     "knn_lm": ("", 0, 0, TOKENS, f_knn, 0.12, 0.25),
+                     "mlp_memory": (f"mem-{size}", p_mem, ne_mem, 2 * TOKENS, f_mem, 0.06 + 0.02 * trial, 0.20)}
+            for arch, (mem, pm, nem, tokens, flops, gain, lam) in archs.items():
                 gain += 0.005 * rng.standard_normal() if gain else 0.0
                 common = {**base, "arch": arch, "memory_size": mem, "params_memory": pm, "params_total": p_dec + pm,
-                          "train_tokens": tokens, "flops_train_total": int(flops), "lambda": lam}
-                grid = {} if arch == "decoder" else {
-                    f"ppl_lambda_{x:.2f}": math.exp(v) for x, v in zip(LAMBDAS, _lambda_losses(valid, gain, lam))}
+                          "train_tokens": tokens, "flops_train_total": int(flops), "lambda": lam,
+                          "params_non_embedding": ne_dec + nem, "temperature": np.nan if arch == "decoder" else 1.0,
+                          "lr": 1e-3, "epochs": 1}
                 for split, loss in (("valid", valid - gain), ("test", test - gain)):
-                    extra = grid if split == "valid" else {}
-                    rows.append({**common, "split": split, "loss": loss, "ppl": math.exp(loss), **extra})
+                    at = valid if split == "valid" else test
+                    grid = {} if arch == "decoder" else {
+                        f"ppl_lambda_{x:.2f}": math.exp(v) for x, v in zip(LAMBDAS, _lambda_losses(at, gain, lam))}
+                    rows.append({**common, "split": split, "loss": loss, "ppl": math.exp(loss), **grid})
     return pd.DataFrame(rows)
 
 
@@ -99,6 +105,7 @@ def test_report_writes_every_file(report_dir):
     for name in FILES:
         if name.endswith(".png"):
             assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert (report_dir / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"  # paper-ready twin
     assert not list(report_dir.glob("*.tmp"))
 
 
@@ -106,11 +113,14 @@ def test_fits_json_structure(report_dir):
     fits = json.loads((report_dir / "fits.json").read_text())
     assert set(fits) == set(architectures.names())
     for arch in architectures.names():
-        assert set(fits[arch]) == {"params_total", "flops_train_total"}
+        assert set(fits[arch]) == {"params_non_embedding", "params_total", "flops_train_total"}
         for axis, f in fits[arch].items():
             for p in ("E", "A", "alpha"):
                 lo, hi = f[f"{p}_ci"]
                 assert f[p] > 0 and lo <= hi, (arch, axis, p)
+            lo, hi = f["alpha_ci"]
+            assert f["alpha_identified"] == (f["alpha_bounds"][0] * 1.001 < lo and hi < f["alpha_bounds"][1] * 0.999)
+            assert f["ci_degenerate"] == (not hi > lo)
             assert f["n"] == 10 and f["n_bootstrap"] <= B and f["ci_level"] == 0.95
 
 
@@ -129,8 +139,9 @@ def test_fits_json_matches_an_independent_least_squares_fit(report_dir):
 
 def test_report_md_stands_on_its_own(report_dir):
     md = (report_dir / "report.md").read_text()
-    for section in ("## What was run", "## Conclusions", "## Power-law fits", "## Matched parameters",
-                    "## Matched compute", "## Decoder+memory vs kNN-LM", "## Interpolation weight λ"):
+    for section in ("## What was run", "## Conclusions", "## Perplexity of every run", "## Power-law fits",
+                    "## Matched parameters", "## Matched compute", "### Decoder-only compute frontier",
+                    "## IsoFLOP view", "## Decoder+memory vs kNN-LM", "## Interpolation weight λ", "## Methods"):
         assert section in md
     for name in FILES:
         if name.endswith(".png"):
@@ -191,12 +202,22 @@ def test_missing_columns_are_a_user_error(tmp_path):
         write_report(tmp_path / "r.csv", tmp_path / "out")
 
 
-def test_nothing_fittable_is_a_user_error(tmp_path):
+def test_fewer_than_three_sizes_still_writes_tables_and_lambda_and_gap_plots(tmp_path, caplog):
+    """Issue 16: two sizes cannot be fitted; the report says why (report.md and one log line) and writes the rest."""
     df = pd.read_csv(DATA)
     df[df["decoder_size"].isin(["200k", "800k"])].to_csv(tmp_path / "r.csv", index=False)
-    with pytest.raises(UserError, match="no architecture can be fitted.*need at least 3 points"):
-        write_report(tmp_path / "r.csv", tmp_path / "out")
-    assert not (tmp_path / "out" / "report.md").exists()
+    with caplog.at_level("WARNING", logger="mlpmem_lightning.study.report"):
+        md = write_report(tmp_path / "r.csv", tmp_path / "out", bootstrap=5).read_text()
+    out = tmp_path / "out"
+    for name in ("lambda_curves.png", "lambda_curves.pdf", "gap_memory_vs_knn.png", "gap_memory_vs_knn.pdf",
+                 "runs.csv", "fits.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "fits.json").read_text()) == {}
+    assert "*Not fitted: no architecture can be fitted" in md and "need at least 3 points" in md
+    assert "## Perplexity of every run" in md and "## Interpolation weight λ" in md
+    assert len(pd.read_csv(out / "runs.csv")) == 2 * 2 * 3  # sizes × seeds × architectures
+    warnings = [r for r in caplog.records if "no power-law fits" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 def test_no_rows_on_the_split_is_a_user_error(tmp_path):

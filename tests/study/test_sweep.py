@@ -209,6 +209,10 @@ def test_decoder_rows_are_decoder_lms_own_evaluation_and_equal_the_knn_lms_lambd
         assert row["loss"] == math.log(ppl) and row["lambda"] == 0.0
     knn = results[(results["arch"] == "knn_lm") & (results["split"] == "valid")].iloc[0]
     assert knn["ppl_lambda_0.00"] == logged("decoders/200k-seed0-*", "validate", "val/ppl")
+    # the test pass's λ grid is kept too (the report's per-run table shows test ppl at λ = 0.25 and 1 beside λ*)
+    knn_test = results[(results["arch"] == "knn_lm") & (results["split"] == "test")].iloc[0]
+    assert knn_test["ppl_lambda_0.00"] == logged("decoders/200k-seed0-*", "test", "test/ppl")
+    assert knn_test["ppl_lambda_1.00"] == logged("knnlm/200k-seed0-*", "test", "test/ppl_lambda_1.00")
 
 
 def test_workers_sharing_a_study_keep_each_others_trials(tmp_path, monkeypatch):

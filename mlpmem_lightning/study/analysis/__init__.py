@@ -9,20 +9,28 @@ namespace: the fits (:mod:`.fits`), the comparisons with the baseline and with t
 from mlpmem_lightning.study.analysis.comparisons import (
     COMPARISONS,
     compared,
+    comparison_axes,
     exponent_differences,
     imitation_gaps,
     matched_comparison,
+    param_axis,
     seed_means,
 )
 from mlpmem_lightning.study.analysis.fits import (
+    ALPHA_BOUNDS,
     HUBER_DELTA,
     IDENTITY,
+    MIN_SIZES_FOR_CLAIMS,
+    PARAM_AXES,
     X_AXES,
     FitSet,
+    alpha_identified,
     band,
+    claims_allowed,
     clean,
     difference_interval,
     fit_all,
+    fit_points,
     fit_power_law,
     fits_json,
     fits_table,
@@ -31,9 +39,20 @@ from mlpmem_lightning.study.analysis.fits import (
     predict_samples,
     start_grid,
 )
+from mlpmem_lightning.study.analysis.frontier import (
+    ISOFLOP_DECADES,
+    compute_frontier,
+    decoder_cells,
+    frontier_loss,
+    isoflop_groups,
+)
 from mlpmem_lightning.study.analysis.lambdas import LAMBDA_PREFIX, best_lambdas, lambda_curves
+from mlpmem_lightning.study.analysis.tables import FIXED_LAMBDAS, OPTIONAL, lambda_column, missing_optional, run_table
 
-__all__ = ["COMPARISONS", "HUBER_DELTA", "IDENTITY", "LAMBDA_PREFIX", "X_AXES", "FitSet", "band", "best_lambdas",
-           "clean", "compared", "difference_interval", "exponent_differences", "fit_all", "fit_power_law",
-           "fits_json", "fits_table", "imitation_gaps", "lambda_curves", "matched_comparison", "points", "predict",
-           "predict_samples", "seed_means", "start_grid"]
+__all__ = ["ALPHA_BOUNDS", "COMPARISONS", "FIXED_LAMBDAS", "HUBER_DELTA", "IDENTITY", "ISOFLOP_DECADES",
+           "LAMBDA_PREFIX", "MIN_SIZES_FOR_CLAIMS", "OPTIONAL", "PARAM_AXES", "X_AXES", "FitSet", "alpha_identified",
+           "band", "best_lambdas", "claims_allowed", "clean", "compared", "comparison_axes", "compute_frontier",
+           "decoder_cells", "difference_interval", "exponent_differences", "fit_all", "fit_points", "fit_power_law",
+           "fits_json", "fits_table", "frontier_loss", "imitation_gaps", "isoflop_groups", "lambda_column",
+           "lambda_curves", "matched_comparison", "missing_optional", "param_axis", "points", "predict",
+           "predict_samples", "run_table", "seed_means", "start_grid"]

@@ -13,14 +13,30 @@ import pandas as pd
 from mlpmem_lightning.study import architectures
 from mlpmem_lightning.study.analysis.fits import (
     X_AXES,
+    claims_allowed,
     clean,
     difference_interval,
+    fit_points,
     points,
     predict,
     predict_samples,
 )
+from mlpmem_lightning.study.analysis.frontier import frontier_rows
 
-COMPARISONS = {"parameters": "params_total", "compute": "flops_train_total"}
+COMPARISONS = {"parameters": "params_non_embedding", "compute": "flops_train_total"}
+
+
+def param_axis(df: pd.DataFrame) -> str:
+    """The primary parameter axis: non-embedding parameters, or total parameters for a table without them."""
+    col = "params_non_embedding"
+    if col in df.columns and np.isfinite(pd.to_numeric(df[col], errors="coerce")).all():
+        return col
+    return "params_total"
+
+
+def comparison_axes(df: pd.DataFrame) -> dict[str, str]:
+    """``{"parameters": primary parameter axis, "compute": "flops_train_total"}`` for this table."""
+    return {**COMPARISONS, "parameters": param_axis(df)}
 
 
 def matched_comparison(df: pd.DataFrame, fits: dict, split: str = "test", param_rtol: float = 0.01) -> pd.DataFrame:
@@ -33,18 +49,23 @@ def matched_comparison(df: pd.DataFrame, fits: dict, split: str = "test", param_
     architecture is better) and its bootstrap interval; ``extrapolated`` marks x outside either fit's
     observed range.
 
-    ``method == "direct"``: measured losses, averaged over seeds per (study, arch, decoder_size,
-    memory_size, x). At matched parameters an architecture point is paired with the decoder-only point
-    of the same study whose params_total is equal within ``param_rtol`` (a kNN-LM and its own decoder,
-    or a decoder+memory and a decoder-only model that happens to be as large); points without one are
-    left out. At matched compute it is paired with the decoder-only point of the same study nearest in
-    log flops_train_total; ``x_ratio`` (arch x / decoder x) says how close the match is.
+    ``method == "direct"`` (parameters): measured losses, averaged over seeds per (study, arch, decoder_size,
+    memory_size, x), each paired with the decoder-only point of the same study whose parameter count (the
+    primary axis, :func:`param_axis`) is equal within ``param_rtol`` (a kNN-LM and its own decoder, or a
+    decoder+memory and a decoder-only model that happens to be as large); points without one are left out.
+
+    ``method == "frontier"`` (compute): the same seed means against the lower envelope of decoder-only loss
+    vs FLOPs of the same study (every size × budget; :mod:`.frontier`), interpolated in log FLOPs;
+    ``extrapolated`` marks runs with more FLOPs than any decoder-only run (the envelope's last loss is then
+    only an upper bound).
     """
     df = clean(df)
     rows = []
-    for comparison, axis in COMPARISONS.items():
+    for comparison, axis in comparison_axes(df).items():
         rows += _fitted_rows(df, fits, split, comparison, axis)
-        rows += _direct_rows(df, split, comparison, axis, param_rtol)
+        if comparison == "parameters":
+            rows += _direct_rows(df, split, comparison, axis, param_rtol)
+    rows += frontier_rows(df, split)
     cols = ["comparison", "method", "arch", "study", "decoder_size", "memory_size", "x", "loss", "decoder_x",
             "decoder_loss", "delta", "delta_lo", "delta_hi", "x_ratio", "n_seeds", "extrapolated"]
     return pd.DataFrame(rows, columns=cols)
@@ -83,8 +104,9 @@ def _inside(fit: dict, x: float) -> bool:
 
 
 def seed_means(df: pd.DataFrame, split: str, axis: str) -> pd.DataFrame:
-    """Mean loss over seeds per (study, arch, decoder_size, memory_size, x), with the seed count."""
-    frames = [points(df, a, axis, split) for a in architectures.ranked(df["arch"])]
+    """Mean loss over seeds per (study, arch, decoder_size, memory_size, x), with the seed count, over the runs the
+    fits use (:func:`fit_points`: each model at its largest token budget against parameters)."""
+    frames = [fit_points(df, a, axis, split) for a in architectures.ranked(df["arch"])]
     rows = pd.concat(frames) if frames else df.iloc[:0]
     keys = ["study", "arch", "decoder_size", "memory_size", axis]
     return rows.groupby(keys, as_index=False).agg(loss=("loss", "mean"), n_seeds=("seed", "nunique"))
@@ -125,8 +147,11 @@ def exponent_differences(fits: dict, ci: float = 0.95) -> pd.DataFrame:
                 continue
             lo, hi = difference_interval(fit["samples"][:, 2], dec["samples"][:, 2], ci)
             rows.append({"arch": arch, "x_axis": axis, "alpha": fit["alpha"], "decoder_alpha": dec["alpha"],
-                         "diff": fit["alpha"] - dec["alpha"], "diff_lo": lo, "diff_hi": hi})
-    return pd.DataFrame(rows, columns=["arch", "x_axis", "alpha", "decoder_alpha", "diff", "diff_lo", "diff_hi"])
+                         "diff": fit["alpha"] - dec["alpha"], "diff_lo": lo, "diff_hi": hi,
+                         "identified": fit["alpha_identified"] and dec["alpha_identified"],
+                         "claim": claims_allowed(fit, dec)})
+    return pd.DataFrame(rows, columns=["arch", "x_axis", "alpha", "decoder_alpha", "diff", "diff_lo", "diff_hi",
+                                       "identified", "claim"])
 
 
 def imitation_gaps(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -144,8 +169,10 @@ def imitation_gaps(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     for arch in architectures.registered():
         if arch.imitates is None:
             continue
-        ref = points(df, arch.imitates, "params_total", split)[on + ["loss"]].rename(columns={"loss": "reference_loss"})
-        pairs = points(df, arch.name, "params_total", split).merge(ref, on=on)
+        # each at its largest token budget (fit_points): with two decoder budgets, one pair per decoder size
+        ref = fit_points(df, arch.imitates, "params_total", split)[on + ["loss"]]
+        ref = ref.rename(columns={"loss": "reference_loss"})
+        pairs = fit_points(df, arch.name, "params_total", split).merge(ref, on=on)
         frames.append(pairs.assign(reference=arch.imitates, gap=pairs["loss"] - pairs["reference_loss"])[cols]
                       .sort_values(["params_total", "seed"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

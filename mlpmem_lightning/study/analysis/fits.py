@@ -26,24 +26,31 @@ from threadpoolctl import threadpool_limits
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.study import architectures
 
-X_AXES = ("params_total", "flops_train_total")
+# non-embedding parameters first: at a large vocabulary the embeddings are most of a small model, and a ladder's
+# span in total parameters understates its span in the parameters that compute (Kaplan et al. 2020)
+X_AXES = ("params_non_embedding", "params_total", "flops_train_total")
+PARAM_AXES = ("params_non_embedding", "params_total")
 # A row's identity: two rows that agree on these describe the same model (a sweep writes the decoder's
-# and the kNN-LM's rows again for every memory trained on the same decoder).
-IDENTITY = ("study", "arch", "decoder_size", "memory_size", "seed", "split")
+# and the kNN-LM's rows again for every memory trained on the same decoder). The token budget is part of it: one
+# decoder size trained at two budgets is two models (the compute frontier needs both).
+IDENTITY = ("study", "arch", "decoder_size", "memory_size", "train_tokens", "seed", "split")
 HUBER_DELTA = 1e-3  # Chinchilla's δ: residuals are log-ratios, so 1e-3 is a 0.1% miss
 ALPHA_BOUNDS = (1e-3, 5.0)
+MIN_SIZES_FOR_CLAIMS = 5  # fewer sizes: no "excludes 0", "steeper" or "shallower" (issue 15)
 
 
 class FitSet(dict):
     """``{arch: {x_axis: fit}}`` for every (arch, axis) that could be fitted.
 
     ``skipped`` maps ``(arch, axis)`` to why it was not (too few sizes), so that a report can
-    say so instead of failing on one thin architecture.
+    say so instead of failing on one thin architecture; ``unfitted`` says why nothing was fitted at all
+    (a report of fewer than 3 sizes still writes its tables).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skipped: dict[tuple[str, str], str] = {}
+        self.unfitted: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,10 +70,40 @@ def clean(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def points(df: pd.DataFrame, arch: str, axis: str, split: str = "test") -> pd.DataFrame:
-    """The rows a fit uses: one architecture, one split, finite positive x and loss."""
+    """The rows a fit uses: one architecture, one split, finite positive x and loss (none if ``axis`` is absent:
+    an older results table)."""
     rows = df[(df["arch"] == arch) & (df["split"] == split)]
-    x, loss = rows[axis].astype(float), rows["loss"].astype(float)
+    if axis not in df.columns:
+        return rows.iloc[:0]
+    x, loss = pd.to_numeric(rows[axis], errors="coerce"), rows["loss"].astype(float)
     return rows[np.isfinite(x) & np.isfinite(loss) & (x > 0) & (loss > 0)]
+
+
+def fit_points(df: pd.DataFrame, arch: str, axis: str, split: str = "test") -> pd.DataFrame:
+    """The rows a fit on ``axis`` uses, when a size was trained at several token budgets.
+
+    Against parameters: each model at its largest budget (a size's best-trained run; the smaller budgets
+    would pull the curve up by how under-trained they are, not by size). Against FLOPs, for the baseline:
+    only the runs on the lower envelope of loss vs FLOPs (the decoder-only compute frontier), so the fitted
+    baseline is the best a decoder alone did with that compute. With one budget per size both are all rows.
+    """
+    pts = points(df, arch, axis, split)
+    if pts.empty:
+        return pts
+    keys = ["study", "decoder_size", "memory_size"]
+    tokens = pd.to_numeric(pts["train_tokens"], errors="coerce").fillna(0)
+    if axis in PARAM_AXES:
+        return pts[tokens == tokens.groupby([pts[k] for k in keys]).transform("max")]
+    if axis == "flops_train_total" and arch == architectures.baseline().name:
+        cells = pts.assign(_t=tokens).groupby(["study", "decoder_size", "_t"])[[axis, "loss"]].mean()
+        keep, best = set(), {}
+        for key, r in cells.sort_values([axis, "loss"]).iterrows():
+            if r["loss"] < best.get(key[0], np.inf):
+                keep.add(key)
+                best[key[0]] = r["loss"]
+        on = [(s, d, t) in keep for s, d, t in zip(pts["study"], pts["decoder_size"], tokens)]
+        return pts[np.array(on, dtype=bool)]
+    return pts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,11 +216,33 @@ def fit_power_law(x, loss, n_starts: int = 4, bootstrap: int = 1000, seed: int |
     E, A, alpha = _to_original(theta, log_x0)
     q = 100 * np.array([(1 - ci) / 2, (1 + ci) / 2])
     cis = np.percentile(samples, q, axis=0).T if len(samples) else np.full((3, 2), np.nan)
+    alpha_ci = tuple(map(float, cis[2]))
     return {"E": E, "A": A, "alpha": alpha, "E_ci": tuple(map(float, cis[0])), "A_ci": tuple(map(float, cis[1])),
-            "alpha_ci": tuple(map(float, cis[2])), "n": int(len(x)), "n_x": int(len(np.unique(x))),
+            "alpha_ci": alpha_ci, "alpha_identified": alpha_identified(alpha_ci),
+            "ci_degenerate": not bool(np.isfinite(alpha_ci).all() and alpha_ci[1] > alpha_ci[0]),
+            "n": int(len(x)), "n_x": int(len(np.unique(x))),
             "n_bootstrap": int(len(samples)),
             "ci_level": ci, "x_min": float(x.min()), "x_max": float(x.max()), "x_ref": float(np.exp(log_x0)),
             "samples": samples}
+
+
+def alpha_identified(alpha_ci: tuple[float, float], bounds: tuple[float, float] = ALPHA_BOUNDS,
+                     rtol: float = 1e-3) -> bool:
+    """False when the interval reaches either bound of α (or is missing): the data do not pin α down, the
+    optimiser's box does, and the number printed would be the box's, not the data's."""
+    lo, hi = alpha_ci
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return False
+    return lo > bounds[0] * (1 + rtol) and hi < bounds[1] * (1 - rtol)
+
+
+def claims_allowed(*fits: dict) -> bool:
+    """Whether "excludes 0", "steeper" or "shallower" may be said of these fits: each on at least
+    ``MIN_SIZES_FOR_CLAIMS`` sizes, with a bootstrap interval of α that has width and does not reach α's bounds.
+    With 3 sizes and one seed every usable resample is the data set itself, and a zero-width interval "excludes 0"
+    by construction; a curve whose α the optimiser's box sets is not one to read differences off."""
+    return bool(fits) and all(f["n_x"] >= MIN_SIZES_FOR_CLAIMS and not f["ci_degenerate"] and f["alpha_identified"]
+                              for f in fits)
 
 
 def _bootstrap(theta: np.ndarray, grid: np.ndarray, lx: np.ndarray, ll: np.ndarray, delta: float,
@@ -240,14 +299,15 @@ def fit_all(df: pd.DataFrame, split: str = "test", *, bootstrap: int = 1000, see
     archs = architectures.ranked(df["arch"])
     for i, arch in enumerate(archs):
         for j, axis in enumerate(X_AXES):
-            pts = points(df, arch, axis, split)
+            pts = fit_points(df, arch, axis, split)
             if pts.empty:
                 continue
             try:
                 fit = fit_power_law(pts[axis], pts["loss"], n_starts=n_starts, bootstrap=bootstrap,
                                     seed=[seed, i, j], ci=ci)
             except UserError as err:
-                fits.skipped[(arch, axis)] = str(err)
+                frontier = axis == "flops_train_total" and arch == architectures.baseline().name
+                fits.skipped[(arch, axis)] = str(err) + (" on the compute frontier" if frontier else "")
                 continue
             fits.setdefault(arch, {})[axis] = fit
     if not fits:
@@ -262,7 +322,8 @@ def fits_table(fits: dict) -> pd.DataFrame:
     rows = []
     for arch, by_axis in fits.items():
         for axis, f in by_axis.items():
-            row = {"arch": arch, "x_axis": axis, "n": f["n"], "n_x": f["n_x"], "n_bootstrap": f["n_bootstrap"]}
+            row = {"arch": arch, "x_axis": axis, "n": f["n"], "n_x": f["n_x"], "n_bootstrap": f["n_bootstrap"],
+                   "alpha_identified": f["alpha_identified"], "ci_degenerate": f["ci_degenerate"]}
             for p in ("E", "A", "alpha"):
                 row.update({p: f[p], f"{p}_lo": f[f"{p}_ci"][0], f"{p}_hi": f[f"{p}_ci"][1]})
             rows.append(row)
@@ -271,11 +332,13 @@ def fits_table(fits: dict) -> pd.DataFrame:
 
 def fits_json(fits: dict, split: str = "test") -> dict:
     """The ``fits.json`` structure: ``{arch: {x_axis: {E, E_ci, A, A_ci, alpha, alpha_ci, …}}}``."""
-    keys = ("E", "E_ci", "A", "A_ci", "alpha", "alpha_ci", "n", "n_x", "n_bootstrap", "ci_level", "x_min", "x_max")
+    keys = ("E", "E_ci", "A", "A_ci", "alpha", "alpha_ci", "alpha_identified", "ci_degenerate", "n", "n_x",
+            "n_bootstrap", "ci_level", "x_min", "x_max")
     out = {}
     for arch, by_axis in fits.items():
         out[arch] = {}
         for axis, f in by_axis.items():
             entry = {k: list(f[k]) if k.endswith("_ci") else f[k] for k in keys}
+            entry["alpha_bounds"] = list(ALPHA_BOUNDS)
             out[arch][axis] = {"model": "L(x) = E + A * x^(-alpha)", "loss": f"{split} loss (nats/token)", **entry}
     return out

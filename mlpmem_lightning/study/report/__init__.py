@@ -8,6 +8,7 @@ file is written to a temporary name and renamed, so an interrupted report never 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -19,16 +20,22 @@ from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.study import analysis as an
 from mlpmem_lightning.study.report.markdown import imitators, render_markdown
 from mlpmem_lightning.study.report.plots import (
+    ISOFLOP_PLOT,
     LAMBDA_PLOT,
     PLOTS,
     gap_plot_name,
     plot_gap,
+    plot_isoflop,
     plot_lambda_curves,
     plot_loss,
 )
 from mlpmem_lightning.study.results import read_results
 
-__all__ = ["plot_gap", "plot_lambda_curves", "plot_loss", "render_markdown", "save_figure", "write_report"]
+__all__ = ["RUNS_CSV", "plot_gap", "plot_isoflop", "plot_lambda_curves", "plot_loss", "render_markdown",
+           "save_figure", "write_report"]
+
+log = logging.getLogger(__name__)
+RUNS_CSV = "runs.csv"  # the per-run perplexity table of report.md, for machines
 
 
 def write_report(results_csv: str | Path, out_dir: str | Path, *, split: str = "test", bootstrap: int = 1000,
@@ -39,16 +46,24 @@ def write_report(results_csv: str | Path, out_dir: str | Path, *, split: str = "
     df = an.clean(raw)
     if not (df["split"] == split).any():
         raise UserError(f"{results_csv} has no rows with split {split!r}: nothing to fit")
-    fits = an.fit_all(df, split, bootstrap=bootstrap, seed=seed)
+    try:
+        fits = an.fit_all(df, split, bootstrap=bootstrap, seed=seed)
+    except UserError as err:  # fewer than 3 sizes everywhere: the tables and λ/gap plots still say something
+        fits = an.FitSet()
+        fits.unfitted = str(err)
+        log.warning("report: no power-law fits (%s); writing the tables and the λ and gap plots", err)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "fits.json", json.dumps(_json_safe(an.fits_json(fits, split)), indent=2) + "\n")
     for axis, name in PLOTS.items():
-        save_figure(plot_loss(df, fits, axis, split), out / name)
+        if axis != "params_non_embedding" or an.param_axis(df) == axis:  # an older table has no such column
+            save_figure(plot_loss(df, fits, axis, split), out / name)
+    save_figure(plot_isoflop(an.isoflop_groups(df, split, an.param_axis(df)), an.param_axis(df)), out / ISOFLOP_PLOT)
     save_figure(plot_lambda_curves(an.lambda_curves(df)), out / LAMBDA_PLOT)
     gaps = an.imitation_gaps(df, split)
     for arch in imitators():
         save_figure(plot_gap(gaps, arch), out / gap_plot_name(arch))
+    atomic_write_text(out / RUNS_CSV, an.run_table(df).to_csv(index=False))
     text = render_markdown(df, fits, Path(results_csv), split, bootstrap, raw_rows=len(raw))
     atomic_write_text(out / "report.md", text)
     return out / "report.md"
@@ -66,6 +81,8 @@ def _json_safe(obj):
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    tmp = tmp_path(path)
-    fig.savefig(tmp, format="png", dpi=150)
-    fsync_rename(tmp, path)
+    """``path`` (PNG, for report.md) and the same name with ``.pdf`` (vector, for a paper), each atomically."""
+    for target, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
+        tmp = tmp_path(target)
+        fig.savefig(tmp, format=fmt, dpi=150)
+        fsync_rename(tmp, target)

@@ -1,0 +1,143 @@
+"""report.md's sections on every run, the decoder-only compute frontier and the IsoFLOP view, and its methods.
+
+Numbers from :mod:`mlpmem_lightning.study.analysis` (``run_table``, ``compute_frontier``, ``isoflop_groups``);
+the markdown around them here, so that :mod:`.markdown` stays the page's outline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mlpmem_lightning.study import analysis as an
+from mlpmem_lightning.study.report.plots import AXIS_LABELS, ISOFLOP_PLOT, fmt_x, look
+from mlpmem_lightning.study.report.text import base_label, g, md_table
+
+OPTIONAL_WHY = {
+    "params_non_embedding": "fits and plots use total parameters only",
+    "temperature": "the kNN temperature T is not shown",
+    "lr": "learning rates are not shown",
+    "epochs": "epochs are not shown",
+    "last10_improvement": "the last-10% improvement is not shown",
+    "converged": "convergence is not shown",
+}
+
+
+def data_notes(df: pd.DataFrame) -> str:
+    """Which of DESIGN.md's newer columns this table lacks (an older results.csv), and what that leaves out."""
+    missing = an.missing_optional(df)
+    if not missing:
+        return ""
+    return ("*This results table has no " + "; no ".join(f"`{c}` ({OPTIONAL_WHY[c]})" for c in missing)
+            + ": it predates those columns.*")
+
+
+def runs_section(df: pd.DataFrame) -> str:
+    """Every model: settings, λ*, and perplexity at λ*, at λ = 0.25 (the paper's) and at λ = 1 (the mixed-in
+    component alone), on valid and test. Also in ``runs.csv``."""
+    t = an.run_table(df)
+    fixed = [f"{s}_{an.lambda_column(x)}" for s in ("valid", "test") for x in an.FIXED_LAMBDAS]
+    fixed = [c for c in fixed if t[c].notna().any()]
+    extra = [c for c in ("temperature", "lr", "epochs", "converged") if c in t.columns and t[c].notna().any()]
+    axis = an.param_axis(df)
+    headers = (["architecture", "decoder", "memory", AXIS_LABELS[axis], "train tokens", "seed"]
+               + [{"temperature": "T"}.get(c, c) for c in extra] + ["λ*", "valid ppl", "test ppl"]
+               + [_fixed_header(c) for c in fixed])
+    rows = []
+    for r in t.to_dict("records"):
+        rows.append([look(r["arch"])[0], r["decoder_size"], r["memory_size"] or "—", fmt_x(r[axis], axis),
+                     fmt_x(r["train_tokens"], "params_total"), r["seed"]]
+                    + [_cell(r[c]) for c in extra] + [g(r["lambda"], 3), g(r["valid_ppl"]), g(r["test_ppl"])]
+                    + [g(r[c]) for c in fixed])
+    lam_note = ("λ* was chosen on valid; the test perplexity is at λ*. The columns at fixed λ come from the λ grid "
+                "evaluated in the same pass: λ = 1 is the mixed-in component alone (the memory, or the kNN "
+                "distribution), λ = 0.25 the paper's weight.")
+    if not any(c.startswith("test_") for c in fixed):
+        lam_note += " This table holds the grid for valid only."
+    return f"{lam_note} Machine-readable: `runs.csv`.\n\n" + md_table(headers, rows)
+
+
+def _fixed_header(col: str) -> str:
+    split, lam = col.split("_", 1)
+    return f"{split} ppl λ={float(lam[len(an.LAMBDA_PREFIX):]):g}"
+
+
+def _cell(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
+    return "—" if v is None or not np.isfinite(v) else f"{v:.4g}"
+
+
+def frontier_section(df: pd.DataFrame, matched: pd.DataFrame, split: str) -> str:
+    """The envelope itself, then every other architecture's runs against it."""
+    front = an.compute_frontier(df, split)
+    if front.empty:
+        return f"*No {base_label()} runs: no compute frontier.*"
+    cells = an.decoder_cells(df, split)
+    head = (f"The lower envelope of {base_label()} {split} loss against training FLOPs over all {len(cells)} "
+            f"{base_label()} runs (seed means per size and token budget); between its points the loss is "
+            "interpolated linearly in log FLOPs.\n\n"
+            + md_table(["decoder", "train tokens", "FLOPs", "loss", "seeds"],
+                       [[r.decoder_size, fmt_x(r.train_tokens, "params_total"), fmt_x(r.flops_train_total,
+                         "flops_train_total"), f"{r.loss:.4f}", int(r.n_seeds)] for r in front.itertuples()]))
+    rows = matched[matched["method"] == "frontier"]
+    if rows.empty:
+        return head + "\n\n*No other architecture has runs within or beyond the frontier's compute.*"
+    body = [[look(r.arch)[0], r.decoder_size, r.memory_size or "—", fmt_x(r.x, "flops_train_total"),
+             f"{r.loss:.4f}", f"{r.decoder_loss:.4f}" + (" ‡" if r.extrapolated else ""), f"{r.delta:+.4f}",
+             int(r.n_seeds)] for r in rows.itertuples()]
+    return (head + "\n\n### Against the frontier\n\nMeasured losses (mean over seeds) against the frontier at the "
+            "same FLOPs. ‡: more FLOPs than any decoder-only run; the frontier's last loss is shown, an upper "
+            "bound of what a decoder alone would reach there.\n\n"
+            + md_table(["architecture", "decoder", "memory", "FLOPs", "loss", "frontier loss", "Δ", "seeds"], body))
+
+
+def isoflop_section(df: pd.DataFrame, split: str) -> str:
+    axis = an.param_axis(df)
+    groups = an.isoflop_groups(df, split, axis)
+    width = 10 ** an.ISOFLOP_DECADES
+    text = (f"{base_label()} runs grouped into compute levels (each spans a factor {width:.2f} in FLOPs), loss "
+            f"against {AXIS_LABELS[axis]} within each level; the lowest point of a level is the best size for "
+            "that compute.")
+    if groups.empty:
+        return text + f"\n\n*No compute level holds two {base_label()} sizes.*\n\n![IsoFLOP]({ISOFLOP_PLOT})"
+    rows = []
+    for (_, level), lev in groups.groupby(["study", "level"], sort=False):
+        best = lev.loc[lev["loss"].idxmin()]
+        rows.append([fmt_x(lev["level_flops"].iloc[0], "flops_train_total"), len(lev),
+                     ", ".join(f"{d} ({fmt_x(t, 'params_total')} tok)" for d, t in
+                               zip(lev["decoder_size"], lev["train_tokens"])),
+                     f"{best['decoder_size']} ({best['loss']:.4f})"])
+    return (text + "\n\n" + md_table(["level (≈FLOPs)", "runs", "decoder (train tokens)", "best"], rows)
+            + f"\n\n![IsoFLOP]({ISOFLOP_PLOT})")
+
+
+METHODS = f"""\
+- **Axes.** Non-embedding parameters (`params_non_embedding`: everything the architecture runs but its token
+  embedding and tied output head) are the primary axis, total parameters (`params_total`) the secondary one; the
+  kNN-LM's datastore is data, not parameters. Training compute (`flops_train_total`) is everything spent to produce
+  the architecture: decoder training, the datastore pass, the neighbour search and the memory's training.
+- **Fits.** L(x) = E + A·x^(−α), Huber loss on log-residuals (Hoffmann et al. 2022, approach 3), 95% percentile
+  bootstrap over runs. Against parameters each model counts at its largest token budget; against FLOPs the
+  {{base}} fit uses only the runs on its compute frontier.
+- **Honest statistics.** α is *not identified* when its interval reaches the fit's bounds
+  {list(an.ALPHA_BOUNDS)} (`alpha_identified: false` in `fits.json`); it is then never printed as a number, and no
+  exponent comparison is made. "Excludes 0", "steeper" and "shallower" are only said when every fit involved is on
+  at least {an.MIN_SIZES_FOR_CLAIMS} sizes, its bootstrap interval of α has width (`ci_degenerate: false`) and
+  its α is identified.
+- **Matched compute** compares a run with the {{base}} compute frontier: the lower envelope of {{base}} loss against
+  FLOPs over every size and token budget, interpolated linearly in log FLOPs; never against one run per size.
+- **Figures.** Points are seed means with min–max error bars over seeds, labelled by decoder size; hollow points are
+  runs a fit left out; fitted curves and their bands are drawn only over the range they were fitted on. Each
+  figure is also saved as PDF.
+- **Fitted comparison**: both fitted curves read off at the same x; Δ = loss(arch) − loss({{base}}), its interval the
+  percentile interval of the difference over the two sets of bootstrap fits.
+- **Measured pairs** (parameters): a run paired with the {{base}} run of the same study whose parameter count is
+  equal within 1% (typically a kNN-LM and its own decoder).
+- **One-line conclusions** are generated from the tables above by fixed rules, not written by hand."""
+
+
+def methods() -> str:
+    return METHODS.replace("{base}", base_label())
