@@ -132,6 +132,7 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         dm = getattr(self._trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "store"):
             checkpoint["tokenizer_sha256"] = dm.store.manifest["tokenizer"]["sha256"]
+            checkpoint["tokenizer_fingerprint"] = dm.store.tokenizer_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A resumed fit gets its hyper-parameters from the command line, not the checkpoint: refuse weights

@@ -11,6 +11,7 @@ decoder can be checked against it whatever file it was loaded from.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class LoadedDecoder:
     token_store: str | None = None  # the path of the token store it was trained on, when known
     tokenizer_sha256: str | None = None  # sha256 of that store's tokenizer.json, when recorded
     family: str = "llama"  # its registered decoder family: what its FLOPs and parameters are counted as
+    tokenizer_fingerprint: str | None = None  # vocabulary/merges hash of its tokenizer, when known
 
 
 def weights_fingerprint(net: torch.nn.Module) -> str:
@@ -84,7 +86,8 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
     net = net.eval().requires_grad_(False)
     data_hp = ckpt.get("datamodule_hyper_parameters") or {}
     return LoadedDecoder(net, weights_fingerprint(net), str(path), hp.get("data_fingerprint"), data_hp.get("seq_len"),
-                         hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family)
+                         hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family,
+                         ckpt.get("tokenizer_fingerprint"))
 
 
 def _recorded_family(hp: dict, path: Path) -> str:
@@ -105,4 +108,17 @@ def _load_hf(path: Path) -> LoadedDecoder:
                         f"{', '.join(model_types())} (register another in mlpmem_lightning/models/families/)")
     family = family_for_model_type(config.model_type).name
     net = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval().requires_grad_(False)
-    return LoadedDecoder(net, weights_fingerprint(net), str(path), family=family)
+    return LoadedDecoder(net, weights_fingerprint(net), str(path), family=family,
+                         tokenizer_fingerprint=_dir_tokenizer_fingerprint(path))
+
+
+def _dir_tokenizer_fingerprint(path: Path) -> str | None:
+    """The fingerprint of a model directory's ``tokenizer.json`` (an imported decoder's manifest records it)."""
+    from mlpmem_lightning.data.tokenizer import TOKENIZER_FILE, read_tokenizer, tokenizer_fingerprint
+
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        recorded = (json.loads(manifest.read_text()).get("tokenizer") or {}).get("fingerprint")
+        if recorded:
+            return recorded
+    return tokenizer_fingerprint(read_tokenizer(path / TOKENIZER_FILE)) if (path / TOKENIZER_FILE).is_file() else None
