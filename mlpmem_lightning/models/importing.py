@@ -62,9 +62,23 @@ def _load(source: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"transformers cannot load {source} ({first}): pass a GGUF file or a complete model "
                         "directory") from None
+    if getattr(net, "hf_quantizer", None) is not None:
+        net = _plain(net, dtype)
     if getattr(tok, "backend_tokenizer", None) is None:
         raise UserError(f"{source} has no fast tokenizer (tokenizer.json): convert its tokenizer first")
     return net, tok
+
+
+def _plain(net: Any, dtype: torch.dtype) -> Any:
+    """The same (already dequantised) weights in a model that carries no quantizer: transformers refuses to save
+    a model loaded from GGUF, though its tensors are plain floats by then."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = net.config.to_dict()
+    config.pop("quantization_config", None)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config), dtype=dtype)
+    plain.load_state_dict(net.state_dict())
+    return plain.eval()
 
 
 def import_decoder(source: str | Path, out: str | Path, dtype: str = "float32") -> dict[str, Any]:

@@ -76,8 +76,15 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
     # Built from the recorded hyper-parameters, not through DecoderLM: no LightningModule is
     # constructed, so loading works inside another module's __init__ (LightningCLI's hparams context).
     family = _recorded_family(hp, path)
-    net = build_decoder(get_size(hp["size"]), hp["vocab_size"], family, hp.get("context", DEFAULT_CONTEXT),
-                        hp.get("tie_embeddings", False))
+    if ckpt.get("hf_config"):  # started from a pretrained model (DecoderLM init_from): its own architecture
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = dict(ckpt["hf_config"])
+        net = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config),
+                                               attn_implementation="sdpa")
+    else:
+        net = build_decoder(get_size(hp["size"]), hp["vocab_size"], family, hp.get("context", DEFAULT_CONTEXT),
+                            hp.get("tie_embeddings", False))
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
@@ -86,7 +93,7 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
     net = net.eval().requires_grad_(False)
     data_hp = ckpt.get("datamodule_hyper_parameters") or {}
     return LoadedDecoder(net, weights_fingerprint(net), str(path), hp.get("data_fingerprint"), data_hp.get("seq_len"),
-                         hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family,
+                         None if ckpt.get("hf_config") else hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family,
                          ckpt.get("tokenizer_fingerprint"))
 
 
