@@ -34,7 +34,6 @@ from mlpmem_lightning.models.families import get_family
 from mlpmem_lightning.models.flops import forward_flops_of
 from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, flops_per_token, get_size
 
-
 FINETUNE_LR = 1e-4  # peak LR of --model.init_from runs without --model.lr: far below a fresh rung's
 
 

@@ -92,8 +92,9 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
                         "pass the decoder's checkpoint") from None
     net = net.eval().requires_grad_(False)
     data_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    size_name = None if ckpt.get("hf_config") else hp["size"]
     return LoadedDecoder(net, weights_fingerprint(net), str(path), hp.get("data_fingerprint"), data_hp.get("seq_len"),
-                         None if ckpt.get("hf_config") else hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family,
+                         size_name, data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family,
                          ckpt.get("tokenizer_fingerprint"))
 
 

@@ -46,7 +46,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     identified: an interval reaching the fit's bounds, or fewer than 5 sizes, claims nothing)."""
     fit, refs = result["fit"], result["references"]
     lines = [f"Base {result['base']} ({result['split']}), {result['n_sizes']} memory sizes spanning "
-             f"{result['span']:.1f}x.", "", "| memory | params | λ | loss | ppl | vs base |", "|---|---|---|---|---|---|"]
+             f"{result['span']:.1f}x.", "", "| memory | params | λ | loss | ppl | vs base |",
+             "|---|---|---|---|---|---|"]
     for r in result["sizes"].itertuples():
         change = f"{100 * r.ppl_change_vs_base:+.1f}%" if hasattr(r, "ppl_change_vs_base") else ""
         lines.append(f"| {r.memory_size} | {int(getattr(r, X_AXIS)):,} | {r.lam:.2f} | {r.loss:.4f} | "
