@@ -69,3 +69,15 @@ def relative_memory_config(size: str, net: nn.Module, block: str = "swiglu"):
                                      block)
     return MemoryConfig(input_dim=cfg.hidden_size, d_model=cfg.hidden_size, n_layer=n_layer, ffn=ffn,
                         vocab_size=cfg.vocab_size, block=block)
+
+
+def relative_config_for_rung(size: str, rung, family: str, vocab_size: int, block: str = "swiglu"):
+    """The same memory for a ladder decoder, from its rung alone (torch-free: a sweep counts it before building):
+    what :func:`relative_memory_config` builds on the loaded decoder of that rung."""
+    from mlpmem_lightning.models.families import get_family
+    from mlpmem_lightning.models.memory import MemoryConfig
+
+    n_layer, ffn, _ = relative_shape(size, rung.d_model, rung.n_layer, get_family(family).non_embedding_params(rung),
+                                     block)
+    return MemoryConfig(input_dim=rung.d_model, d_model=rung.d_model, n_layer=n_layer, ffn=ffn,
+                        vocab_size=vocab_size, block=block)

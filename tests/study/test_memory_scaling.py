@@ -40,3 +40,25 @@ def test_one_base_only():
     df = pd.concat([_rows(), _rows(decoder="other")])
     with pytest.raises(UserError, match="one base decoder"):
         memory_scaling(df, bootstrap=10)
+
+
+def test_relative_memory_sizes_in_a_sweep_spec_count_like_the_built_memory():
+    """sweeps/memory-scaling.yaml: x-sizes on one ladder decoder span 8x; the torch-free config the study counts
+    equals the memory MemoryLM builds on that decoder (reference: sum of numel of the built module)."""
+    from mlpmem_lightning.models.base_memory import relative_config_for_rung, relative_memory_config
+    from mlpmem_lightning.models.decoder import build_decoder
+    from mlpmem_lightning.models.ladder import get_size
+    from mlpmem_lightning.models.memory import MLPMemory, memory_params
+    from mlpmem_lightning.study.spec import SweepSpec
+    from tests.helpers import SWEEPS
+
+    spec = SweepSpec.load(SWEEPS / "memory-scaling.yaml")
+    rung = get_size(spec.decoder_sizes[0])
+    net = build_decoder(rung, 512)
+    counts = []
+    for size in spec.memory_sizes:
+        cfg = relative_config_for_rung(size, rung, "llama", 512)
+        assert cfg == relative_memory_config(size, net)
+        counts.append(sum(p.numel() for p in MLPMemory(cfg).parameters()))
+        assert counts[-1] == memory_params(cfg)
+    assert counts == sorted(counts) and counts[-1] / counts[0] >= 6  # the head (fixed) narrows the 8x span a little
