@@ -22,11 +22,11 @@ TRAINER = ["--config", str(EXP / "trainer/cpu.yaml"), "--trainer.enable_progress
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """(base directory, its token store): 300 made-up documents tokenized with the base's tokenizer."""
+    """(base directory, its token store): 150 made-up documents tokenized with the base's tokenizer."""
     root = tmp_path_factory.mktemp("pretrained")
     base = save_hf_dir(root / "base", "llama", tiny_tokenizer())
     g = torch.Generator().manual_seed(0)
-    docs = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (60,), generator=g).tolist()) for _ in range(300)]
+    docs = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (40,), generator=g).tolist()) for _ in range(150)]
     (root / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     prepare(PrepareSettings(corpus=str(root / "corpus.jsonl"), tokenizer=str(base)), root / "tokens")
     return base, root / "tokens"
@@ -80,11 +80,10 @@ def test_teacher_targets_train_another_decoders_memory(base, tmp_path):
     student = save_hf_dir(tmp_path / "student", "llama", tiny_tokenizer(), seed=1)
     argv = ["fit", *TRAINER, "--model", "MemoryLM", "--model.decoder", str(student), "--model.size", "x0.5",
             "--model.max_tokens", str(2 * 4 * 32), "--data.token_store", str(store), "--data.seq_len", "32",
-            "--data.batch_size", "4", "--data.targets", str(tmp_path / "tg"),
-            "--trainer.default_root_dir", str(tmp_path / "mem")]
+            "--data.batch_size", "4", "--data.targets", str(tmp_path / "tg")]
     with pytest.raises(UserError, match="--model.teacher true"):
-        run_cli(argv)
-    run_cli([*argv, "--model.teacher", "true"])
+        run_cli([*argv, "--trainer.default_root_dir", str(tmp_path / "refused")])
+    run_cli([*argv, "--model.teacher", "true", "--trainer.default_root_dir", str(tmp_path / "mem")])
     ckpt = torch.load(next((tmp_path / "mem").rglob("*.ckpt")), weights_only=False)
     assert ckpt["teacher_fingerprint"] == load_decoder(base_dir).fingerprint
     assert ckpt["decoder_fingerprint"] == load_decoder(student).fingerprint != ckpt["teacher_fingerprint"]
