@@ -14,13 +14,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mlpmem_lightning.cli import stages, study, tools
+from mlpmem_lightning.cli import pretrained, stages, study, tools
 from mlpmem_lightning.cli.argtypes import Parser
 from mlpmem_lightning.cli.command import Command
 from mlpmem_lightning.core.errors import EXIT_USER_ERROR, UserError
 
 LIGHTNING_COMMANDS = {"fit": "train a model", "validate": "evaluate on valid", "test": "evaluate on test"}
-COMMANDS: dict[str, Command] = {c.name: c for c in (*stages.COMMANDS, *study.COMMANDS, *tools.COMMANDS)}
+COMMANDS: dict[str, Command] = {c.name: c for c in (*stages.COMMANDS, *pretrained.COMMANDS, *study.COMMANDS,
+                                                    *tools.COMMANDS)}
 log = logging.getLogger("mlpmem_lightning")
 
 

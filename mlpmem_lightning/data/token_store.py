@@ -29,7 +29,14 @@ from tokenizers import Tokenizer
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.core.writer import ArtifactWriter
-from mlpmem_lightning.data.tokenizer import TOKENIZER_FILE, load_tokenizer, read_tokenizer, separator_id, train_bpe
+from mlpmem_lightning.data.tokenizer import (
+    TOKENIZER_FILE,
+    load_tokenizer,
+    read_tokenizer,
+    separator_id,
+    tokenizer_fingerprint,
+    train_bpe,
+)
 
 log = logging.getLogger(__name__)
 KIND = "token_store"
@@ -82,8 +89,11 @@ def prepare(
     """Build (or reuse) the token store for ``settings`` in ``out``; returns its manifest."""
     out = Path(out)
     corpus = settings.corpus if Path(settings.corpus).exists() else None  # a local corpus is an input
-    writer = ArtifactWriter(out, KIND, {"settings": asdict(settings), "source": source_identity(settings.corpus)},
-                            "is a token store built with other settings", inputs=(corpus,), added=("source",))
+    identity = {"settings": asdict(settings), "source": source_identity(settings.corpus)}
+    if settings.tokenizer != "bpe":  # a tokenizer given by path: its content, not its path, decides the ids
+        identity["tokenizer_source"] = {"fingerprint": tokenizer_fingerprint(load_tokenizer(settings.tokenizer))}
+    writer = ArtifactWriter(out, KIND, identity, "is a token store built with other settings", inputs=(corpus,),
+                            added=("source", "tokenizer_source"))
     if (manifest := writer.reuse()) is not None:
         return manifest
     with writer.open(resume=False):  # a partial store is a crashed run: rebuilt from nothing (deterministic)
@@ -130,7 +140,8 @@ def _build(settings: PrepareSettings, writer: ArtifactWriter, num_proc: int, cac
     fingerprint = artifacts.hash_json({"tokens": hashes, "tokenizer": tok_hash})
     return writer.finish(lambda: {
         "corpus": info,
-        "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok_hash, "separator_id": separator_id(tok)},
+        "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok_hash, "separator_id": separator_id(tok),
+                      "fingerprint": tokenizer_fingerprint(tok)},
         "vocab_size": vocab,
         "dtype": token_dtype(vocab).name,
         "documents": {k: int(len(v)) for k, v in splits.items()},
@@ -200,3 +211,16 @@ class TokenStore:
     @cached_property
     def tokenizer(self) -> Tokenizer:
         return read_tokenizer(self.path / TOKENIZER_FILE)
+
+    @cached_property
+    def tokenizer_fingerprint(self) -> str:
+        """Its tokenizer's vocabulary/merges hash (recorded since stores carry it; computed for older ones)."""
+        return self.manifest["tokenizer"].get("fingerprint") or tokenizer_fingerprint(self.tokenizer)
+
+    def check_tokenizer(self, fingerprint: str | None, decoder: str) -> None:
+        """Refuse a decoder whose tokenizer maps text to other ids than this store's (``None``: unknown, not
+        checked): its predictions would be scored against tokens of another vocabulary."""
+        if fingerprint is not None and fingerprint != self.tokenizer_fingerprint:
+            raise UserError(f"the decoder {decoder} has another tokenizer (fingerprint {fingerprint}) than token store "
+                            f"{self.path} ({self.tokenizer_fingerprint}): tokenize the corpus with the decoder's own "
+                            f"tokenizer (mlpmem prepare --tokenizer {decoder})")

@@ -85,3 +85,21 @@ def separator_id(tok: Tokenizer) -> int:
             return idx
     raise UserError("the tokenizer has no end-of-text token (<|endoftext|> or </s>): "
                     "add one or train a 'bpe' tokenizer")
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    """A hash of what maps text to ids (vocabulary, merges, added tokens), not of the file's bytes.
+
+    Two ``tokenizer.json`` files written by different tools (``tokenizers``' ``save``, transformers'
+    ``save_pretrained``, a GGUF conversion) differ in formatting and normaliser details that do not change
+    an id; a decoder and a token store agree when this fingerprint does.
+    """
+    import hashlib
+    import json
+
+    model = json.loads(tok.to_str()).get("model", {})
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    vocab = tok.get_vocab(with_added_tokens=True)
+    blob = json.dumps({"type": model.get("type"), "vocab": sorted(vocab.items(), key=lambda kv: kv[1]),
+                       "merges": merges}, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

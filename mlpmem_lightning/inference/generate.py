@@ -129,6 +129,8 @@ def _tokenizer_file(dec: LoadedDecoder, tokenizer: str | None) -> Path:
         path = path / "tokenizer.json" if path.is_dir() else path
     elif dec.token_store and (Path(dec.token_store) / "tokenizer.json").is_file():
         path = Path(dec.token_store) / "tokenizer.json"
+    elif (Path(dec.source) / "tokenizer.json").is_file():  # a transformers/imported decoder directory
+        path = Path(dec.source) / "tokenizer.json"
     else:
         raise UserError("cannot find the decoder's tokenizer: pass --tokenizer TOKEN_STORE_DIR")
     if not path.is_file():
@@ -137,7 +139,19 @@ def _tokenizer_file(dec: LoadedDecoder, tokenizer: str | None) -> Path:
     if have != dec.tokenizer_sha256:
         raise UserError(f"tokenizer {path} has sha256 {have} but the decoder was trained with tokenizer "
                         f"{dec.tokenizer_sha256}: pass --tokenizer with the decoder's token store")
+    if dec.tokenizer_fingerprint is not None:
+        _check_fingerprint(path, dec)
     return path
+
+
+def _check_fingerprint(path: Path, dec: LoadedDecoder) -> None:
+    """The tokenizer must map text to the decoder's ids (compared by vocabulary and merges, not file bytes)."""
+    from mlpmem_lightning.data.tokenizer import read_tokenizer, tokenizer_fingerprint
+
+    have = tokenizer_fingerprint(read_tokenizer(path))
+    if have != dec.tokenizer_fingerprint:
+        raise UserError(f"tokenizer {path} (fingerprint {have}) is not the decoder {dec.source}'s "
+                        f"({dec.tokenizer_fingerprint}): pass --tokenizer with the decoder's own tokenizer")
 
 
 def load_memory_checkpoint(path: str | Path, flag: str = "--checkpoint"):

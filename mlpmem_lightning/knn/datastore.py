@@ -91,6 +91,7 @@ def build_datastore(decoder: str | Path, data: str | Path, out: str | Path, sett
 
 
 def _check_inputs(dec, store: TokenStore, s: DatastoreSettings) -> None:
+    store.check_tokenizer(dec.tokenizer_fingerprint, dec.source)
     if dec.data_fingerprint is not None and dec.data_fingerprint != store.fingerprint:
         raise UserError(f"the decoder was trained on token store {dec.data_fingerprint} but --data {store.path} has "
                         f"{store.fingerprint}: pass the token store it was trained on")

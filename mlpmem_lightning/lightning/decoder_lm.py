@@ -9,6 +9,7 @@ token-weighted mean over the split, independent of batching and of the number of
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -29,7 +30,10 @@ from mlpmem_lightning.lightning.optim import (
 from mlpmem_lightning.lightning.step_graph import GraphedTrainStep, StepGraphHooks
 from mlpmem_lightning.models.decoder import build_decoder, context_length
 from mlpmem_lightning.models.families import get_family
+from mlpmem_lightning.models.flops import forward_flops_of
 from mlpmem_lightning.models.ladder import DEFAULT_CONTEXT, flops_per_token, get_size
+
+FINETUNE_LR = 1e-4  # peak LR of --model.init_from runs without --model.lr: far below a fresh rung's
 
 
 def lm_loss(net: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -60,6 +64,10 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
             it. Needs ``accumulate_grad_batches`` 1. ``on_before_optimizer_step`` hooks are not called.
         dropout: dropout probability in the blocks.
         data_fingerprint: token store this model belongs to (recorded at fit; checked later).
+        init_from: start from a transformers model directory (``mlpmem import-decoder``'s output, any
+            ``from_pretrained`` directory) instead of a fresh rung: continued pretraining or fine-tuning on the
+            token store, whose tokenizer must be the model's. ``size``, ``family``, ``context`` and
+            ``tie_embeddings`` then come from the model; the LR defaults to ``FINETUNE_LR``.
     """
 
     def __init__(self, size: str = "200k", family: str = "llama", vocab_size: int | None = None,
@@ -68,16 +76,19 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, compile: bool = False, cuda_graph: bool = False,
                  dropout: float = 0.0,
-                 data_fingerprint: str | None = None):
+                 data_fingerprint: str | None = None, init_from: str | None = None):
         super().__init__()
         get_family(family)  # a str, not a Literal, so that registered families are accepted: checked here
         self.save_hyperparameters()
         self.ladder = get_size(size)
         self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio)
-        self.lr = lr if lr is not None else self.ladder.lr
+        self.lr = lr if lr is not None else (FINETUNE_LR if init_from else self.ladder.lr)
         self.net = None
         self.step_graph: GraphedTrainStep | None = None
-        if vocab_size is not None:
+        self.init_tokenizer: str | None = None  # the pretrained model's tokenizer fingerprint, checked in setup
+        if init_from:
+            self._build_from(init_from)
+        elif vocab_size is not None:
             self._build(vocab_size)
         self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
 
@@ -85,6 +96,19 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
         hp = self.hparams
         self.net = build_decoder(self.ladder, vocab_size, hp.family, hp.context, hp.tie_embeddings, hp.dropout)
         self.hparams["vocab_size"] = vocab_size
+
+    def _build_from(self, path: str) -> None:
+        """A pretrained transformers model, made trainable; its config is kept in the checkpoint (``hf_config``)
+        so that the checkpoint loads without the directory."""
+        from mlpmem_lightning.models.loading import load_decoder
+
+        if not (Path(path) / "config.json").is_file():
+            raise UserError(f"--model.init_from {path} is not a transformers model directory: pass one "
+                            "(`mlpmem import-decoder` writes one from a GGUF file)")
+        dec = load_decoder(path)
+        self.net = dec.net.float().train().requires_grad_(True)
+        self.init_tokenizer = dec.tokenizer_fingerprint
+        self.hparams.update(vocab_size=int(self.net.config.vocab_size), family=dec.family)
 
     # -- set-up: bind the model to its data and its budget -------------------------------------
     def setup(self, stage: str) -> None:
@@ -95,13 +119,15 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
             raise UserError(f"the model's vocab_size is {self.hparams.vocab_size} but the token store's tokenizer has "
                             f"{dm.vocab_size}: drop --model.vocab_size or prepare the data with the model's tokenizer")
         self._check_data(dm)
+        dm.store.check_tokenizer(self.init_tokenizer, str(self.hparams.init_from))
         if dm.seq_len > context_length(self.net):
             raise UserError(f"seq_len {dm.seq_len} exceeds the model's context {context_length(self.net)}: "
                             "lower --data.seq_len or raise --model.context")
         if (dm.eval_context or 0) > context_length(self.net):
             raise UserError(f"--data.eval_context {dm.eval_context} exceeds the model's context "
                             f"{context_length(self.net)}: lower --data.eval_context or raise --model.context")
-        self.flops_per_token = flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family)
+        self.flops_per_token = (3 * forward_flops_of(self.net, dm.seq_len) if self.hparams.init_from else
+                                flops_per_token(self.ladder, dm.vocab_size, dm.seq_len, self.hparams.family))
         # one window: Lightning's model summary counts the forward's FLOPs on it (else "Total FLOPs: 0")
         self.example_input_array = torch.zeros(1, dm.seq_len, dtype=torch.long)
         self.tokens_per_step = tokens_per_step(self)
@@ -130,6 +156,9 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
         dm = getattr(self._trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "store"):
             checkpoint["tokenizer_sha256"] = dm.store.manifest["tokenizer"]["sha256"]
+            checkpoint["tokenizer_fingerprint"] = dm.store.tokenizer_fingerprint
+        if self.hparams.init_from:  # not a ladder rung: the architecture travels with the weights
+            checkpoint["hf_config"] = self.net.config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A resumed fit gets its hyper-parameters from the command line, not the checkpoint: refuse weights

@@ -62,6 +62,7 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
         if m.get("decoder_fingerprint") != dec.fingerprint:
             raise UserError(f"datastore {hp.datastore} was built from decoder {m.get('decoder_fingerprint')} but "
                             f"--model.decoder {hp.decoder} has {dec.fingerprint}: rebuild it with `mlpmem datastore`")
+        dm.store.check_tokenizer(dec.tokenizer_fingerprint, hp.decoder)
         store.check_data(dm.fingerprint, dm.seq_len, evaluated={"validate": "valid", "test": "test"}.get(stage))
         if not 0 < self.knn.k < len(store):
             raise UserError(f"k={self.knn.k} must be in [1, {len(store) - 1}] for a datastore of {len(store)} rows")

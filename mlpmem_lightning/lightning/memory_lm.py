@@ -34,12 +34,13 @@ from mlpmem_lightning.lightning.optim import (
     tokens_per_step,
 )
 from mlpmem_lightning.lightning.step_graph import StepGraphHooks
+from mlpmem_lightning.models.base_memory import PAPER_MEMORY_LR, is_relative, relative_memory_config
 from mlpmem_lightning.models.decoder import ffn_inputs, logits_and_ffn_inputs
 from mlpmem_lightning.models.families import family_of
 from mlpmem_lightning.models.flops import forward_flops_of
 from mlpmem_lightning.models.ladder import get_memory_size, get_size, matched_memory
 from mlpmem_lightning.models.loading import load_decoder
-from mlpmem_lightning.models.memory import build_memory, memory_flops_per_token, save_memory
+from mlpmem_lightning.models.memory import MLPMemory, build_memory, memory_flops_per_token, save_memory
 
 # fingerprints a MemoryLM checkpoint records besides its decoder's: (what, the flag a later run checks them against)
 RECORDED = {"token_store_fingerprint": ("token store", "--data.token_store"),
@@ -52,7 +53,9 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
 
     Args:
         decoder: the frozen decoder (``.ckpt``, run directory, or transformers directory).
-        size: memory ladder rung (``mlpmem sizes``); default: the one matched to the decoder's rung.
+        size: memory ladder rung (``mlpmem sizes``), or ``x<ratio>`` (``x0.5``, ``x2``): a memory of the decoder's
+            width with ratio × its non-embedding parameters (``models/base_memory.py``; any base, e.g. a
+            pretrained one); default: the one matched to the decoder's rung.
         block: ``swiglu`` (RMSNorm) or ``gelu`` (LayerNorm) residual blocks; default: the one matched to the
             decoder's family (swiglu for Llama, gelu for GPT-2).
         alpha: weight of KL(p_kNN ‖ p_mem) against the next-token cross-entropy (paper: 0.5).
@@ -69,6 +72,8 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         compile: ``torch.compile`` the memory together with its loss (GPU).
         cuda_graph: capture the whole training step (the frozen decoder's forward to the keys, the memory, its loss,
             backward, clipping and AdamW) as one CUDA graph and replay it (GPU; ``lightning/step_graph.py``).
+        teacher: the targets may come from another decoder of the same token store (a teacher: the paper
+            trained GPT2-large's memory on GPT2-xl's targets); its fingerprint is recorded in the checkpoint.
         loss: ``sparse`` (log_softmax of the logits, then the K target ids) or ``fused`` (head, log_softmax
             and loss chunk by chunk with the gradient computed in forward: same values, no [tokens, vocab]
             tensor kept for backward; for long batches and large vocabularies).
@@ -81,7 +86,7 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, lambdas: list[float] | None = None,
                  lambda_: float | None = None, compile: bool = False, loss: Literal["sparse", "fused"] = "sparse",
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, teacher: bool = False):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"alpha {alpha} must lie in [0, 1]: fix --model.alpha")
@@ -91,12 +96,17 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         dec = load_decoder(decoder)
         object.__setattr__(self, "decoder", dec.net)  # frozen and reloaded: not a submodule, not checkpointed
         self.decoder_fingerprint, self.decoder_data = dec.fingerprint, dec.data_fingerprint
+        self.decoder_tokenizer, self.teacher_fingerprint = dec.tokenizer_fingerprint, None
         # what the memory is trained on, set by setup and recorded in (and checked against) the checkpoint
         self.token_store_fingerprint = self.targets_fingerprint = self.datastore_fingerprint = None
         size = size or matched_memory(dec.size_name if dec.size_name else _need_size(decoder)).name
         block = block or family_of(dec.net).memory_block
-        self.memory = build_memory(size, dec.net.config.hidden_size, dec.net.config.vocab_size, block)
-        self.lr = lr if lr is not None else get_size(get_memory_size(size).decoder).lr
+        if is_relative(size):
+            self.memory = MLPMemory(relative_memory_config(size, dec.net, block))
+            self.lr = lr if lr is not None else PAPER_MEMORY_LR
+        else:
+            self.memory = build_memory(size, dec.net.config.hidden_size, dec.net.config.vocab_size, block)
+            self.lr = lr if lr is not None else get_size(get_memory_size(size).decoder).lr
         if init_head_from_decoder:
             self.memory.init_head_from(dec.net.get_output_embeddings().weight.detach())
         self.layer = -1
@@ -107,6 +117,7 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         if self.decoder_data is not None and self.decoder_data != dm.fingerprint:
             raise UserError(f"the decoder was trained on token store {self.decoder_data} but --data.token_store has "
                             f"{dm.fingerprint}: pass the decoder's --data.token_store")
+        dm.store.check_tokenizer(self.decoder_tokenizer, self.hparams.decoder)
         self.decoder.to(self.trainer.strategy.root_device)
         self.token_store_fingerprint = dm.fingerprint
         # one window of keys: Lightning's model summary counts the memory's forward FLOPs on it
@@ -117,10 +128,7 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         if stage == "fit":
             if dm.targets is None:
                 raise UserError("MemoryLM needs kNN targets: pass --data.targets DIR (built by `mlpmem targets`)")
-            if datastore.get("decoder_fingerprint") != self.decoder_fingerprint:
-                raise UserError(f"the targets come from decoder {datastore.get('decoder_fingerprint')} but "
-                                f"--model.decoder {self.hparams.decoder} has {self.decoder_fingerprint}: use that "
-                                "decoder's targets")
+            self._check_teacher(datastore)
             self.layer = datastore["layer"]
             dm.serve_keys = self.hparams.mode == "offline"
             self.tokens_per_step = tokens_per_step(self)
@@ -135,9 +143,26 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         """``train_losses``, compiled (memory and loss as one graph: the fp32 logits never written out) or not."""
         self.train_losses = torch.compile(self._memory_losses) if compile else self._memory_losses
 
+    def _check_teacher(self, datastore: dict[str, Any]) -> None:
+        """Targets of another decoder only when asked (``teacher``): the same token store and window cut are
+        already checked (``targets_info``), so each row still predicts this decoder's next token; the teacher's
+        keys are of another model, so the memory must read this decoder's own (online)."""
+        source = datastore.get("decoder_fingerprint")
+        if source == self.decoder_fingerprint:
+            return
+        if not self.hparams.teacher:
+            raise UserError(f"the targets come from decoder {source} but --model.decoder {self.hparams.decoder} has "
+                            f"{self.decoder_fingerprint}: use that decoder's targets, or --model.teacher true to "
+                            "learn from another decoder's (same token store)")
+        if self.hparams.mode == "offline":
+            raise UserError("--model.mode offline reads the teacher's keys, not this decoder's: use --model.mode "
+                            "online with --model.teacher true")
+        self.teacher_fingerprint = source
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # FiniteLossGuard: never a checkpoint of non-finite weights
         checkpoint["decoder_fingerprint"] = self.decoder_fingerprint
+        checkpoint["teacher_fingerprint"] = self.teacher_fingerprint
         checkpoint["memory_layer"] = self.layer
         checkpoint["mlpmem_version"] = __version__
         for key in RECORDED:
@@ -155,6 +180,7 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
                                 f"pass {flag} of the run")
             setattr(self, key, have if now is None else now)
         self.layer = checkpoint.get("memory_layer", -1)
+        self.teacher_fingerprint = checkpoint.get("teacher_fingerprint")
 
     # -- training --------------------------------------------------------------------------------
     def _keys_of(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,6 +239,7 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         """The memory alone (config.json + model.safetensors), reloadable with ``memory.load_memory``."""
         extra = {"decoder": self.hparams.decoder, "decoder_fingerprint": self.decoder_fingerprint,
                  "layer": self.layer, "alpha": self.hparams.alpha, "size": self.hparams.size,
+                 "teacher_fingerprint": self.teacher_fingerprint,
                  **{key: getattr(self, key) for key in RECORDED}}
         return save_memory(self.memory, self.memory.cfg, out, extra)
 

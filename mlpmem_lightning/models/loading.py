@@ -11,6 +11,7 @@ decoder can be checked against it whatever file it was loaded from.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class LoadedDecoder:
     token_store: str | None = None  # the path of the token store it was trained on, when known
     tokenizer_sha256: str | None = None  # sha256 of that store's tokenizer.json, when recorded
     family: str = "llama"  # its registered decoder family: what its FLOPs and parameters are counted as
+    tokenizer_fingerprint: str | None = None  # vocabulary/merges hash of its tokenizer, when known
 
 
 def weights_fingerprint(net: torch.nn.Module) -> str:
@@ -74,8 +76,15 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
     # Built from the recorded hyper-parameters, not through DecoderLM: no LightningModule is
     # constructed, so loading works inside another module's __init__ (LightningCLI's hparams context).
     family = _recorded_family(hp, path)
-    net = build_decoder(get_size(hp["size"]), hp["vocab_size"], family, hp.get("context", DEFAULT_CONTEXT),
-                        hp.get("tie_embeddings", False))
+    if ckpt.get("hf_config"):  # started from a pretrained model (DecoderLM init_from): its own architecture
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = dict(ckpt["hf_config"])
+        net = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config),
+                                               attn_implementation="sdpa")
+    else:
+        net = build_decoder(get_size(hp["size"]), hp["vocab_size"], family, hp.get("context", DEFAULT_CONTEXT),
+                            hp.get("tie_embeddings", False))
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
@@ -83,8 +92,10 @@ def load_decoder(path: str | Path, map_location: str = "cpu") -> LoadedDecoder:
                         "pass the decoder's checkpoint") from None
     net = net.eval().requires_grad_(False)
     data_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    size_name = None if ckpt.get("hf_config") else hp["size"]
     return LoadedDecoder(net, weights_fingerprint(net), str(path), hp.get("data_fingerprint"), data_hp.get("seq_len"),
-                         hp["size"], data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family)
+                         size_name, data_hp.get("token_store"), ckpt.get("tokenizer_sha256"), family,
+                         ckpt.get("tokenizer_fingerprint"))
 
 
 def _recorded_family(hp: dict, path: Path) -> str:
@@ -105,4 +116,17 @@ def _load_hf(path: Path) -> LoadedDecoder:
                         f"{', '.join(model_types())} (register another in mlpmem_lightning/models/families/)")
     family = family_for_model_type(config.model_type).name
     net = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval().requires_grad_(False)
-    return LoadedDecoder(net, weights_fingerprint(net), str(path), family=family)
+    return LoadedDecoder(net, weights_fingerprint(net), str(path), family=family,
+                         tokenizer_fingerprint=_dir_tokenizer_fingerprint(path))
+
+
+def _dir_tokenizer_fingerprint(path: Path) -> str | None:
+    """The fingerprint of a model directory's ``tokenizer.json`` (an imported decoder's manifest records it)."""
+    from mlpmem_lightning.data.tokenizer import TOKENIZER_FILE, read_tokenizer, tokenizer_fingerprint
+
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        recorded = (json.loads(manifest.read_text()).get("tokenizer") or {}).get("fingerprint")
+        if recorded:
+            return recorded
+    return tokenizer_fingerprint(read_tokenizer(path / TOKENIZER_FILE)) if (path / TOKENIZER_FILE).is_file() else None

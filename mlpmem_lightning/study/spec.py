@@ -120,8 +120,10 @@ class SweepSpec:
         for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
             get_size(s)
         if self.memory_sizes != "matched":
+            from mlpmem_lightning.models.base_memory import is_relative, ratio_of
+
             for s in self.memory_sizes:
-                get_memory_size(s)
+                ratio_of(s) if is_relative(s) else get_memory_size(s)  # x0.5: a ratio of the decoder's parameters
         if self.sampler not in ("grid", "random", "tpe"):
             raise UserError(f"sampler {self.sampler!r}: choose grid, random or tpe")
         if not 0 <= self.alpha <= 1 or (self.lambda_ is not None and not 0 <= self.lambda_ <= 1):

@@ -29,6 +29,7 @@ class MLPMemory(Architecture):
             "mode": spec.memory_mode, **init_args}}
 
     def fit(self, stages: Stages) -> Own:
+        from mlpmem_lightning.models.base_memory import is_relative, relative_config_for_rung
         from mlpmem_lightning.models.families import get_family
         from mlpmem_lightning.models.flops import memory_train_flops
         from mlpmem_lightning.models.ladder import forward_flops_per_token
@@ -40,7 +41,9 @@ class MLPMemory(Architecture):
             stages.run("fit", self.model(stages, max_tokens=spec.memory_tokens), run,
                        {"targets": str(stages.targets_dir)})
         block = get_family(stages.family).memory_block  # MemoryLM's default block for this decoder
-        cfg = memory_config(stages.memory_size, stages.rung.d_model, stages.vocab, block)
+        cfg = (relative_config_for_rung(stages.memory_size, stages.rung, stages.family, stages.vocab, block)
+               if is_relative(stages.memory_size) else memory_config(stages.memory_size, stages.rung.d_model,
+                                                                     stages.vocab, block))
         tokens = stages.tokens(spec.memory_tokens)
         decoder_forward = forward_flops_per_token(stages.rung, stages.vocab, spec.seq_len, stages.family)
         flops = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens,
