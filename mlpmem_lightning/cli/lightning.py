@@ -33,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.core.resources import resolve_shipped
 from mlpmem_lightning.data.datamodule import LMDataModule
+from mlpmem_lightning.lightning.convergence import ConvergenceMonitor
 from mlpmem_lightning.lightning.decoder_lm import DecoderLM
 from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation
 from mlpmem_lightning.lightning.knn_lm import KNNLM
@@ -101,6 +102,8 @@ class MlpmemCLI(LightningCLI):
             trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":
             trainer.callbacks.append(IntervalThroughput())
+            if isinstance(self.model, DecoderLM):  # every decoder fit says whether it converged for its budget
+                trainer.callbacks.append(ConvergenceMonitor())
             if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
                 trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer

@@ -33,6 +33,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"results: {run_sweep(args.config)}")
 
 
+def args_lr_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path,
+                   help="sweep spec: its decoder_sizes, data and trainer; lr_search: {grid, max_extensions, budget}")
+
+
+def cmd_lr_search(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.study.lr_search import run_lr_search
+
+    print(f"learning rates: {run_lr_search(args.config)} (reuse: decoder_lr: {{from: PATH}})")
+
+
 def args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True, type=Path, help="results.csv (DESIGN.md schema)")
     p.add_argument("--out", required=True, type=Path, help="report directory")
@@ -62,6 +73,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = (
     Command("sweep", "Optuna study over decoder and memory sizes -> results.csv", args_sweep, cmd_sweep),
+    Command("lr-search", "per-rung Optuna search of the decoder learning rate at its budget -> lr.csv",
+            args_lr_search, cmd_lr_search),
     Command("report", "results.csv -> power-law fits, plots, report.md", args_report, cmd_report),
     Command("demo", "a small end-to-end study on the embedded corpus (CPU)", args_demo, cmd_demo),
 )

@@ -61,7 +61,7 @@ def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int
     if spec.cleanup:  # the datastore and targets are rebuilt from the checkpoint if ever needed again
         stages.cleanup()
     base = {"study": spec.study, "decoder_size": decoder_size, "params_decoder": stages.params_decoder, "seed": seed,
-            **stages.provenance()}
+            **stages.provenance(), **stages.recipe()}
     rows = []
     for split in SPLITS:
         for arch, accounting, scores in results:

@@ -48,7 +48,9 @@ class SweepSpec:
     seq_len: int = 128
     batch_size: int = 16
     decoder_tokens: int = 1_000_000
-    decoder_lr: float | None = None  # the decoders' peak learning rate (default: each rung's shipped one)
+    decoder_lr: float | dict[str, str] | None = None  # peak LR; {from: lr.csv} (`mlpmem lr-search`); None: the rung's
+    decoder_budget: float | None = None  # tokens = this x the budget rule (study/budget.py) instead of decoder_tokens
+    lr_search: dict[str, Any] = field(default_factory=dict)  # `mlpmem lr-search`: grid, max_extensions, budget
     memory_tokens: int = 1_000_000
     memory_mode: str = "online"
     alpha: float = 0.5
@@ -101,8 +103,17 @@ class SweepSpec:
                 or self.study in RESERVED:
             raise UserError(f"study {self.study!r}: name it with letters, digits, '.', '_' or '-' (it names "
                             f"<out>/<study>/results.csv), not one of {', '.join(sorted(RESERVED))}")
-        if self.decoder_lr is not None and not (isinstance(self.decoder_lr, (int, float)) and self.decoder_lr > 0):
-            raise UserError(f"decoder_lr {self.decoder_lr!r} must be a positive number (or left out: each rung's)")
+        if isinstance(self.decoder_lr, dict):
+            from mlpmem_lightning.study.lr_search import check_lr_source
+
+            check_lr_source(self.decoder_lr)
+        elif self.decoder_lr is not None and not (isinstance(self.decoder_lr, (int, float)) and self.decoder_lr > 0):
+            raise UserError(f"decoder_lr {self.decoder_lr!r} must be a positive number, {{from: lr.csv}} "
+                            "(`mlpmem lr-search`) or left out (each rung's)")
+        if self.decoder_budget is not None or self.lr_search:
+            from mlpmem_lightning.study.lr_search import check_search_keys
+
+            check_search_keys(self.decoder_budget, self.lr_search)
         for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
             get_size(s)
         if self.memory_sizes != "matched":

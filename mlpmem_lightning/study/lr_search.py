@@ -1,0 +1,186 @@
+"""Per-rung learning-rate search (`mlpmem lr-search --config SPEC`), recorded in ``<out>/<study>/lr.csv`` and reused.
+
+For each decoder rung of the spec, at that rung's token budget (``lr_search.budget`` x the rule of
+:mod:`.budget`, default 1), an Optuna study trains the decoder once per learning rate of a log-spaced grid
+(``lr_search.grid``), through the sweep's own decoder stage (:class:`~.stages.Stages`, so a study that later
+uses the chosen LR at that budget finds the run done), and scores it by its final *validation* loss. If the
+best LR is at an edge of the grid, the grid is extended one step past that edge (the grid's own ratio), at most
+``lr_search.max_extensions`` times, so that the chosen LR lies inside. A study reuses the choice with
+``decoder_lr: {from: <out>/<study>/lr.csv}``; an LR still at an edge is refused there. The Optuna study of a
+rung is named by what determines its result (size, budget, grid, token store, training config), and its
+storage is ``<out>/<study>/lr_search.db``: finished trials are never re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlpmem_lightning.core import artifacts
+from mlpmem_lightning.core.errors import UserError
+
+log = logging.getLogger(__name__)
+SEARCH_KEYS = {"grid", "max_extensions", "budget"}
+DEFAULT_GRID = (3e-4, 1e-3, 3e-3, 1e-2)  # half-decade steps
+LR_RANGE = (1e-7, 10.0)  # the trial parameter's distribution: wide enough for any extension
+
+
+def check_lr_source(value: dict[str, Any]) -> None:
+    """``decoder_lr: {from: PATH}`` and nothing else."""
+    if set(value) != {"from"} or not isinstance(value["from"], str):
+        raise UserError(f"decoder_lr {value!r}: write decoder_lr: {{from: PATH}} with the lr.csv `mlpmem lr-search` "
+                        "wrote, a number, or leave it out")
+
+
+def check_search_keys(budget: float | None, search: dict[str, Any]) -> None:
+    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+        raise UserError(f"decoder_budget {budget!r} must be a positive multiple of the budget rule (e.g. 1.0)")
+    bad = sorted(set(search) - SEARCH_KEYS)
+    if bad:
+        raise UserError(f"unknown lr_search keys {', '.join(bad)}: use {', '.join(sorted(SEARCH_KEYS))}")
+    grid = search.get("grid", DEFAULT_GRID)
+    if len(grid) < 3 or any(not (isinstance(x, (int, float)) and x > 0) for x in grid) or sorted(grid) != list(grid):
+        raise UserError(f"lr_search grid {grid!r}: give 3 or more increasing positive learning rates, log-spaced")
+
+
+def grid_ratio(grid: list[float]) -> float:
+    """The step of a log-spaced grid (geometric mean of its ratios): how far an extension goes."""
+    return math.exp(math.log(grid[-1] / grid[0]) / (len(grid) - 1))
+
+
+def choose(losses: dict[float, float]) -> tuple[float, bool]:
+    """The LR of lowest loss (non-finite losses count as worst) and whether it is at an edge of the grid tried."""
+    lrs = sorted(losses)
+    best = min(lrs, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
+    return best, best in (lrs[0], lrs[-1])
+
+
+def extension(losses: dict[float, float], ratio: float) -> float | None:
+    """The next LR to try: one step past the edge the best LR sits on; None when the best is inside."""
+    best, at_edge = choose(losses)
+    if not at_edge:
+        return None
+    return best * ratio if best == max(losses) else best / ratio
+
+
+def search(objective: Callable[[float], float], grid: list[float], max_extensions: int = 2,
+           done: dict[float, float] | None = None) -> dict[float, float]:
+    """Losses of every LR tried: the grid, then up to ``max_extensions`` steps past an edge. ``objective`` runs one
+    LR (an Optuna trial); ``done`` holds the finished ones, never run again."""
+    losses = dict(done or {})
+    for lr in grid:
+        if lr not in losses:
+            losses[lr] = objective(lr)
+    ratio = grid_ratio(list(grid))
+    for _ in range(max_extensions):
+        nxt = extension(losses, ratio)
+        if nxt is None:
+            break
+        losses[nxt] = done[nxt] if done and nxt in done else objective(nxt)
+    return losses
+
+
+def recorded_lr(path: str | Path, size: str, tokens: int, fingerprint: str | None = None) -> float:
+    """The LR `mlpmem lr-search` chose for ``size`` at ``tokens``; refused when missing or at its grid's edge."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"decoder_lr from {path}: no such file: run `mlpmem lr-search --config SPEC` first")
+    df = pd.read_csv(path, float_precision="round_trip")
+    rows = df[(df["decoder_size"] == size) & (df["tokens"] == tokens) & df["chosen"].astype(bool)]
+    if fingerprint is not None:
+        rows = rows[rows["token_store_fingerprint"] == fingerprint]
+    if rows.empty:
+        raise UserError(f"decoder_lr from {path}: no learning rate recorded for {size} at {tokens:,} tokens on this "
+                        "token store: run `mlpmem lr-search` with the study's sizes, budget and data")
+    row = rows.iloc[-1]
+    if bool(row["at_edge"]):
+        raise UserError(f"decoder_lr from {path}: {size}'s best learning rate {row['lr']:g} is at the edge of its "
+                        "grid (the optimum may lie outside): widen lr_search.grid or raise max_extensions, "
+                        "then run lr-search again")
+    return float(row["lr"])
+
+
+# -- the command: one Optuna study per rung, the decoder fit of the sweep as its objective ----------------------
+def run_lr_search(spec_path: str | Path) -> Path:
+    """Search every rung of the spec; write and return ``<out>/<study>/lr.csv``."""
+    from mlpmem_lightning.study.pipeline import prepare_tokens
+    from mlpmem_lightning.study.spec import SweepSpec
+
+    spec = SweepSpec.load(spec_path)
+    opts = spec.lr_search
+    grid = [float(x) for x in opts.get("grid", DEFAULT_GRID)]
+    store = prepare_tokens(spec)
+    base = dataclasses.replace(spec, decoder_budget=float(opts.get("budget", 1.0)), decoder_lr=None)
+    spec.study_dir.mkdir(parents=True, exist_ok=True)
+    out = spec.study_dir / "lr.csv"
+    for size in spec.decoder_sizes:
+        rows = _search_rung(base, size, grid, int(opts.get("max_extensions", 2)), store)
+        _record(out, rows)
+        best = next(r for r in rows if r["chosen"])
+        edge = ", AT THE EDGE" if best["at_edge"] else ""
+        print(f"{size}: lr {best['lr']:g} (valid loss {best['val_loss']:.4f}{edge}) at {best['tokens']:,} tokens")
+    return out
+
+
+def _stages(spec, size: str, store: Path, lr: float | None = None):
+    from mlpmem_lightning.models.ladder import matched_memory
+    from mlpmem_lightning.study.stages import Stages
+
+    return Stages(dataclasses.replace(spec, decoder_lr=lr), size, matched_memory(size).name, spec.seeds[0], store)
+
+
+def _search_rung(spec, size: str, grid: list[float], max_extensions: int, store: Path) -> list[dict[str, Any]]:
+    import optuna
+
+    probe = _stages(spec, size, store)
+    tokens = probe.decoder_budget_tokens
+    args = {k: v for k, v in probe.decoder_model["init_args"].items() if k != "lr"}
+    model = {**probe.decoder_model, "init_args": args}
+    key = probe.key(size, tokens, grid, probe.config_key("fit", model))  # token store fingerprint included
+    study = optuna.create_study(study_name=f"lr-{size}-{key}", direction="minimize", load_if_exists=True,
+                                storage=f"sqlite:///{spec.study_dir / 'lr_search.db'}")
+    done = {t.params["lr"]: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+
+    def fit(trial) -> float:
+        st = _stages(spec, size, store, trial.suggest_float("lr", *LR_RANGE, log=True))
+        trial.set_user_attr("decoder_run", str(st.decoder_run))
+        try:
+            st.run_shared(["decoder"])
+        except UserError as err:
+            if "NaN/inf" not in str(err):
+                raise
+            return math.inf  # diverged: the worst loss, so the search moves away from it
+        from mlpmem_lightning.lightning.convergence import read_summary
+
+        return float(read_summary(st.decoder_run)["val_losses"][-1])
+
+    def objective(lr: float) -> float:
+        study.enqueue_trial({"lr": lr})
+        study.optimize(fit, n_trials=1, catch=())
+        return study.trials[-1].value
+
+    losses = search(objective, grid, max_extensions, done)
+    best, at_edge = choose(losses)
+    train = probe.store.manifest["tokens"]["train"]
+    return [{"study": spec.study, "decoder_size": size, "budget": spec.decoder_budget, "tokens": tokens,
+             "epochs": probe.tokens(tokens) / train, "lr": lr, "val_loss": loss, "chosen": lr == best,
+             "at_edge": at_edge and lr == best, "grid": " ".join(f"{x:g}" for x in grid),
+             "token_store_fingerprint": probe.store.fingerprint} for lr, loss in sorted(losses.items())]
+
+
+def _record(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace this rung's rows (same size, tokens, token store) in ``lr.csv``; keep every other rung's."""
+    new = pd.DataFrame(rows)
+    if path.is_file():
+        old = pd.read_csv(path, float_precision="round_trip")
+        r = rows[0]
+        same = ((old["decoder_size"] == r["decoder_size"]) & (old["tokens"] == r["tokens"])
+                & (old["token_store_fingerprint"] == r["token_store_fingerprint"]))
+        new = pd.concat([old[~same], new], ignore_index=True)
+    artifacts.atomic_write_text(path, new.to_csv(index=False))

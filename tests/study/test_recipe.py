@@ -1,0 +1,131 @@
+"""The training recipe of issue #15: budget rule, warmup, convergence flag, per-rung LR search and its reuse."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.lightning.convergence import last_improvement, summary
+from mlpmem_lightning.lightning.optim import warmup_steps
+from mlpmem_lightning.models.decoder import build_decoder
+from mlpmem_lightning.models.ladder import LADDER, get_size
+from mlpmem_lightning.study import lr_search
+from mlpmem_lightning.study.budget import budget_tokens, epochs, rule_tokens
+
+
+def _n_total(name: str, vocab: int) -> int:
+    with torch.device("meta"):
+        net = build_decoder(get_size(name), vocab, "llama")
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("size", [LADDER[0].name, LADDER[-1].name])
+@pytest.mark.parametrize("train", [1_000_000, 50_000_000])
+def test_budget_rule_is_twenty_tokens_per_parameter_capped_at_four_epochs(size, train):
+    vocab = 16384
+    expected = min(20 * _n_total(size, vocab), 4 * train)  # counted off the built model
+    assert rule_tokens(size, vocab, train) == expected
+    assert budget_tokens(size, vocab, train, 0.5) == round(0.5 * expected)
+    assert epochs(budget_tokens(size, vocab, train), train) == pytest.approx(expected / train)
+    assert epochs(budget_tokens(size, vocab, train), train) <= 4.0
+
+
+def test_budget_multiplier_must_be_positive():
+    with pytest.raises(UserError, match="multiplier"):
+        budget_tokens(LADDER[0].name, 4096, 10_000, 0.0)
+
+
+@pytest.mark.parametrize("total, expected", [
+    (1, 1), (50, 50), (100, 100), (1000, 100), (2000, 100), (2001, 100), (4000, 200), (10_000, 500),
+])
+def test_warmup_is_five_percent_or_100_steps_whichever_larger_capped_at_the_run(total, expected):
+    assert warmup_steps(total) == expected
+
+
+def test_last10_improvement_against_a_hand_computed_reference():
+    steps, losses = [25, 50, 75, 100], [5.0, 4.0, 3.5, 3.3]
+    # at step 90: 3.5 + (3.3 - 3.5) * (90 - 75) / (100 - 75) = 3.38, so the last 10% gained 0.08 nats
+    assert last_improvement(steps, losses, 100) == pytest.approx(0.08)
+    s = summary(steps, losses, 100)
+    assert s["last10_improvement"] == pytest.approx(0.08) and s["converged"] is False
+    flat = summary([90, 100], [3.305, 3.3], 100)  # 0.005 nats <= 0.02: converged
+    assert flat["converged"] is True and flat["last10_improvement"] == pytest.approx(0.005)
+
+
+def test_convergence_unknown_without_a_validation_before_the_last_tenth():
+    s = summary([95, 100], [3.4, 3.3], 100)
+    assert s["converged"] is None and s["last10_improvement"] is None
+    assert math.isnan(last_improvement([], [], 100))
+
+
+def test_a_decoder_fit_writes_its_convergence_summary(small_decoder):
+    conv = json.loads((small_decoder / "convergence.json").read_text())
+    metrics = pd.read_csv(small_decoder / "metrics.csv")
+    val = metrics.dropna(subset=["val/loss"]).drop_duplicates("step", keep="last")
+    steps, losses = (val["step"] + 1).tolist(), val["val/loss"].tolist()  # logged at step-1 of the global step
+    total = conv["total_steps"]
+    reference = np.interp(0.9 * total, steps, losses) - np.interp(total, steps, losses)
+    assert conv["last10_improvement"] == pytest.approx(reference, abs=1e-6)
+    assert conv["converged"] == bool(reference <= conv["threshold"])
+
+
+# -- the LR search: the selection and edge extension with a stub objective --------------------------------------
+def _stub(optimum: float, calls: list):
+    def objective(lr: float) -> float:
+        calls.append(lr)
+        return (math.log10(lr) - math.log10(optimum)) ** 2
+    return objective
+
+
+def test_best_lr_at_the_top_edge_extends_the_grid_one_step_past_it():
+    calls = []
+    losses = lr_search.search(_stub(2e-2, calls), [1e-4, 1e-3, 1e-2], max_extensions=3)
+    assert calls == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])  # one step (x10) past the edge, then inside
+    best, at_edge = lr_search.choose(losses)
+    assert best == pytest.approx(1e-2) and not at_edge
+
+
+def test_best_lr_at_the_bottom_edge_extends_downwards_and_is_bounded():
+    calls = []
+    losses = lr_search.search(_stub(1e-9, calls), [1e-4, 1e-3, 1e-2], max_extensions=2)
+    assert calls[3:] == pytest.approx([1e-5, 1e-6])  # two extensions, no more
+    assert lr_search.choose(losses) == (pytest.approx(1e-6), True)  # still at the edge: reported as such
+
+
+def test_finished_trials_are_not_run_again():
+    calls = []
+    done = {1e-4: 4.0, 1e-3: 1.0}
+    losses = lr_search.search(_stub(1e-3, calls), [1e-4, 1e-3, 1e-2], done=done)
+    assert calls == [1e-2] and losses[1e-4] == 4.0
+
+
+def test_a_diverged_lr_counts_as_worst():
+    assert lr_search.choose({1e-3: 2.0, 1e-2: 1.9, 1e-1: math.inf}) == (1e-2, False)
+
+
+def _lr_csv(path, at_edge: bool):
+    pd.DataFrame([{"study": "s", "decoder_size": "n0.1m", "budget": 1.0, "tokens": 1000, "epochs": 1.0,
+                   "lr": 0.0031622776601683794, "val_loss": 5.0, "chosen": True, "at_edge": at_edge,
+                   "grid": "0.001 0.00316 0.01", "token_store_fingerprint": "abc"}]).to_csv(path, index=False)
+    return path
+
+
+def test_a_recorded_lr_is_reused_exactly(tmp_path):
+    path = _lr_csv(tmp_path / "lr.csv", at_edge=False)
+    assert lr_search.recorded_lr(path, "n0.1m", 1000, "abc") == 0.0031622776601683794
+
+
+@pytest.mark.parametrize("size, tokens, fingerprint, message", [
+    ("n0.1m", 1000, "abc", "at the edge of its grid"),
+    ("n0.2m", 1000, "abc", "no learning rate recorded for n0.2m"),
+    ("n0.1m", 2000, "abc", "no learning rate recorded"),
+    ("n0.1m", 1000, "zzz", "no learning rate recorded"),
+])
+def test_reusing_an_lr_at_an_edge_or_not_searched_is_refused(tmp_path, size, tokens, fingerprint, message):
+    path = _lr_csv(tmp_path / "lr.csv", at_edge=True) if "edge" in message else _lr_csv(tmp_path / "lr.csv", False)
+    with pytest.raises(UserError, match=message):
+        lr_search.recorded_lr(path, size, tokens, fingerprint)
