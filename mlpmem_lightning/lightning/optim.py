@@ -41,8 +41,8 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 def warmup_steps(total: int, fraction: float = 0.05, min_steps: int = 100) -> int:
     """Warmup steps of a run of ``total`` steps: ``fraction`` of them or ``min_steps``, whichever is larger, but
-    never more than the run (a run shorter than ``min_steps`` warms up throughout). At least one."""
-    return max(1, min(total, max(min_steps, round(fraction * total))))
+    never more than half the run (a short run must also decay: a run of 150 steps warms up for 75). At least one."""
+    return max(1, min(total // 2, max(min_steps, round(fraction * total))))
 
 
 def steps_for_tokens(max_tokens: int, tokens_per_step: int) -> int:

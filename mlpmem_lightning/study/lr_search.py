@@ -38,9 +38,10 @@ def check_lr_source(value: dict[str, Any]) -> None:
                         "wrote, a number, or leave it out")
 
 
-def check_search_keys(budget: float | None, search: dict[str, Any]) -> None:
-    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
-        raise UserError(f"decoder_budget {budget!r} must be a positive multiple of the budget rule (e.g. 1.0)")
+def check_search_keys(budgets: list[float] | None, search: dict[str, Any]) -> None:
+    ok = isinstance(budgets, list) and budgets and all(isinstance(b, (int, float)) and b > 0 for b in budgets)
+    if budgets is not None and not ok:
+        raise UserError(f"decoder_budgets {budgets!r}: give positive multiples of the budget rule, e.g. [0.5, 1.0]")
     bad = sorted(set(search) - SEARCH_KEYS)
     if bad:
         raise UserError(f"unknown lr_search keys {', '.join(bad)}: use {', '.join(sorted(SEARCH_KEYS))}")
@@ -87,18 +88,20 @@ def search(objective: Callable[[float], float], grid: list[float], max_extension
 
 
 def recorded_lr(path: str | Path, size: str, tokens: int, fingerprint: str | None = None) -> float:
-    """The LR `mlpmem lr-search` chose for ``size`` at ``tokens``; refused when missing or at its grid's edge."""
+    """The LR `mlpmem lr-search` chose for ``size`` (at ``tokens`` if searched there, else at the largest budget
+    searched: one LR per rung, as in the scaling-law literature); refused when missing or at its grid's edge."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"decoder_lr from {path}: no such file: run `mlpmem lr-search --config SPEC` first")
     df = pd.read_csv(path, float_precision="round_trip")
-    rows = df[(df["decoder_size"] == size) & (df["tokens"] == tokens) & df["chosen"].astype(bool)]
+    rows = df[(df["decoder_size"] == size) & df["chosen"].astype(bool)]
     if fingerprint is not None:
         rows = rows[rows["token_store_fingerprint"] == fingerprint]
     if rows.empty:
-        raise UserError(f"decoder_lr from {path}: no learning rate recorded for {size} at {tokens:,} tokens on this "
-                        "token store: run `mlpmem lr-search` with the study's sizes, budget and data")
-    row = rows.iloc[-1]
+        raise UserError(f"decoder_lr from {path}: no learning rate recorded for {size} on this token store: run "
+                        "`mlpmem lr-search` with the study's sizes and data")
+    exact = rows[rows["tokens"] == tokens]
+    row = exact.iloc[-1] if len(exact) else rows.sort_values("tokens").iloc[-1]
     if bool(row["at_edge"]):
         raise UserError(f"decoder_lr from {path}: {size}'s best learning rate {row['lr']:g} is at the edge of its "
                         "grid (the optimum may lie outside): widen lr_search.grid or raise max_extensions, "
@@ -116,11 +119,11 @@ def run_lr_search(spec_path: str | Path) -> Path:
     opts = spec.lr_search
     grid = [float(x) for x in opts.get("grid", DEFAULT_GRID)]
     store = prepare_tokens(spec)
-    base = dataclasses.replace(spec, decoder_budget=float(opts.get("budget", 1.0)), decoder_lr=None)
+    budget = float(opts.get("budget", 1.0))
     spec.study_dir.mkdir(parents=True, exist_ok=True)
     out = spec.study_dir / "lr.csv"
     for size in spec.decoder_sizes:
-        rows = _search_rung(base, size, grid, int(opts.get("max_extensions", 2)), store)
+        rows = _search_rung(spec, size, budget, grid, int(opts.get("max_extensions", 2)), store)
         _record(out, rows)
         best = next(r for r in rows if r["chosen"])
         edge = ", AT THE EDGE" if best["at_edge"] else ""
@@ -128,17 +131,19 @@ def run_lr_search(spec_path: str | Path) -> Path:
     return out
 
 
-def _stages(spec, size: str, store: Path, lr: float | None = None):
+def _stages(spec, size: str, budget: float, store: Path, lr: float | None = None):
     from mlpmem_lightning.models.ladder import matched_memory
     from mlpmem_lightning.study.stages import Stages
 
-    return Stages(dataclasses.replace(spec, decoder_lr=lr), size, matched_memory(size).name, spec.seeds[0], store)
+    return Stages(dataclasses.replace(spec, decoder_lr=lr), size, matched_memory(size).name, spec.seeds[0], store,
+                  budget=budget)
 
 
-def _search_rung(spec, size: str, grid: list[float], max_extensions: int, store: Path) -> list[dict[str, Any]]:
+def _search_rung(spec, size: str, budget: float, grid: list[float], max_extensions: int,
+                 store: Path) -> list[dict[str, Any]]:
     import optuna
 
-    probe = _stages(spec, size, store)
+    probe = _stages(spec, size, budget, store)
     tokens = probe.decoder_budget_tokens
     args = {k: v for k, v in probe.decoder_model["init_args"].items() if k != "lr"}
     model = {**probe.decoder_model, "init_args": args}
@@ -148,7 +153,7 @@ def _search_rung(spec, size: str, grid: list[float], max_extensions: int, store:
     done = {t.params["lr"]: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
 
     def fit(trial) -> float:
-        st = _stages(spec, size, store, trial.suggest_float("lr", *LR_RANGE, log=True))
+        st = _stages(spec, size, budget, store, trial.suggest_float("lr", *LR_RANGE, log=True))
         trial.set_user_attr("decoder_run", str(st.decoder_run))
         try:
             st.run_shared(["decoder"])
@@ -168,7 +173,7 @@ def _search_rung(spec, size: str, grid: list[float], max_extensions: int, store:
     losses = search(objective, grid, max_extensions, done)
     best, at_edge = choose(losses)
     train = probe.store.manifest["tokens"]["train"]
-    return [{"study": spec.study, "decoder_size": size, "budget": spec.decoder_budget, "tokens": tokens,
+    return [{"study": spec.study, "decoder_size": size, "budget": budget, "tokens": tokens,
              "epochs": probe.tokens(tokens) / train, "lr": lr, "val_loss": loss, "chosen": lr == best,
              "at_edge": at_edge and lr == best, "grid": " ".join(f"{x:g}" for x in grid),
              "token_store_fingerprint": probe.store.fingerprint} for lr, loss in sorted(losses.items())]

@@ -49,7 +49,7 @@ class SweepSpec:
     batch_size: int = 16
     decoder_tokens: int = 1_000_000
     decoder_lr: float | dict[str, str] | None = None  # peak LR; {from: lr.csv} (`mlpmem lr-search`); None: the rung's
-    decoder_budget: float | None = None  # tokens = this x the budget rule (study/budget.py) instead of decoder_tokens
+    decoder_budgets: list[float] | None = None  # each rung at each: tokens = b x the rule (study/budget.py)
     lr_search: dict[str, Any] = field(default_factory=dict)  # `mlpmem lr-search`: grid, max_extensions, budget
     memory_tokens: int = 1_000_000
     memory_mode: str = "online"
@@ -110,10 +110,10 @@ class SweepSpec:
         elif self.decoder_lr is not None and not (isinstance(self.decoder_lr, (int, float)) and self.decoder_lr > 0):
             raise UserError(f"decoder_lr {self.decoder_lr!r} must be a positive number, {{from: lr.csv}} "
                             "(`mlpmem lr-search`) or left out (each rung's)")
-        if self.decoder_budget is not None or self.lr_search:
+        if self.decoder_budgets is not None or self.lr_search:
             from mlpmem_lightning.study.lr_search import check_search_keys
 
-            check_search_keys(self.decoder_budget, self.lr_search)
+            check_search_keys(self.decoder_budgets, self.lr_search)
         for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
             get_size(s)
         if self.memory_sizes != "matched":
@@ -156,12 +156,15 @@ class SweepSpec:
         from mlpmem_lightning.models.ladder import matched_memory
 
         points = []
-        for dec, seed in itertools.product(self.decoder_sizes, self.seeds):
+        budgets = [{"decoder_budget": b} for b in self.decoder_budgets] if self.decoder_budgets else [{}]
+        for dec, budget, seed in itertools.product(self.decoder_sizes, budgets, self.seeds):
             mems = [matched_memory(dec).name] if self.memory_sizes == "matched" else self.memory_sizes
-            points += [{"decoder_size": dec, "memory_size": m, "seed": seed} for m in mems]
-        for p in self.extra_points:
+            points += [{"decoder_size": dec, "memory_size": m, "seed": seed, **budget} for m in mems]
+        for p in self.extra_points:  # at the largest budget unless the point names one
+            budget = {"decoder_budget": float(p.get("decoder_budget", max(self.decoder_budgets)))} \
+                if self.decoder_budgets else {}
             point = {"decoder_size": p["decoder_size"], "memory_size": p.get("memory_size")
-                     or matched_memory(p["decoder_size"]).name, "seed": int(p.get("seed", 0))}
+                     or matched_memory(p["decoder_size"]).name, "seed": int(p.get("seed", 0)), **budget}
             if point not in points:
                 points.append(point)
         return points

@@ -62,6 +62,7 @@ class Stages:
     seed: int
     token_store: Path
     callbacks: Sequence[Callback] = ()  # added to every fit's Trainer (Optuna pruning)
+    budget: float | None = None  # the decoder trains on budget x the rule of study/budget.py (else decoder_tokens)
 
     def __post_init__(self) -> None:
         from mlpmem_lightning.data.token_store import TokenStore
@@ -105,13 +106,12 @@ class Stages:
 
     @cached_property
     def decoder_budget_tokens(self) -> int:
-        """The decoder's token budget: ``decoder_budget`` x the rule of study/budget.py, else ``decoder_tokens``."""
-        if self.spec.decoder_budget is None:
+        """The decoder's token budget: the trial's ``budget`` x the rule of study/budget.py, else ``decoder_tokens``."""
+        if self.budget is None:
             return self.spec.decoder_tokens
         from mlpmem_lightning.study.budget import budget_tokens
 
-        return budget_tokens(self.decoder_size, self.vocab, self.store.manifest["tokens"]["train"],
-                             self.spec.decoder_budget)
+        return budget_tokens(self.decoder_size, self.vocab, self.store.manifest["tokens"]["train"], self.budget)
 
     @cached_property
     def decoder_lr(self) -> float:

@@ -207,7 +207,7 @@ def _stale_waiting(study, spec: SweepSpec) -> frozenset[int]:
 
 
 def _key(point: dict[str, Any]) -> tuple:
-    return point.get("decoder_size"), point.get("memory_size"), int(point.get("seed", -1))
+    return point.get("decoder_size"), point.get("memory_size"), int(point.get("seed", -1)), point.get("decoder_budget")
 
 
 def _fail_dead_trials(study) -> None:
@@ -246,7 +246,8 @@ def collect_results(study, spec: SweepSpec) -> Path:
     rows = [r for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
             for r in json.loads(t.user_attrs.get("rows", "[]"))]
     path = spec.study_dir / "results.csv"
-    unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"]): r for r in rows}
+    unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"], r.get("decoder_budget")): r
+              for r in rows}
     if unique:
         spec.study_dir.mkdir(parents=True, exist_ok=True)
         write_results(list(unique.values()), path)
@@ -279,7 +280,9 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
         mem = matched_memory(dec).name
     else:
         mem = trial.suggest_categorical("memory_size", sorted({p["memory_size"] for p in grid}))
-    return {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}
+    budget = {"decoder_budget": trial.suggest_categorical("decoder_budget", sorted(spec.decoder_budgets))} \
+        if spec.decoder_budgets else {}
+    return {"decoder_size": dec, "memory_size": mem, "seed": int(seed), **budget}
 
 
 def objective(trial, spec: SweepSpec, stale: frozenset[int] = frozenset(), popped=lambda: None) -> float:

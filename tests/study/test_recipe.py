@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.lightning.convergence import last_improvement, summary
+from mlpmem_lightning.lightning.convergence import ConvergenceMonitor, last_improvement, summary
 from mlpmem_lightning.lightning.optim import warmup_steps
 from mlpmem_lightning.models.decoder import build_decoder
 from mlpmem_lightning.models.ladder import LADDER, get_size
@@ -40,9 +40,10 @@ def test_budget_multiplier_must_be_positive():
 
 
 @pytest.mark.parametrize("total, expected", [
-    (1, 1), (50, 50), (100, 100), (1000, 100), (2000, 100), (2001, 100), (4000, 200), (10_000, 500),
+    (1, 1), (3, 1), (50, 25), (199, 99), (200, 100), (1000, 100), (2000, 100), (2001, 100), (4000, 200),
+    (10_000, 500),
 ])
-def test_warmup_is_five_percent_or_100_steps_whichever_larger_capped_at_the_run(total, expected):
+def test_warmup_is_five_percent_or_100_steps_whichever_larger_capped_at_half_the_run(total, expected):
     assert warmup_steps(total) == expected
 
 
@@ -62,14 +63,42 @@ def test_convergence_unknown_without_a_validation_before_the_last_tenth():
     assert math.isnan(last_improvement([], [], 100))
 
 
+class _Trainer:
+    """What the monitor reads of a Trainer."""
+
+    def __init__(self, root, max_steps):
+        self.default_root_dir, self.max_steps, self.is_global_zero = str(root), max_steps, True
+        self.sanity_checking, self.global_step, self.callback_metrics = False, 0, {}
+
+
+def test_the_monitor_records_validations_survives_a_resume_and_writes_the_summary(tmp_path):
+    trainer, monitor = _Trainer(tmp_path, 200), ConvergenceMonitor()
+    trainer.sanity_checking, trainer.callback_metrics = True, {"val/loss": torch.tensor(9.0)}
+    monitor.on_validation_end(trainer, None)  # the sanity check is not a point of the curve
+    trainer.sanity_checking = False
+    for step, loss in [(50, 5.0), (100, 4.0), (150, 3.6)]:
+        trainer.global_step, trainer.callback_metrics = step, {"val/loss": torch.tensor(loss)}
+        monitor.on_validation_end(trainer, None)
+    resumed = ConvergenceMonitor()
+    resumed.load_state_dict(monitor.state_dict())
+    trainer.global_step, trainer.callback_metrics = 200, {"val/loss": torch.tensor(3.5)}
+    resumed.on_validation_end(trainer, None)
+    resumed.on_fit_end(trainer, None)
+    conv = json.loads((tmp_path / "convergence.json").read_text())
+    reference = float(np.interp(180, [50, 100, 150, 200], [5, 4, 3.6, 3.5]) - 3.5)  # 3.54 - 3.5
+    assert conv["val_steps"] == [50, 100, 150, 200]
+    assert conv["last10_improvement"] == pytest.approx(reference) and conv["converged"] is False
+
+
 def test_a_decoder_fit_writes_its_convergence_summary(small_decoder):
     conv = json.loads((small_decoder / "convergence.json").read_text())
     metrics = pd.read_csv(small_decoder / "metrics.csv")
-    val = metrics.dropna(subset=["val/loss"]).drop_duplicates("step", keep="last")
-    steps, losses = (val["step"] + 1).tolist(), val["val/loss"].tolist()  # logged at step-1 of the global step
-    total = conv["total_steps"]
+    logged = sorted(metrics["val/loss"].dropna().round(5).unique())
+    assert sorted(np.round(conv["val_losses"], 5)) == logged  # every validation of the run, none invented
+    steps, losses, total = conv["val_steps"], conv["val_losses"], conv["total_steps"]
+    assert steps[-1] == total
     reference = np.interp(0.9 * total, steps, losses) - np.interp(total, steps, losses)
-    assert conv["last10_improvement"] == pytest.approx(reference, abs=1e-6)
+    assert conv["last10_improvement"] == pytest.approx(reference, abs=1e-9)
     assert conv["converged"] == bool(reference <= conv["threshold"])
 
 
@@ -114,18 +143,31 @@ def _lr_csv(path, at_edge: bool):
     return path
 
 
-def test_a_recorded_lr_is_reused_exactly(tmp_path):
+def test_a_recorded_lr_is_reused_exactly_at_every_budget_of_its_rung(tmp_path):
     path = _lr_csv(tmp_path / "lr.csv", at_edge=False)
     assert lr_search.recorded_lr(path, "n0.1m", 1000, "abc") == 0.0031622776601683794
+    assert lr_search.recorded_lr(path, "n0.1m", 500, "abc") == 0.0031622776601683794
 
 
 @pytest.mark.parametrize("size, tokens, fingerprint, message", [
     ("n0.1m", 1000, "abc", "at the edge of its grid"),
     ("n0.2m", 1000, "abc", "no learning rate recorded for n0.2m"),
-    ("n0.1m", 2000, "abc", "no learning rate recorded"),
     ("n0.1m", 1000, "zzz", "no learning rate recorded"),
 ])
 def test_reusing_an_lr_at_an_edge_or_not_searched_is_refused(tmp_path, size, tokens, fingerprint, message):
     path = _lr_csv(tmp_path / "lr.csv", at_edge=True) if "edge" in message else _lr_csv(tmp_path / "lr.csv", False)
     with pytest.raises(UserError, match=message):
         lr_search.recorded_lr(path, size, tokens, fingerprint)
+
+
+def test_each_rung_runs_at_each_budget_and_extra_seeds_at_the_largest(tmp_path):
+    import yaml
+
+    from mlpmem_lightning.study.spec import SweepSpec
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"study": "b", "decoder_sizes": ["n0.1m", "n0.2m"], "decoder_budgets": [0.5, 1.0],
+                                    "extra_points": [{"decoder_size": "n0.2m", "seed": 1}],
+                                    "decoder_lr": {"from": str(tmp_path / "lr.csv")}}))
+    points = {(p["decoder_size"], p["decoder_budget"], p["seed"]) for p in SweepSpec.load(path).grid()}
+    assert points == {("n0.1m", 0.5, 0), ("n0.1m", 1.0, 0), ("n0.2m", 0.5, 0), ("n0.2m", 1.0, 0), ("n0.2m", 1.0, 1)}
