@@ -39,7 +39,7 @@ def args_lr_search(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_lr_search(args: argparse.Namespace) -> None:
-    from mlpmem_lightning.study.lr_search import run_lr_search
+    from mlpmem_lightning.study.lr_runner import run_lr_search
 
     print(f"learning rates: {run_lr_search(args.config)} (reuse: decoder_lr: {{from: PATH}})")
 

@@ -13,7 +13,7 @@ from mlpmem_lightning.lightning.convergence import ConvergenceMonitor, last_impr
 from mlpmem_lightning.lightning.optim import warmup_steps
 from mlpmem_lightning.models.decoder import build_decoder
 from mlpmem_lightning.models.ladder import LADDER, get_size
-from mlpmem_lightning.study import lr_search
+from mlpmem_lightning.study import lr_runner, lr_search
 from mlpmem_lightning.study.budget import budget_tokens, epochs, rule_tokens
 
 
@@ -171,3 +171,27 @@ def test_each_rung_runs_at_each_budget_and_extra_seeds_at_the_largest(tmp_path):
                                     "decoder_lr": {"from": str(tmp_path / "lr.csv")}}))
     points = {(p["decoder_size"], p["decoder_budget"], p["seed"]) for p in SweepSpec.load(path).grid()}
     assert points == {("n0.1m", 0.5, 0), ("n0.1m", 1.0, 0), ("n0.2m", 0.5, 0), ("n0.2m", 1.0, 0), ("n0.2m", 1.0, 1)}
+
+
+@pytest.mark.slow
+def test_lr_search_on_a_tiny_cpu_problem_records_resumes_and_is_reused(small_store, tmp_path, monkeypatch):
+    import yaml
+
+    from mlpmem_lightning.study.stages import Stages
+
+    spec = tmp_path / "lr.yaml"
+    spec.write_text(yaml.safe_dump({
+        "study": "lr", "decoder_sizes": ["n0.1m"], "out": str(tmp_path / "out"), "token_store": str(small_store),
+        "prepare": {"vocab_size": 4096, "max_documents": 2000}, "seq_len": 32, "batch_size": 4,
+        "lr_search": {"grid": [1e-4, 1e-3, 1e-2], "max_extensions": 1, "budget": 0.0005}}))
+    path = lr_runner.run_lr_search(spec)
+    df = pd.read_csv(path, float_precision="round_trip")
+    losses = dict(zip(df["lr"], df["val_loss"]))
+    first = min([1e-4, 1e-3, 1e-2], key=lambda lr: losses[lr])  # the grid's best, by hand
+    expected = {1e-4: [1e-5], 1e-3: [], 1e-2: [1e-1]}[first]  # one step past the edge it sits on, if any
+    assert sorted(losses) == pytest.approx(sorted([1e-4, 1e-3, 1e-2, *expected]))
+    best = min(losses, key=losses.get)
+    assert df.loc[df["chosen"], "lr"].tolist() == [best]
+    assert bool(df.loc[df["chosen"], "at_edge"].iloc[0]) == (best in (min(losses), max(losses)))
+    monkeypatch.setattr(Stages, "run_shared", lambda *a: pytest.fail("a finished trial ran again"))
+    assert pd.read_csv(lr_runner.run_lr_search(spec), float_precision="round_trip").equals(df)
