@@ -51,7 +51,7 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
         lr: peak learning rate (default: the rung's).
         weight_decay: AdamW decay, applied to matrices only.
         betas: AdamW betas.
-        warmup_fraction: share of the steps spent warming up.
+        warmup_fraction: share of the steps spent warming up (at least ``warmup_min_steps``, at most half the run).
         min_lr_ratio: final LR as a fraction of the peak.
         max_tokens: training token budget; `mlpmem fit` sets ``trainer.max_steps`` from it unless
             ``--trainer.max_steps`` is given (``None``: the trainer's).
@@ -60,6 +60,7 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
             CUDA graph and replay it (GPU; ``lightning/step_graph.py``): the small rungs are launch-bound without
             it. Needs ``accumulate_grad_batches`` 1. ``on_before_optimizer_step`` hooks are not called.
         dropout: dropout probability in the blocks.
+        warmup_min_steps: fewest warmup steps (``lightning/optim.py: warmup_steps``).
         data_fingerprint: token store this model belongs to (recorded at fit; checked later).
     """
 
@@ -68,13 +69,13 @@ class DecoderLM(ClipGradients, FiniteLossGuard, L.LightningModule):
                  weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, compile: bool = False, cuda_graph: bool = False,
-                 dropout: float = 0.0,
+                 dropout: float = 0.0, warmup_min_steps: int = OPTIM.warmup_min_steps,
                  data_fingerprint: str | None = None):
         super().__init__()
         get_family(family)  # a str, not a Literal, so that registered families are accepted: checked here
         self.save_hyperparameters()
         self.ladder = get_size(size)
-        self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio)
+        self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio, warmup_min_steps)
         self.lr = lr if lr is not None else self.ladder.lr
         self.net = None
         self.step_graph: GraphedTrainStep | None = None

@@ -96,13 +96,17 @@ class Stages:
     def decoder_model(self) -> dict[str, Any]:
         """The decoder fit's model: the rung's shipped config (its learning rate unless the spec's ``decoder_lr``)
         with the spec's token budget."""
+        from mlpmem_lightning.lightning.optim import OPTIM
+
         shipped = yaml.safe_load((experiments_dir() / "model" / f"decoder_{self.decoder_size}.yaml").read_text())
         model = shipped["model"]
         lr = {"lr": self.decoder_lr} if self.spec.decoder_lr is not None else {}
         # on a GPU the small rungs are launch-bound: compiled loss and the whole step as a CUDA graph (docs/gpu.md)
         speed = {"compile": True, "cuda_graph": True} if self.on_gpu() else {}
+        # the warmup rule in the key: decoders trained under the old one (2%, no floor) are not reused as if same
+        warmup = {"warmup_fraction": OPTIM.warmup_fraction, "warmup_min_steps": OPTIM.warmup_min_steps}
         return {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.decoder_budget_tokens, **lr,
-                                       **speed}}
+                                       **warmup, **speed}}
 
     @cached_property
     def decoder_budget_tokens(self) -> int:
