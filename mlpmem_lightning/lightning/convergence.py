@@ -3,9 +3,10 @@
 A run still improving fast when its budget ends is under-trained for that budget (issue #15: the 1-epoch
 decoders were). :class:`ConvergenceMonitor` records ``(step, val/loss)`` at every validation (kept in the
 checkpoint, so a resumed run keeps its history) and at the end writes ``convergence.json`` in the run directory:
-``last10_improvement`` = L(0.9 T) - L(T) in nats, L linearly interpolated between validations, and
-``converged`` = improvement <= ``threshold``. With no validation at or before 0.9 T the improvement is unknown
-(NaN) and ``converged`` is null.
+``last10_improvement`` = L(E - 0.1 T) - L(E) in nats, with T the run's steps, E its last validation (Lightning
+validates every ``val_check_interval`` x T steps, rounded down: E may fall a few steps short of T) and L linearly
+interpolated between validations, and ``converged`` = improvement <= ``threshold``. When E < 0.95 T, or no
+validation lies at or before E - 0.1 T, the improvement is unknown (NaN) and ``converged`` is null.
 """
 
 from __future__ import annotations
@@ -26,17 +27,19 @@ FILE = "convergence.json"
 
 
 def last_improvement(steps: list[int], losses: list[float], total: int, fraction: float = LAST_FRACTION) -> float:
-    """L(start) - L(total) with start = (1 - fraction) x total, L interpolated linearly over the validations.
+    """L(end - fraction x total) - L(end), end = the last validation, L interpolated linearly over the validations.
 
-    NaN when no validation lies at or before ``start`` (nothing to compare with) or none at ``total``."""
+    NaN when the last validation is before 0.95 x total (the run's end was not measured) or none lies at or
+    before the start of the window (nothing to compare with)."""
     if not steps:
         return math.nan
     order = np.argsort(steps)
     x, y = np.asarray(steps, float)[order], np.asarray(losses, float)[order]
-    start = (1 - fraction) * total
-    if x[0] > start or x[-1] < total:
+    end = x[-1]
+    start = end - fraction * total
+    if end < (1 - fraction / 2) * total or x[0] > start:
         return math.nan
-    return float(np.interp(start, x, y) - np.interp(total, x, y))
+    return float(np.interp(start, x, y) - y[-1])
 
 
 def summary(steps: list[int], losses: list[float], total: int, threshold: float = THRESHOLD) -> dict[str, Any]:
