@@ -190,7 +190,7 @@ def test_lr_search_on_a_tiny_cpu_problem_records_resumes_and_is_reused(small_sto
     spec = tmp_path / "lr.yaml"
     spec.write_text(yaml.safe_dump({
         "study": "lr", "decoder_sizes": ["n0.1m"], "out": str(tmp_path / "out"), "token_store": str(small_store),
-        "prepare": {"vocab_size": 4096, "max_documents": 2000}, "seq_len": 32, "batch_size": 4,
+        "prepare": {"vocab_size": 4096, "max_documents": 2000}, "seq_len": 32, "batch_size": 4, "eval_batch_size": 64,
         "lr_search": {"grid": [1e-4, 1e-3, 1e-2], "max_extensions": 1, "budget": 0.0005}}))
     path = lr_runner.run_lr_search(spec)
     df = pd.read_csv(path, float_precision="round_trip")
