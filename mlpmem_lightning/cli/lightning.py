@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.core.resources import resolve_shipped
 from mlpmem_lightning.data.datamodule import LMDataModule
+from mlpmem_lightning.lightning.convergence import ConvergenceMonitor
 from mlpmem_lightning.lightning.decoder_lm import DecoderLM
 from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation
 from mlpmem_lightning.lightning.knn_lm import KNNLM
@@ -151,6 +152,8 @@ class MlpmemCLI(LightningCLI):
                 # not under the logger's save_dir/name/version (W&B: ./<project>/<id>/), which resume never finds
                 trainer.checkpoint_callback.dirpath = str((self.run_dir / "checkpoints").resolve())
             trainer.callbacks.append(IntervalThroughput())
+            if isinstance(self.model, DecoderLM):  # every decoder fit says whether it converged for its budget
+                trainer.callbacks.append(ConvergenceMonitor())
             if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
                 trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer

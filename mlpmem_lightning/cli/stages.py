@@ -55,17 +55,19 @@ def args_sizes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ladder", default="both", choices=["both", "decoder", "memory"],
                    help="which ladder (csv and json print one: decoder unless memory is asked for)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--legacy", action="store_true", help="the ladder before issue #15 (its rungs still load)")
 
 
 def cmd_sizes(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from mlpmem_lightning.models.families import get_family
-    from mlpmem_lightning.models.ladder import ladder_table, memory_ladder_table
+    from mlpmem_lightning.models.ladder import LADDER, LEGACY_LADDER, ladder_table, memory_ladder_table
 
     block = get_family(args.family).memory_block
-    tables = {"decoder": pd.DataFrame(ladder_table(args.vocab_size, args.seq_len, args.family, args.tie)),
-              "memory": pd.DataFrame(memory_ladder_table(args.vocab_size, block))}
+    rungs = LEGACY_LADDER if args.legacy else LADDER
+    tables = {"decoder": pd.DataFrame(ladder_table(args.vocab_size, args.seq_len, args.family, args.tie, rungs)),
+              "memory": pd.DataFrame(memory_ladder_table(args.vocab_size, block, args.legacy))}
     if args.format != "table":
         df = tables["memory" if args.ladder == "memory" else "decoder"]
         print(df.to_csv(index=False) if args.format == "csv" else df.to_json(orient="records", indent=2), end="")

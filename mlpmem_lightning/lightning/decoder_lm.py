@@ -54,7 +54,7 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
         lr: peak learning rate (default: the rung's).
         weight_decay: AdamW decay, applied to matrices only.
         betas: AdamW betas.
-        warmup_fraction: share of the steps spent warming up.
+        warmup_fraction: share of the steps spent warming up (at least ``warmup_min_steps``, at most half the run).
         min_lr_ratio: final LR as a fraction of the peak.
         max_tokens: training token budget; `mlpmem fit` sets ``trainer.max_steps`` from it unless
             ``--trainer.max_steps`` is given (``None``: the trainer's).
@@ -63,6 +63,7 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
             CUDA graph and replay it (GPU; ``lightning/step_graph.py``): the small rungs are launch-bound without
             it. Needs ``accumulate_grad_batches`` 1. ``on_before_optimizer_step`` hooks are not called.
         dropout: dropout probability in the blocks.
+        warmup_min_steps: fewest warmup steps (``lightning/optim.py: warmup_steps``).
         data_fingerprint: token store this model belongs to (recorded at fit; checked later).
         init_from: start from a transformers model directory (``mlpmem import-decoder``'s output, any
             ``from_pretrained`` directory) instead of a fresh rung: continued pretraining or fine-tuning on the
@@ -75,13 +76,13 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
                  weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, compile: bool = False, cuda_graph: bool = False,
-                 dropout: float = 0.0,
+                 dropout: float = 0.0, warmup_min_steps: int = OPTIM.warmup_min_steps,
                  data_fingerprint: str | None = None, init_from: str | None = None):
         super().__init__()
         get_family(family)  # a str, not a Literal, so that registered families are accepted: checked here
         self.save_hyperparameters()
         self.ladder = get_size(size)
-        self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio)
+        self.optim = OptimSettings(lr, weight_decay, tuple(betas), warmup_fraction, min_lr_ratio, warmup_min_steps)
         self.lr = lr if lr is not None else (FINETUNE_LR if init_from else self.ladder.lr)
         self.net = None
         self.step_graph: GraphedTrainStep | None = None

@@ -23,8 +23,9 @@ class OptimSettings:
     lr: float | None = None  # peak LR; None: the size rung's
     weight_decay: float = 0.1  # on matrices only
     betas: tuple[float, float] = (0.9, 0.95)
-    warmup_fraction: float = 0.02  # share of the steps spent warming up
+    warmup_fraction: float = 0.05  # share of the steps spent warming up (at least warmup_min_steps)
     min_lr_ratio: float = 0.1  # final LR as a fraction of the peak
+    warmup_min_steps: int = 100  # issue #15: 2% of a few hundred steps was a warmup too short to matter
 
 
 OPTIM = OptimSettings()
@@ -36,6 +37,12 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_steps(total: int, fraction: float = 0.05, min_steps: int = 100) -> int:
+    """Warmup steps of a run of ``total`` steps: ``fraction`` of them or ``min_steps``, whichever is larger, but
+    never more than half the run (a short run must also decay: a run of 150 steps warms up for 75). At least one."""
+    return max(1, min(total // 2, max(min_steps, round(fraction * total))))
 
 
 def steps_for_tokens(max_tokens: int, tokens_per_step: int) -> int:
@@ -63,7 +70,7 @@ def adamw_warmup_cosine(module: L.LightningModule, params: list[torch.nn.Paramet
     opt = torch.optim.AdamW(groups, lr=torch.tensor(lr, device=module.device) if capturable else lr,
                             betas=tuple(s.betas), fused=gpu, capturable=capturable)
     total = max(1, module.trainer.max_steps)
-    warmup = max(1, round(s.warmup_fraction * total))
+    warmup = warmup_steps(total, s.warmup_fraction, s.warmup_min_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total, s.min_lr_ratio))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

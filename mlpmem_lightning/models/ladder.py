@@ -26,8 +26,33 @@ from mlpmem_lightning.models.families import (
 
 __all__ = ["DEFAULT_CONTEXT", "FAMILIES", "DecoderSize"]  # re-exported: the ladder's vocabulary
 
-# Each rung has about 2x the non-embedding parameters of the one before (llama family).
+# The study ladder (issue #15): head size fixed at HEAD_DIM, depth and width never decrease from one rung to the
+# next, ~2x non-embedding parameters per rung (one 4x step: 4x64 -> 4x128, since a wider rung may not be
+# shallower), 0.11M -> 21M non-embedding (200x). Rungs are named "n" + their non-embedding parameters (llama), so
+# that no name collides with a legacy rung. The learning rates are fallbacks only: a study takes each rung's
+# from `mlpmem lr-search` (study/lr_search.py).
+HEAD_DIM = 64
+
+
+def _rung(name: str, n_layer: int, d_model: int, lr: float) -> DecoderSize:
+    return DecoderSize(name, n_layer, d_model, d_model // HEAD_DIM, lr)
+
+
 LADDER: tuple[DecoderSize, ...] = (
+    _rung("n0.1m", 2, 64, 3e-3),
+    _rung("n0.2m", 4, 64, 3e-3),
+    _rung("n0.85m", 4, 128, 2e-3),
+    _rung("n1.3m", 6, 128, 2e-3),
+    _rung("n2.7m", 6, 192, 1.5e-3),
+    _rung("n6.4m", 8, 256, 1e-3),
+    _rung("n13m", 10, 320, 1e-3),
+    _rung("n21m", 12, 384, 8e-4),
+)
+
+# The ladder before issue #15: its shapes jump (depth alternates 4 and 8, head size 32 -> 64 at 6m). Kept so
+# that old checkpoints, memories and experiments/model/*.yaml still load (`get_size` resolves them), but no
+# longer listed by `mlpmem sizes` nor used by the shipped studies.
+LEGACY_LADDER: tuple[DecoderSize, ...] = (
     DecoderSize("200k", 4, 64, 2, 3e-3),
     DecoderSize("400k", 8, 64, 2, 3e-3),
     DecoderSize("800k", 4, 128, 4, 2e-3),
@@ -40,12 +65,14 @@ LADDER: tuple[DecoderSize, ...] = (
     DecoderSize("100m", 12, 832, 13, 6e-4),
     DecoderSize("150m", 12, 1024, 16, 4e-4),
 )
-SIZES: dict[str, DecoderSize] = {s.name: s for s in LADDER}
+ALL_RUNGS: tuple[DecoderSize, ...] = LADDER + LEGACY_LADDER
+SIZES: dict[str, DecoderSize] = {s.name: s for s in ALL_RUNGS}
 
 
 def get_size(name: str) -> DecoderSize:
     if name not in SIZES:
-        raise UserError(f"unknown decoder size {name!r}: choose one of {', '.join(SIZES)}")
+        raise UserError(f"unknown decoder size {name!r}: choose one of {', '.join(s.name for s in LADDER)} "
+                        f"(or a legacy rung: {', '.join(s.name for s in LEGACY_LADDER)})")
     return SIZES[name]
 
 
@@ -90,13 +117,13 @@ def forward_flops_per_token(size: DecoderSize, vocab_size: int, seq_len: int, fa
 
 
 def ladder_table(vocab_size: int = 8192, seq_len: int = 256, family: FamilyArg = "llama",
-                 tie: bool = False) -> list[dict]:
-    """The ladder as rows, for `mlpmem sizes` and the README."""
+                 tie: bool = False, rungs: tuple[DecoderSize, ...] = LADDER) -> list[dict]:
+    """The ladder as rows, for `mlpmem sizes` and the README (``rungs=LEGACY_LADDER``: the old one)."""
     fam = get_family(family)
     return [{**asdict(s), "head_dim": s.d_model // s.n_head, "ffn": fam.ffn_hidden(s.d_model),
              "params_non_embedding": fam.non_embedding_params(s), "params_total": fam.total_params(s, vocab_size, tie),
              "flops_per_token": fam.flops_per_token(s, vocab_size, seq_len)}
-            for s in LADDER]
+            for s in rungs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +208,8 @@ def memory_ffn(size: MemorySize, block: str = "swiglu") -> int:
     return max(m, m * round((target - b) / a / m))
 
 
-MEMORY_LADDER: tuple[MemorySize, ...] = tuple(
-    MemorySize(f"mem-{s.name}", s.name, _matched_depth(s.n_layer), s.d_model) for s in LADDER
+MEMORY_LADDER: tuple[MemorySize, ...] = tuple(  # one per decoder rung, legacy ones included (old memories load)
+    MemorySize(f"mem-{s.name}", s.name, _matched_depth(s.n_layer), s.d_model) for s in ALL_RUNGS
 )
 MEMORY_SIZES: dict[str, MemorySize] = {s.name: s for s in MEMORY_LADDER}
 
@@ -198,12 +225,14 @@ def matched_memory(decoder_size_name: str) -> MemorySize:
     return MEMORY_SIZES[f"mem-{get_size(decoder_size_name).name}"]
 
 
-def memory_ladder_table(vocab_size: int = 8192, block: str = "swiglu") -> list[dict]:
-    """The memory ladder as rows (input width = the matched decoder's width, so no projection)."""
+def memory_ladder_table(vocab_size: int = 8192, block: str = "swiglu", legacy: bool = False) -> list[dict]:
+    """The memory ladder as rows (input width = the matched decoder's width, so no projection): the study
+    ladder's memories, or with ``legacy`` the legacy rungs' ones."""
     check_block(block)
     family = family_for_block(block)
+    names = {s.name for s in (LEGACY_LADDER if legacy else LADDER)}
     rows = []
-    for s in MEMORY_LADDER:
+    for s in (m for m in MEMORY_LADDER if m.decoder in names):
         f = memory_ffn(s, block)
         non_emb = memory_non_embedding_count(s.n_layer, s.d_model, f, s.d_model, block)
         rows.append(

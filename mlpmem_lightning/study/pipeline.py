@@ -45,14 +45,14 @@ def select(spec: SweepSpec) -> list[Architecture]:
     return [a for a in architectures.registered() if a.name in chosen]
 
 
-def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int,
-                 callbacks: Sequence[Callback] = ()) -> tuple[list[dict], dict[str, Any]]:
+def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int, callbacks: Sequence[Callback] = (),
+                 decoder_budget: float | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Rows of the results table for this trial, and its attributes (sizes, tokens, FLOPs and seconds per stage).
 
     ``callbacks`` are added to every fit's Trainer (the sweep's Optuna pruning).
     """
     archs = select(spec)
-    stages = Stages(spec, decoder_size, memory_size, seed, prepare_tokens(spec), callbacks)
+    stages = Stages(spec, decoder_size, memory_size, seed, prepare_tokens(spec), callbacks, decoder_budget)
     stages.run_shared([stage for a in archs for stage in a.needs])
     results = []
     for arch in archs:
@@ -61,7 +61,8 @@ def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int
     if spec.cleanup:  # the datastore and targets are rebuilt from the checkpoint if ever needed again
         stages.cleanup()
     base = {"study": spec.study, "decoder_size": decoder_size, "params_decoder": stages.params_decoder, "seed": seed,
-            **stages.provenance()}
+            **stages.provenance(), **stages.recipe(),
+            **({"decoder_budget": decoder_budget} if decoder_budget is not None else {})}
     rows = []
     for split in SPLITS:
         for arch, accounting, scores in results:

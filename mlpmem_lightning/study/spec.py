@@ -50,7 +50,10 @@ class SweepSpec:
     batch_size: int = 16
     # a list where a number is expected sweeps that setting (decoder_lr, alpha, the budgets, knn k/keep/temperature)
     decoder_tokens: int | list[int] = 1_000_000
-    decoder_lr: float | list[float] | None = None  # the decoders' peak learning rate (default: each rung's shipped)
+    # peak LR: a number, a list (swept), {from: lr.csv} (`mlpmem lr-search`), or None: the rung's shipped
+    decoder_lr: float | list[float] | dict[str, str] | None = None
+    decoder_budgets: list[float] | None = None  # each rung at each: tokens = b x the rule (study/budget.py)
+    lr_search: dict[str, Any] = field(default_factory=dict)  # `mlpmem lr-search`: grid, max_extensions, budget
     memory_tokens: int | list[int] = 1_000_000
     memory_mode: str = "online"
     alpha: float | list[float] = 0.5
@@ -115,8 +118,17 @@ class SweepSpec:
                 or self.study in RESERVED:
             raise UserError(f"study {self.study!r}: name it with letters, digits, '.', '_' or '-' (it names "
                             f"<out>/<study>/results.csv), not one of {', '.join(sorted(RESERVED))}")
-        if self.decoder_lr is not None and not (isinstance(self.decoder_lr, (int, float)) and self.decoder_lr > 0):
-            raise UserError(f"decoder_lr {self.decoder_lr!r} must be a positive number (or left out: each rung's)")
+        if isinstance(self.decoder_lr, dict):
+            from mlpmem_lightning.study.lr_search import check_lr_source
+
+            check_lr_source(self.decoder_lr)
+        elif self.decoder_lr is not None and not (isinstance(self.decoder_lr, (int, float)) and self.decoder_lr > 0):
+            raise UserError(f"decoder_lr {self.decoder_lr!r} must be a positive number, {{from: lr.csv}} "
+                            "(`mlpmem lr-search`) or left out (each rung's)")
+        if self.decoder_budgets is not None or self.lr_search:
+            from mlpmem_lightning.study.lr_search import check_search_keys
+
+            check_search_keys(self.decoder_budgets, self.lr_search)
         for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
             get_size(s)
         if self.memory_sizes != "matched":
@@ -162,12 +174,15 @@ class SweepSpec:
         from mlpmem_lightning.study import axes
 
         points = []
-        for dec, seed in itertools.product(self.decoder_sizes, self.seeds):
+        budgets = [{"decoder_budget": b} for b in self.decoder_budgets] if self.decoder_budgets else [{}]
+        for dec, budget, seed in itertools.product(self.decoder_sizes, budgets, self.seeds):
             mems = [matched_memory(dec).name] if self.memory_sizes == "matched" else self.memory_sizes
-            points += [{"decoder_size": dec, "memory_size": m, "seed": seed} for m in mems]
-        for p in self.extra_points:
+            points += [{"decoder_size": dec, "memory_size": m, "seed": seed, **budget} for m in mems]
+        for p in self.extra_points:  # at the largest budget unless the point names one
+            budget = {"decoder_budget": float(p.get("decoder_budget", max(self.decoder_budgets)))} \
+                if self.decoder_budgets else {}
             point = {"decoder_size": p["decoder_size"], "memory_size": p.get("memory_size")
-                     or matched_memory(p["decoder_size"]).name, "seed": int(p.get("seed", 0))}
+                     or matched_memory(p["decoder_size"]).name, "seed": int(p.get("seed", 0)), **budget}
             if point not in points:
                 points.append(point)
         return [{**p, **combo} for p in points for combo in axes.combos(self)]

@@ -63,6 +63,7 @@ class Stages:
     seed: int
     token_store: Path
     callbacks: Sequence[Callback] = ()  # added to every fit's Trainer (Optuna pruning)
+    budget: float | None = None  # the decoder trains on budget x the rule of study/budget.py (else decoder_tokens)
 
     def __post_init__(self) -> None:
         from mlpmem_lightning.data.token_store import TokenStore
@@ -96,13 +97,46 @@ class Stages:
     def decoder_model(self) -> dict[str, Any]:
         """The decoder fit's model: the rung's shipped config (its learning rate unless the spec's ``decoder_lr``)
         with the spec's token budget."""
+        from mlpmem_lightning.lightning.optim import OPTIM
+
         shipped = yaml.safe_load((experiments_dir() / "model" / f"decoder_{self.decoder_size}.yaml").read_text())
         model = shipped["model"]
-        lr = {"lr": self.spec.decoder_lr} if self.spec.decoder_lr is not None else {}
+        lr = {"lr": self.decoder_lr} if self.spec.decoder_lr is not None else {}
         # on a GPU the small rungs are launch-bound: compiled loss and the whole step as a CUDA graph (docs/gpu.md)
         speed = {"compile": True, "cuda_graph": True} if self.on_gpu() else {}
-        return {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.spec.decoder_tokens, **lr,
-                                       **speed}}
+        # the warmup rule in the key: decoders trained under the old one (2%, no floor) are not reused as if same
+        warmup = {"warmup_fraction": OPTIM.warmup_fraction, "warmup_min_steps": OPTIM.warmup_min_steps}
+        return {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.decoder_budget_tokens, **lr,
+                                       **warmup, **speed}}
+
+    @cached_property
+    def decoder_budget_tokens(self) -> int:
+        """The decoder's token budget: the trial's ``budget`` x the rule of study/budget.py, else ``decoder_tokens``."""
+        if self.budget is None:
+            return self.spec.decoder_tokens
+        from mlpmem_lightning.study.budget import budget_tokens
+
+        return budget_tokens(self.decoder_size, self.vocab, self.store.manifest["tokens"]["train"], self.budget)
+
+    @cached_property
+    def decoder_lr(self) -> float:
+        """The spec's ``decoder_lr``, or the one recorded for this rung and budget (``{from: lr.csv}``)."""
+        if not isinstance(self.spec.decoder_lr, dict):
+            return self.spec.decoder_lr
+        from mlpmem_lightning.study.lr_search import recorded_lr
+
+        return recorded_lr(self.spec.decoder_lr["from"], self.decoder_size, self.decoder_budget_tokens,
+                           self.store.fingerprint)
+
+    def recipe(self) -> dict[str, Any]:
+        """Results columns on how the decoder was trained: its LR, epochs, and whether it converged for its budget."""
+        from mlpmem_lightning.lightning.convergence import read_summary
+        from mlpmem_lightning.study.budget import epochs
+
+        conv = read_summary(self.decoder_run)
+        lr = self.decoder_lr if self.spec.decoder_lr is not None else self.rung.lr
+        return {"lr": lr, "epochs": epochs(self.decoder_tokens, self.store.manifest["tokens"]["train"]),
+                "last10_improvement": conv.get("last10_improvement"), "converged": conv.get("converged")}
 
     @cached_property
     def decoder_key(self) -> str:
@@ -155,7 +189,7 @@ class Stages:
 
     @property
     def decoder_tokens(self) -> int:
-        return self.tokens(self.spec.decoder_tokens)
+        return self.tokens(self.decoder_budget_tokens)
 
     @cached_property
     def decoder(self):

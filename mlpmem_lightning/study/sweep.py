@@ -252,9 +252,9 @@ def _stale_waiting(study, spec: SweepSpec) -> frozenset[int]:
 
 
 def _key(point: dict[str, Any]) -> tuple:
-    """A point's identity: sizes, seed and the swept settings it carries (an older point carries none)."""
+    """A point's identity: sizes, seed, budget and the swept settings it carries (an older point carries none)."""
     return (point.get("decoder_size"), point.get("memory_size"), int(point.get("seed", -1)),
-            *sorted((k, v) for k, v in point.items() if k in axes.AXES))
+            point.get("decoder_budget"), *sorted((k, v) for k, v in point.items() if k in axes.AXES))
 
 
 def _fail_dead_trials(study) -> None:
@@ -293,7 +293,7 @@ def collect_results(study, spec: SweepSpec) -> Path:
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and not recording.is_lambda_point(t)]
     rows = [r for t in done for r in json.loads(t.user_attrs.get("rows", "[]"))]
     path = spec.study_dir / "results.csv"
-    unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"],
+    unique = {(r["arch"], r["decoder_size"], r["memory_size"], r["seed"], r["split"], r.get("decoder_budget"),
                *sorted((k, v) for k, v in r.items() if k in axes.AXES)): r for r in rows}
     if unique:
         spec.study_dir.mkdir(parents=True, exist_ok=True)
@@ -329,6 +329,8 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
     else:
         mem = trial.suggest_categorical("memory_size", sorted({p["memory_size"] for p in grid}))
     point = {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}
+    if spec.decoder_budgets:
+        point["decoder_budget"] = trial.suggest_categorical("decoder_budget", sorted(spec.decoder_budgets))
     for name, values in axes.swept(spec).items():
         point[name] = trial.suggest_categorical(name, sorted(set(values)))
     for name, r in spec.ranges.items():

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import logging
 import re
 import tarfile
 import zipfile
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.data import cleaners, corpora
+from mlpmem_lightning.data import apt, cleaners, corpora
 from mlpmem_lightning.data.corpora import CORPORA, corpus_info, list_corpora, load_corpus
 
 pytestmark = pytest.mark.integration  # runs whole stages end to end
@@ -100,7 +99,7 @@ def test_cache_is_reused_without_the_client(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError(f"the client ran again: {args}")
 
-    monkeypatch.setattr(corpora.subprocess, "run", no_network)
+    monkeypatch.setattr(apt.subprocess, "run", no_network)
     assert load_corpus("wiki-summaries")["text"] == first["text"]
     cached.write_bytes(b"corrupt")
     with pytest.raises(UserError, match=r"corrupt: delete .*0\.0\.7") as err:
@@ -146,40 +145,83 @@ def _fake_client(blobs: dict[str, bytes], interrupt: bool = False):
 def test_killed_fetch_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     spec, blob = _fake_spec(tmp_path, "fakecorp", ["one doc"])
     monkeypatch.setitem(CORPORA, "fakecorp", spec)
-    monkeypatch.setattr(corpora.subprocess, "run", _fake_client({"fakecorp": blob}, interrupt=True))
+    monkeypatch.setattr(apt.subprocess, "run", _fake_client({"fakecorp": blob}, interrupt=True))
     with pytest.raises(KeyboardInterrupt):
         load_corpus("fakecorp", cache_dir=tmp_path)
     assert list((tmp_path / "corpora" / "fakecorp").iterdir()) == []
-    monkeypatch.setattr(corpora.subprocess, "run", _fake_client({"fakecorp": blob}))
+    monkeypatch.setattr(apt.subprocess, "run", _fake_client({"fakecorp": blob}))
     assert load_corpus("fakecorp", cache_dir=tmp_path)["text"] == ["one doc"]
 
 
-def test_mixed_english_skips_what_cannot_be_fetched(tmp_path, monkeypatch, caplog):
+def test_mixed_english_refuses_to_build_without_a_part(tmp_path, monkeypatch):
+    """Issue #15: a part that cannot be fetched stops the union; no smaller corpus is built under its name."""
+    from mlpmem_lightning.data.token_store import PrepareSettings, prepare
+
     good, blob = _fake_spec(tmp_path, "good", ["b doc", "", "a doc", "b doc"])
     bad, _ = _fake_spec(tmp_path, "bad", ["never"])
     monkeypatch.setattr(corpora, "CORPORA", {"bad": bad, "good": good})
-    monkeypatch.setattr(corpora.subprocess, "run", _fake_client({"good": blob}))
-    with caplog.at_level(logging.WARNING, logger="mlpmem_lightning.data.corpora"):
-        ds = load_corpus("mixed-english", cache_dir=tmp_path)
-    assert ds["text"] == ["b doc", "a doc"] and ds["source"] == ["good", "good"]  # empty and duplicate dropped
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("skipping bad" in w and "No matching distribution" in w for w in warnings)
-    assert [p["name"] for p in corpus_info("mixed-english", cache_dir=tmp_path)["parts"]] == ["good"]
-    monkeypatch.setattr(corpora, "CORPORA", {"bad": bad})
-    with pytest.raises(UserError, match="no corpus could be fetched"):
-        load_corpus("mixed-english", cache_dir=tmp_path)
+    monkeypatch.setattr(apt.subprocess, "run", _fake_client({"good": blob}))
+    monkeypatch.setenv("MLPMEM_CACHE", str(tmp_path / "cache"))
+    for call in (lambda: load_corpus("mixed-english"), lambda: corpus_info("mixed-english"),
+                 lambda: prepare(PrepareSettings(corpus="mixed-english"), tmp_path / "store")):
+        with pytest.raises(UserError, match=r"mixed-english needs every part but could not fetch bad \(.*No matching"):
+            call()
+    assert not (tmp_path / "store" / "manifest.json").exists()
+    monkeypatch.setattr(corpora, "CORPORA", {"good": good})  # every part there: the union builds
+    assert load_corpus("mixed-english")["text"] == ["b doc", "a doc"]
+
+
+def _apt_spec(tmp_path: Path) -> tuple[corpora.CorpusSpec, bytes]:
+    blob = b"not really a deb"
+    return corpora.CorpusSpec("fakedoc", "apt", "fakedoc", "1.0", "fakedoc_1.0_all.deb",
+                              hashlib.sha256(blob).hexdigest(), ".*", lambda members: [], "fake"), blob
+
+
+def _fake_apt(blob: bytes, calls: list, update_ok: bool = True):
+    """apt-get whose lists are stale: `download` fails until `update` ran."""
+    def run(cmd, cwd=None, **kwargs):
+        calls.append(cmd)
+        fresh = any(c[-1] == "update" for c in calls[:-1]) and update_ok
+        if cmd[-1] == "update":
+            return type("Proc", (), {"returncode": 0 if update_ok else 100, "stdout": "",
+                                     "stderr": "E: Could not resolve deb.debian.org"})
+        if not fresh:
+            return type("Proc", (), {"returncode": 100, "stdout": "", "stderr": "E: Can't select candidate version"})
+        (Path(cwd) / "fakedoc_1.0_all.deb").write_bytes(blob)
+        return type("Proc", (), {"returncode": 0, "stdout": "", "stderr": ""})
+    return run
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_apt_refreshes_stale_lists_then_fetches(tmp_path, monkeypatch, root):
+    spec, blob = _apt_spec(tmp_path)
+    calls = []
+    monkeypatch.setattr(apt.subprocess, "run", _fake_apt(blob, calls))
+    monkeypatch.setattr(apt.os, "geteuid", lambda: 0 if root else 1000)
+    assert corpora.fetch(spec, tmp_path).read_bytes() == blob
+    private = [] if root else ["-o", f"Dir::State::Lists={tmp_path / 'apt-lists'}"]
+    assert calls == [["apt-get", "download", "fakedoc=1.0"], ["apt-get", *private, "update"],
+                     ["apt-get", *private, "download", "fakedoc=1.0"]]
+
+
+def test_apt_that_cannot_refresh_stops_with_one_line_naming_the_package(tmp_path, monkeypatch):
+    spec, blob = _apt_spec(tmp_path)
+    monkeypatch.setattr(apt.subprocess, "run", _fake_apt(blob, [], update_ok=False))
+    with pytest.raises(UserError, match=r"could not fetch fakedoc 1\.0: `apt-get .*update` exited 100: E: Could not"):
+        corpora.fetch(spec, tmp_path)
+    assert not (tmp_path / "corpora" / "fakedoc" / "1.0").exists()
 
 
 def test_registry_corpus_with_only_empty_documents(tmp_path, monkeypatch):
     spec, blob = _fake_spec(tmp_path, "blank", ["", "  \n\n "])
     monkeypatch.setitem(CORPORA, "blank", spec)
-    monkeypatch.setattr(corpora.subprocess, "run", _fake_client({"blank": blob}))
+    monkeypatch.setattr(apt.subprocess, "run", _fake_client({"blank": blob}))
     with pytest.raises(UserError, match="no documents after cleaning"):
         load_corpus("blank", cache_dir=tmp_path)
 
 
 def test_missing_client_is_a_user_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError()))
+    monkeypatch.setattr(apt.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError()))
     with pytest.raises(UserError, match=r"needs `apt-get`, which is not installed"):
         corpora.fetch(CORPORA["linux-doc"], tmp_path)
 

@@ -6,7 +6,9 @@ import torch
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.models.decoder import build_decoder
 from mlpmem_lightning.models.ladder import (
+    HEAD_DIM,
     LADDER,
+    LEGACY_LADDER,
     embedding_params,
     flops_per_token,
     get_size,
@@ -40,7 +42,7 @@ def test_hand_count_gpt2_block():
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("tie", [False, True])
 def test_counts_match_built_models(family, tie):
-    for s in LADDER:
+    for s in LADDER + LEGACY_LADDER[:3]:
         with torch.device("meta"):
             net = build_decoder(s, V, family, tie_embeddings=tie)
         n_total = sum(p.numel() for p in net.parameters())
@@ -48,14 +50,28 @@ def test_counts_match_built_models(family, tie):
         assert n_total - embedding_params(s, V, family, tie) == non_embedding_params(s, family), s.name
 
 
-def test_ladder_spans_and_doubles():
-    n = [non_embedding_params(s) for s in LADDER]
-    assert len(LADDER) >= 8
+def test_legacy_ladder_still_resolves():
+    n = [non_embedding_params(s) for s in LEGACY_LADDER]
     assert 0.15e6 <= n[0] <= 0.3e6 and 100e6 <= n[-1] <= 200e6
-    ratios = [b / a for a, b in zip(n, n[1:])]
-    assert all(1.4 <= r <= 2.2 for r in ratios), ratios
-    # Pythia-style: only depth, width, heads, lr vary; heads divide the width
-    assert all(s.d_model % s.n_head == 0 for s in LADDER)
+    assert all(get_size(s.name) == s for s in LEGACY_LADDER)
+    assert not {s.name for s in LADDER} & {s.name for s in LEGACY_LADDER}
+
+
+def _llama_non_embedding(n_layer: int, d: int) -> int:
+    """Independent hand count: 8/3 d rounded up to 64 for SwiGLU, 4 attention and 3 MLP matrices, 2 norms."""
+    ffn = -(-int(8 * d / 3) // 64) * 64
+    return n_layer * (4 * d * d + 3 * d * ffn + 2 * d) + d
+
+
+def test_study_ladder_is_monotone_with_a_fixed_head_and_spans_60x():
+    shapes = [(s.n_layer, s.d_model) for s in LADDER]
+    assert all(b[0] >= a[0] and b[1] >= a[1] for a, b in zip(shapes, shapes[1:])), shapes
+    assert all(s.d_model == HEAD_DIM * s.n_head for s in LADDER)
+    n = [_llama_non_embedding(L, d) for L, d in shapes]
+    assert n == [non_embedding_params(s) for s in LADDER]
+    assert all(b > a for a, b in zip(n, n[1:]))
+    assert n[-1] / n[0] >= 60 and len(LADDER) >= 6
+    assert 0.05e6 <= n[0] <= 0.2e6 and n[-1] <= 25e6  # quick on one H200 at vocab 16384
 
 
 def test_unknown_size_lists_valid_ones():

@@ -11,7 +11,7 @@ import torch
 
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.models.ladder import (
-    LADDER,
+    ALL_RUNGS,
     MEMORY_LADDER,
     get_memory_size,
     get_size,
@@ -74,8 +74,8 @@ def test_tied_head_is_a_saved_buffer_not_a_parameter():
 
 @pytest.mark.parametrize("block", ["swiglu", "gelu"])
 def test_ladder_matches_decoders(block):
-    assert [m.decoder for m in MEMORY_LADDER] == [s.name for s in LADDER]
-    rows = {r["name"]: r for r in memory_ladder_table(V, block)}
+    assert [m.decoder for m in MEMORY_LADDER] == [s.name for s in ALL_RUNGS]
+    rows = {r["name"]: r for r in memory_ladder_table(V, block) + memory_ladder_table(V, block, legacy=True)}
     for mem in MEMORY_LADDER:
         dec = get_size(mem.decoder)
         assert mem.name == f"mem-{dec.name}" and matched_memory(dec.name) == mem
