@@ -54,10 +54,19 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         size: memory ladder rung (``mlpmem sizes``); default: the one matched to the decoder's rung.
         block: ``swiglu`` (RMSNorm) or ``gelu`` (LayerNorm) residual blocks; default: the one matched to the
             decoder's family (swiglu for Llama, gelu for GPT-2).
-        alpha: weight of KL(p_kNN ‖ p_mem) against the next-token cross-entropy (paper: 0.5).
+        alpha: weight of KL(p_kNN ‖ p_mem) against the next-token cross-entropy (paper: 0.5). At 0 the loss is
+            the cross-entropy alone and no targets are needed (the CE-only control).
         mode: ``online`` (keys recomputed by the decoder) or ``offline`` (keys read from the datastore).
-        init_head_from_decoder: start the memory's vocabulary head from the decoder's.
-        lr: peak learning rate (default: the matched decoder rung's).
+        init_head_from_decoder: start the memory's vocabulary head from the decoder's (default: at random, as
+            the paper's code does; a copied head starts the memory in the decoder's output space, which makes it
+            continued training of the decoder's head rather than a memory of its own).
+        dropout: dropout on each block's FFN output, train mode only (default 0.1, the paper's code: the memory
+            makes several passes over the datastore's rows, and dropout is what keeps it from memorising them
+            verbatim; 0 turns it off).
+        key_layer: the decoder layer whose FFN input the memory reads when no targets are given (the
+            cross-entropy-only control, ``alpha`` 0); with targets it is always their datastore's layer.
+        lr: peak learning rate (default: the matched decoder rung's: the memory rung is built to the matched
+            decoder's width and sees the same batches; the paper's 5e-4 was tuned for GPT-2-large widths).
         weight_decay: AdamW decay on matrices.
         betas: AdamW betas.
         warmup_fraction: share of steps spent warming up.
@@ -73,7 +82,8 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
 
     def __init__(self, decoder: str, size: str | None = None, block: Literal["swiglu", "gelu"] | None = None,
                  alpha: float = 0.5, mode: Literal["online", "offline"] = "online",
-                 init_head_from_decoder: bool = True, lr: float | None = OPTIM.lr,
+                 init_head_from_decoder: bool = False, dropout: float = 0.1, key_layer: int = -1,
+                 lr: float | None = OPTIM.lr,
                  weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, lambdas: list[float] | None = None,
@@ -91,11 +101,12 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
         self.token_store_fingerprint = self.targets_fingerprint = self.datastore_fingerprint = None
         size = size or matched_memory(dec.size_name if dec.size_name else _need_size(decoder)).name
         block = block or family_of(dec.net).memory_block
-        self.memory = build_memory(size, dec.net.config.hidden_size, dec.net.config.vocab_size, block)
+        self.memory = build_memory(size, dec.net.config.hidden_size, dec.net.config.vocab_size, block,
+                                   dropout=dropout)
         self.lr = lr if lr is not None else get_size(get_memory_size(size).decoder).lr
         if init_head_from_decoder:
             self.memory.init_head_from(dec.net.get_output_embeddings().weight.detach())
-        self.layer = -1
+        self.layer = key_layer
 
     # -- set-up: bind to the data, its targets and the budget ------------------------------------
     def setup(self, stage: str) -> None:
@@ -110,12 +121,13 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
             self.targets_fingerprint, self.datastore_fingerprint = targets["fingerprint"], datastore["fingerprint"]
         if stage == "fit":
             if dm.targets is None:
-                raise UserError("MemoryLM needs kNN targets: pass --data.targets DIR (built by `mlpmem targets`)")
-            if datastore.get("decoder_fingerprint") != self.decoder_fingerprint:
+                self._setup_without_targets()
+            elif datastore.get("decoder_fingerprint") != self.decoder_fingerprint:
                 raise UserError(f"the targets come from decoder {datastore.get('decoder_fingerprint')} but "
                                 f"--model.decoder {self.hparams.decoder} has {self.decoder_fingerprint}: use that "
                                 "decoder's targets")
-            self.layer = datastore["layer"]
+            else:
+                self.layer = datastore["layer"]
             dm.serve_keys = self.hparams.mode == "offline"
             self.tokens_per_step = tokens_per_step(self)
             decoder = forward_flops_of(self.decoder, dm.seq_len) if self.hparams.mode == "online" else 0
@@ -123,6 +135,15 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
             self.flops_per_token = per_token  # read by IntervalThroughput
             if self.hparams.compile:
                 self.memory.compile()
+
+    def _setup_without_targets(self) -> None:
+        """Only the cross-entropy-only control (α = 0) trains without targets; it reads keys online."""
+        if self.hparams.alpha > 0:
+            raise UserError("MemoryLM needs kNN targets: pass --data.targets DIR (built by `mlpmem targets`), "
+                            "or --model.alpha 0 for the cross-entropy-only control")
+        if self.hparams.mode == "offline":
+            raise UserError("--model.mode offline reads the keys stored with the targets' datastore: pass "
+                            "--data.targets DIR or use --model.mode online")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # FiniteLossGuard: never a checkpoint of non-finite weights
@@ -153,18 +174,27 @@ class MemoryLM(ClipGradients, FiniteLossGuard, LambdaGridEvaluation, L.Lightning
             return ffn_inputs(self.decoder, batch["input_ids"], self.layer)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        keys, ids, probs = self.keys(batch).float(), batch["knn_ids"].flatten(0, 1), batch["knn_probs"].flatten(0, 1)
-        labels, alpha = batch["labels"].flatten(), self.hparams.alpha
-        if self.hparams.loss == "fused":
-            out = fused_memory_loss(self.memory.features(keys), self.memory.head_w, ids, probs, labels, alpha)
-        else:
-            out = memory_loss(self.memory(keys).flatten(0, 1), ids, probs, labels, alpha)
+        out = self.losses(batch)
         self.guard_loss(out["loss"])
         self.log_dict({"train/loss": out["loss"], "train/kl": out["kl"], "train/ce": out["ce"]}, prog_bar=True,
                       sync_dist=True)  # the global batch's losses under DDP
         if is_logging_step(self):
             self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
         return out["loss"]
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{loss, kl, ce} of a training batch (batches without ``knn_ids``: the CE-only control, α = 0)."""
+        keys, labels, alpha = self.keys(batch).float(), batch["labels"].flatten(), self.hparams.alpha
+        if "knn_ids" in batch:
+            ids, probs = batch["knn_ids"].flatten(0, 1), batch["knn_probs"].flatten(0, 1)
+        else:  # the CE-only control (α = 0): one pad per row, which adds nothing to the (zero-weighted) KL
+            ids = torch.full((labels.numel(), 1), -1, dtype=torch.int64, device=labels.device)
+            probs = torch.zeros(ids.shape, dtype=torch.float32, device=labels.device)
+        if self.hparams.loss == "fused":
+            out = fused_memory_loss(self.memory.features(keys), self.memory.head_w, ids, probs, labels, alpha)
+        else:
+            out = memory_loss(self.memory(keys).flatten(0, 1), ids, probs, labels, alpha)
+        return out
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self, list(self.memory.parameters()), self.lr, self.optim)

@@ -123,7 +123,9 @@ class Stages:
     def targets_key(self) -> str:
         from dataclasses import asdict
 
-        return self.key(self.datastore_key, asdict(self.spec.knn_settings))
+        rule = self.spec.targets_scale  # the targets' T rule (knn/temperature.py) is part of what they are
+        return self.key(self.datastore_key, asdict(self.spec.knn_settings), *([{"temperature_scale": rule}] if rule
+                                                                                else []))
 
     @property
     def decoder_run(self) -> Path:
@@ -250,14 +252,16 @@ class Stages:
 
     def _targets(self) -> None:
         from mlpmem_lightning.knn.targets import build_targets, default_nlist
+        from mlpmem_lightning.knn.temperature import targets_settings
         from mlpmem_lightning.models.flops import search_flops
 
-        knn = self.spec.knn_settings  # carries the search backend (knn.backend)
-        manifest = build_targets(self.datastore_dir, self.targets_dir, knn)
+        knn = targets_settings(self.spec.knn_settings, self.spec.targets_scale, self.datastore_dir, self.targets_dir)
+        manifest = build_targets(self.datastore_dir, self.targets_dir, knn)  # knn carries the backend (knn.backend)
         nlist = knn.nlist or default_nlist(self.rows)
         self.flops["targets"] = search_flops(self.rows, self.rows, self.rung.d_model, knn.index, nlist, knn.nprobe)
         self.targets_fingerprint = manifest["fingerprint"]
-        self.attrs.update(flops_search=self.flops["targets"], targets_mass_kept_mean=manifest["mass_kept_mean"])
+        self.attrs.update(flops_search=self.flops["targets"], targets_mass_kept_mean=manifest["mass_kept_mean"],
+                          targets_temperature=manifest["temperature"])
 
     def shared_flops(self, needs: Sequence[str]) -> int:
         """FLOPs of the shared stages ``needs`` is built from: what an architecture spent before its own training."""
