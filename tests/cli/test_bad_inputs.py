@@ -130,9 +130,9 @@ BASE = [
 
 def _catalogue() -> list[Case]:
     """The rows of #12 and before, then one list per area of the reliability issue (#13), each in its module."""
-    from tests.cli import cases_artifacts, cases_fit, cases_study
+    from tests.cli import cases_artifacts, cases_fit, cases_memory, cases_study
 
-    return BASE + cases_fit.CASES + cases_artifacts.CASES + cases_study.CASES
+    return BASE + cases_fit.CASES + cases_artifacts.CASES + cases_study.CASES + cases_memory.CASES
 
 
 def _cut_ckpt(t: Path, fx) -> Path:
