@@ -162,6 +162,12 @@ def test_head_starts_at_random_by_default_and_copying_is_an_option(small_decoder
     assert fresh.memory.head_w.std().item() == pytest.approx(0.02, rel=0.05)  # the memory's own init
     copied = MemoryLM(str(small_decoder), init_head_from_decoder=True)
     assert torch.equal(copied.memory.head_w, head)
+    import inspect
+
+    from mlpmem_lightning.study.architectures.mlp_memory import PAPER_MEMORY
+
+    defaults = inspect.signature(MemoryLM).parameters  # what a study's memory runs are keyed by
+    assert PAPER_MEMORY == {name: defaults[name].default for name in PAPER_MEMORY}
 
 
 def test_ce_only_control_trains_without_targets_and_its_loss_is_plain_cross_entropy(small_decoder, small_store,

@@ -14,6 +14,10 @@ from pathlib import Path
 from mlpmem_lightning.study.architectures.base import Architecture, Own, Score, lambda_grid_scores
 from mlpmem_lightning.study.stages import Stages
 
+# MemoryLM's defaults that make it the paper's memory (random head, dropout 0.1), written into every fit's config so
+# that memory runs are keyed by them: runs trained under other defaults are never resumed as these
+PAPER_MEMORY = {"init_head_from_decoder": False, "dropout": 0.1}
+
 
 class MLPMemory(Architecture):
     def data(self, stages: Stages) -> dict:
@@ -31,7 +35,7 @@ class MLPMemory(Architecture):
         spec = stages.spec
         return {"class_path": self.module, "init_args": {
             "decoder": str(stages.decoder_run), "size": stages.memory_size, "alpha": spec.alpha,
-            "mode": self.mode(stages), **init_args}}
+            "mode": self.mode(stages), **PAPER_MEMORY, **init_args}}
 
     def mode(self, stages: Stages) -> str:
         """How its keys are read (``online``: a decoder forward per training token, counted in its FLOPs)."""
