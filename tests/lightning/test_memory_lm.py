@@ -192,5 +192,7 @@ def test_ce_only_control_trains_without_targets_and_its_loss_is_plain_cross_entr
             logp = torch.log_softmax(model.memory(keys.float()).double(), -1)
         want = -logp.gather(-1, batch["labels"][..., None]).mean().item()
         assert out["loss"].item() == pytest.approx(want, rel=1e-5) and out["kl"].item() == 0.0
+    refused = mem_args("fit", small_decoder, small_store, "x", tmp_path / "kl", "--model.alpha", "0.5")
+    i = refused.index("--data.targets")
     with pytest.raises(UserError, match="alpha 0 for the cross-entropy-only control"):
-        run_cli([a if a != "0" else "0.5" for a in args[:i] + args[i + 2:]])
+        run_cli(refused[:i] + refused[i + 2:])
