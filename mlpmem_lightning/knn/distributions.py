@@ -67,6 +67,16 @@ def label_log_prob(dist: torch.Tensor, ids: torch.Tensor, neighbour_tokens: torc
     return torch.log(p)
 
 
+def label_log_probs(dist: torch.Tensor, ids: torch.Tensor, neighbour_tokens: torch.Tensor, labels: torch.Tensor,
+                    temperatures: torch.Tensor | list[float]) -> torch.Tensor:
+    """log p_kNN(label) at every temperature of a grid from the same neighbours: [T, Q], float64.
+
+    The search is the expensive part and does not depend on T; each T costs one softmax over the [Q, k]
+    distances (one T at a time, so memory stays that of a single T). Row t equals ``label_log_prob`` at T_t.
+    """
+    return torch.stack([label_log_prob(dist, ids, neighbour_tokens, labels, float(t)) for t in temperatures])
+
+
 def mix(lp_lm: torch.Tensor, lp_other: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     """log((1-λ) p_LM + λ p_other), elementwise (λ broadcasts). λ=0 returns log p_LM and λ=1 log p_other exactly."""
     lam = torch.as_tensor(lam, dtype=lp_lm.dtype, device=lp_lm.device)

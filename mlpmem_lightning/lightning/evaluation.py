@@ -77,6 +77,12 @@ def log_lambda_grid(module: L.LightningModule, metric: TokenNLL, lambdas: torch.
     else no headline, only ``test/loss_at_best_test_lambda``, since λ picked on test flatters the mixture)."""
     loss = metric.compute().reshape(-1)  # torchmetrics squeezes a one-λ grid to a scalar
     metric.reset()
+    log_lambda_losses(module, loss, lambdas, prefix, fixed)
+
+
+def log_lambda_losses(module: L.LightningModule, loss: torch.Tensor, lambdas: torch.Tensor, prefix: str,
+                      fixed: float | None) -> None:
+    """:func:`log_lambda_grid` from the mean NLL per λ (``loss`` [Λ]) already computed."""
     best = int(torch.argmin(loss))
     for lam, value in zip(lambdas.tolist(), loss):
         module.log(f"{prefix}/ppl_lambda_{lam:.2f}", torch.exp(value))

@@ -4,6 +4,9 @@ One pass over a split computes, for every position, log p_LM(label) and the key 
 datastore's hook point), searches the datastore, and accumulates the interpolated NLL
 for every λ of the grid at once. Only the label's kNN probability is needed, so no
 vocabulary-sized tensor is built. λ=0 is the decoder alone, bit for bit.
+
+``temperatures`` adds a grid of kNN temperatures to the same pass (the neighbours are searched once; see
+:mod:`.temperature_grid`): (T, λ) are then chosen jointly, and ``val/temperature`` logs the chosen T.
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import torch
 
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.datastore import Datastore
-from mlpmem_lightning.knn.distributions import interpolate, label_log_prob
+from mlpmem_lightning.knn.distributions import interpolate, label_log_probs
 from mlpmem_lightning.knn.settings import KNN, KNNSettings
 from mlpmem_lightning.lightning.evaluation import LambdaGridEvaluation, TokenNLL, scored, token_nll
+from mlpmem_lightning.lightning.temperature_grid import TemperatureGridEvaluation
 from mlpmem_lightning.models.decoder import logits_and_ffn_inputs
 from mlpmem_lightning.models.loading import load_decoder
 
 
-class KNNLM(LambdaGridEvaluation, L.LightningModule):
+class KNNLM(TemperatureGridEvaluation, LambdaGridEvaluation, L.LightningModule):
     """A decoder mixed with its kNN datastore: log p = logaddexp(log(1-λ) + log p_LM, log λ + log p_kNN).
 
     Args:
@@ -31,7 +35,9 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
         backend: ``auto`` or a name of the search registry (``mlpmem_lightning.knn.search.REGISTRY``;
             ``mlpmem targets --help`` lists them).
         k: neighbours per query.
-        temperature: T of softmax(-d/T), d the squared L2 distance.
+        temperature: T of softmax(-d/T), d the squared L2 distance (when ``temperatures`` is unset).
+        temperatures: a grid of T evaluated in the same pass, chosen jointly with λ (e.g. on valid; test then
+            passes the chosen T alone). Default: ``[temperature]``.
         nprobe: IVF lists scanned per query.
         nlist: IVF lists of the clustered backend (default about N/256, at most 4096).
         rerank: re-rank approximate candidates with exact distances from the stored keys.
@@ -42,7 +48,7 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
     def __init__(self, decoder: str, datastore: str, index: str = KNN.index, backend: str = KNN.backend,
                  k: int = KNN.k, temperature: float = KNN.temperature, nprobe: int = KNN.nprobe,
                  rerank: bool = KNN.rerank, nlist: int | None = KNN.nlist, lambdas: list[float] | None = None,
-                 lambda_: float | None = None):
+                 lambda_: float | None = None, temperatures: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=self.EVAL_ONLY)
         if not temperature > 0:
@@ -50,6 +56,7 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
         self.knn = KNNSettings(index=index, k=k, temperature=temperature, nprobe=nprobe, nlist=nlist, rerank=rerank,
                                backend=backend)
         self.init_lambda_grid(lambdas, lambda_)
+        self.init_temperature_grid([temperature] if temperatures is None else list(temperatures))
         self.net = None
 
     def setup(self, stage: str) -> None:
@@ -79,5 +86,5 @@ class KNNLM(LambdaGridEvaluation, L.LightningModule):
         logits, keys = logits_and_ffn_inputs(self.net, batch["input_ids"], self.layer)
         lp_lm = -scored(batch, token_nll(logits, batch["labels"])).double()
         dist, ids = self.searcher.search(scored(batch, keys).float(), self.knn.k)
-        lp_knn = label_log_prob(dist, ids, self.values[ids.clamp_min(0)], labels, self.knn.temperature)
-        metric.update(-interpolate(lp_lm, lp_knn, self.lambdas))
+        lp_knn = label_log_probs(dist, ids, self.values[ids.clamp_min(0)], labels, self.temperatures)  # [T, Q]
+        metric.update(torch.stack([-interpolate(lp_lm, lp, self.lambdas) for lp in lp_knn]))  # [T, Λ, Q]

@@ -58,10 +58,19 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
             pretrained one); default: the one matched to the decoder's rung.
         block: ``swiglu`` (RMSNorm) or ``gelu`` (LayerNorm) residual blocks; default: the one matched to the
             decoder's family (swiglu for Llama, gelu for GPT-2).
-        alpha: weight of KL(p_kNN ‖ p_mem) against the next-token cross-entropy (paper: 0.5).
+        alpha: weight of KL(p_kNN ‖ p_mem) against the next-token cross-entropy (paper: 0.5). At 0 the loss is
+            the cross-entropy alone and no targets are needed (the CE-only control).
         mode: ``online`` (keys recomputed by the decoder) or ``offline`` (keys read from the datastore).
-        init_head_from_decoder: start the memory's vocabulary head from the decoder's.
-        lr: peak learning rate (default: the matched decoder rung's).
+        init_head_from_decoder: start the memory's vocabulary head from the decoder's (default: at random, as
+            the paper's code does; a copied head starts the memory in the decoder's output space, which makes it
+            continued training of the decoder's head rather than a memory of its own).
+        dropout: dropout on each block's FFN output, train mode only (default 0.1, the paper's code: the memory
+            makes several passes over the datastore's rows, and dropout is what keeps it from memorising them
+            verbatim; 0 turns it off).
+        key_layer: the decoder layer whose FFN input the memory reads when no targets are given (the
+            cross-entropy-only control, ``alpha`` 0); with targets it is always their datastore's layer.
+        lr: peak learning rate (default: the matched decoder rung's: the memory rung is built to the matched
+            decoder's width and sees the same batches; the paper's 5e-4 was tuned for GPT-2-large widths).
         weight_decay: AdamW decay on matrices.
         betas: AdamW betas.
         warmup_fraction: share of steps spent warming up.
@@ -81,7 +90,8 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
 
     def __init__(self, decoder: str, size: str | None = None, block: Literal["swiglu", "gelu"] | None = None,
                  alpha: float = 0.5, mode: Literal["online", "offline"] = "online",
-                 init_head_from_decoder: bool = True, lr: float | None = OPTIM.lr,
+                 init_head_from_decoder: bool = False, dropout: float = 0.1, key_layer: int = -1,
+                 lr: float | None = OPTIM.lr,
                  weight_decay: float = OPTIM.weight_decay, betas: tuple[float, float] = OPTIM.betas,
                  warmup_fraction: float = OPTIM.warmup_fraction, min_lr_ratio: float = OPTIM.min_lr_ratio,
                  max_tokens: int | None = 2_000_000, lambdas: list[float] | None = None,
@@ -102,14 +112,15 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         size = size or matched_memory(dec.size_name if dec.size_name else _need_size(decoder)).name
         block = block or family_of(dec.net).memory_block
         if is_relative(size):
-            self.memory = MLPMemory(relative_memory_config(size, dec.net, block))
+            self.memory = MLPMemory(relative_memory_config(size, dec.net, block, dropout=dropout))
             self.lr = lr if lr is not None else PAPER_MEMORY_LR
         else:
-            self.memory = build_memory(size, dec.net.config.hidden_size, dec.net.config.vocab_size, block)
+            self.memory = build_memory(size, dec.net.config.hidden_size, dec.net.config.vocab_size, block,
+                                       dropout=dropout)
             self.lr = lr if lr is not None else get_size(get_memory_size(size).decoder).lr
         if init_head_from_decoder:
             self.memory.init_head_from(dec.net.get_output_embeddings().weight.detach())
-        self.layer = -1
+        self.layer = key_layer
 
     # -- set-up: bind to the data, its targets and the budget ------------------------------------
     def setup(self, stage: str) -> None:
@@ -127,9 +138,10 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
             self.targets_fingerprint, self.datastore_fingerprint = targets["fingerprint"], datastore["fingerprint"]
         if stage == "fit":
             if dm.targets is None:
-                raise UserError("MemoryLM needs kNN targets: pass --data.targets DIR (built by `mlpmem targets`)")
-            self._check_teacher(datastore)
-            self.layer = datastore["layer"]
+                self._setup_without_targets()
+            else:
+                self._check_teacher(datastore)
+                self.layer = datastore["layer"]
             dm.serve_keys = self.hparams.mode == "offline"
             self.tokens_per_step = tokens_per_step(self)
             decoder = forward_flops_of(self.decoder, dm.seq_len) if self.hparams.mode == "online" else 0
@@ -158,6 +170,15 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
             raise UserError("--model.mode offline reads the teacher's keys, not this decoder's: use --model.mode "
                             "online with --model.teacher true")
         self.teacher_fingerprint = source
+
+    def _setup_without_targets(self) -> None:
+        """Only the cross-entropy-only control (α = 0) trains without targets; it reads keys online."""
+        if self.hparams.alpha > 0:
+            raise UserError("MemoryLM needs kNN targets: pass --data.targets DIR (built by `mlpmem targets`), "
+                            "or --model.alpha 0 for the cross-entropy-only control")
+        if self.hparams.mode == "offline":
+            raise UserError("--model.mode offline reads the keys stored with the targets' datastore: pass "
+                            "--data.targets DIR or use --model.mode online")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # FiniteLossGuard: never a checkpoint of non-finite weights
@@ -208,7 +229,7 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = batch["keys"] if self.hparams.mode == "offline" else batch["input_ids"]
-        xs = (x, batch["labels"], batch["knn_ids"], batch["knn_probs"])
+        xs = (x, batch["labels"], *self._targets_of(batch))
         # the step graph replays forward, backward, clipping and the update (Lightning's are skipped: StepGraphHooks)
         out = self.step_graph(*xs) if self.step_graph is not None else self._step_losses(*xs)
         loss, kl, ce = out.unbind()
@@ -218,6 +239,22 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         if is_logging_step(self):
             self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
         return loss
+
+    @staticmethod
+    def _targets_of(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's sparse targets [B, S, K]; a batch without them (the CE-only control, α = 0) gets one pad per
+        row, which adds nothing to the (zero-weighted) KL."""
+        if "knn_ids" in batch:
+            return batch["knn_ids"], batch["knn_probs"]
+        labels = batch["labels"]
+        ids = torch.full((*labels.shape, 1), -1, dtype=torch.int64, device=labels.device)
+        return ids, torch.zeros(ids.shape, dtype=torch.float32, device=labels.device)
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{loss, kl, ce} of a training batch, as ``training_step`` computes them (without the step graph)."""
+        x = batch["keys"] if self.hparams.mode == "offline" else batch["input_ids"]
+        loss, kl, ce = self._step_losses(x, batch["labels"], *self._targets_of(batch)).unbind()
+        return {"loss": loss, "kl": kl, "ce": ce}
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self, list(self.memory.parameters()), self.lr, self.optim,

@@ -53,12 +53,15 @@ class MemoryConfig:
     block: str = "swiglu"  # swiglu (RMSNorm) | gelu (LayerNorm)
     norm_eps: float = 1e-5
     tie_head: bool = False  # head = the decoder's head, frozen (see init_head_from)
+    dropout: float = 0.0  # on each block's FFN output, train mode only (the paper's code: 0.1)
 
     def __post_init__(self) -> None:
         check_block(self.block)
         for name in ("input_dim", "d_model", "n_layer", "ffn", "vocab_size"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
                 raise UserError(f"memory {name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"memory dropout {self.dropout!r} must lie in [0, 1): fix --model.dropout")
 
 
 def _norm(cfg: MemoryConfig) -> nn.Module:
@@ -95,9 +98,10 @@ class Block(nn.Module):
         super().__init__()
         self.norm = _norm(cfg)
         self.mlp = SwiGLU(cfg.d_model, cfg.ffn) if cfg.block == "swiglu" else GeluMLP(cfg.d_model, cfg.ffn)
+        self.drop = nn.Dropout(cfg.dropout)  # identity in eval mode (and at p=0): evaluation is deterministic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mlp(self.norm(x))
+        return x + self.drop(self.mlp(self.norm(x)))
 
 
 class MLPMemory(nn.Module):
@@ -178,16 +182,16 @@ def memory_flops_per_token(cfg: MemoryConfig, train: bool = True) -> int:
 
 
 def memory_config(size_name: str, input_dim: int, vocab_size: int, block: str = "swiglu",
-                  tie_head: bool = False) -> MemoryConfig:
+                  tie_head: bool = False, dropout: float = 0.0) -> MemoryConfig:
     """The config of a memory-ladder rung (a projection appears if input_dim differs from its width)."""
     s = get_memory_size(size_name)
     return MemoryConfig(input_dim=input_dim, d_model=s.d_model, n_layer=s.n_layer, ffn=memory_ffn(s, block),
-                        vocab_size=vocab_size, block=block, tie_head=tie_head)
+                        vocab_size=vocab_size, block=block, tie_head=tie_head, dropout=dropout)
 
 
 def build_memory(size_name: str, input_dim: int, vocab_size: int, block: str = "swiglu",
-                 tie_head: bool = False) -> MLPMemory:
-    return MLPMemory(memory_config(size_name, input_dim, vocab_size, block, tie_head))
+                 tie_head: bool = False, dropout: float = 0.0) -> MLPMemory:
+    return MLPMemory(memory_config(size_name, input_dim, vocab_size, block, tie_head, dropout))
 
 
 # ---- export ------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int
 
     ``callbacks`` are added to every fit's Trainer (the sweep's Optuna pruning).
     """
-    archs = select(spec)
+    archs = [a for a in select(spec) if a.runs_at(spec, decoder_size)]  # controls run at their sizes only
     stages = Stages(spec, decoder_size, memory_size, seed, prepare_tokens(spec), callbacks, decoder_budget)
     stages.run_shared([stage for a in archs for stage in a.needs])
     results = []
@@ -67,7 +67,7 @@ def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int
     for split in SPLITS:
         for arch, accounting, scores in results:
             s = scores[split]
-            rows.append({**base, **accounting, "arch": arch.name, "lambda": s.lambda_, "split": split,
-                         "loss": s.loss, "ppl": math.exp(s.loss), **s.grid})
+            rows.append({**base, **accounting, "arch": arch.name, "lambda": s.lambda_, "temperature": s.temperature,
+                         "split": split, "loss": s.loss, "ppl": math.exp(s.loss), **s.grid})
     attrs = {**stages.attrs, **stages.times, **{f"{r['arch']}_{r['split']}_ppl": r["ppl"] for r in rows}}
     return rows, attrs

@@ -20,6 +20,8 @@ COLUMNS = (
     "study", "trial", "arch", "decoder_size", "memory_size", "params_decoder", "params_memory", "params_total",
     "train_tokens", "flops_train_total", "lambda", "split", "loss", "ppl", "seed",
 )
+# written by every sweep since issue #15, right after COLUMNS; not required on reading, so older tables still load
+RECIPE_COLUMNS = ("params_non_embedding", "temperature", "lr", "epochs")
 
 
 def write_results(rows: list[dict], path: str | Path) -> pd.DataFrame:
@@ -28,7 +30,8 @@ def write_results(rows: list[dict], path: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"results rows lack required columns {missing}")
-    df = df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
+    first = list(COLUMNS) + [c for c in RECIPE_COLUMNS if c in df.columns]
+    df = df[first + [c for c in df.columns if c not in first]]
     artifacts.atomic_write_text(path, df.to_csv(index=False))
     return df
 
@@ -58,7 +61,7 @@ NUMERIC = ("params_decoder", "params_memory", "params_total", "train_tokens", "f
 def _check_numbers(df: pd.DataFrame, path: Path) -> None:
     """Numbers where the schema has numbers, and a finite loss in every row: a fit that silently drops a row
     (NaN/inf loss) would disagree with report.md's row counts, so such rows are named and refused."""
-    for col in NUMERIC:
+    for col in NUMERIC + tuple(c for c in RECIPE_COLUMNS if c in df.columns):
         values = pd.to_numeric(df[col], errors="coerce")
         text = values.isna() & df[col].notna()
         if text.any():

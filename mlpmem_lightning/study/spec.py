@@ -36,6 +36,7 @@ class SweepSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     extra_points: list[dict[str, Any]] = field(default_factory=list)  # more (decoder_size, memory_size, seed)
     architectures: list[str] | None = None  # registry names to run (default: every registered architecture)
+    control_sizes: list[str] | None = None  # decoder sizes the CE-only control (mlp_memory_ce) runs at
     objective: str = "mlp_memory"  # the architecture whose valid loss is the trial's value
     out: str | None = None  # default runs/sweeps/<study>
     storage: str | None = None  # default sqlite:///<out>/optuna.db; "journal:PATH"; any RDB URL
@@ -59,6 +60,8 @@ class SweepSpec:
     alpha: float | list[float] = 0.5
     knn: dict[str, Any] = field(default_factory=dict)  # TargetSettings overrides (index, k, temperature, backend, ...)
     knn_eval_index: str | None = None  # index for kNN-LM evaluation (default: knn.index)
+    temperatures: list[float] | None = None  # kNN-LM's T grid, chosen with λ on valid (default 1/8, 1/4, ..., 1024)
+    targets_temperature_scale: float | None = 0.1  # targets' T = scale x median neighbour distance (knn/temperature.py)
     lambda_: float | None = None  # YAML key "lambda": fix λ instead of choosing it on valid
     prune: bool = False
     num_workers: int = 0  # DataLoader workers per fit/evaluation
@@ -131,6 +134,10 @@ class SweepSpec:
             check_search_keys(self.decoder_budgets, self.lr_search)
         for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
             get_size(s)
+        studied = {*self.decoder_sizes, *(p.get("decoder_size") for p in self.extra_points)}
+        if self.control_sizes is not None and not set(self.control_sizes) <= studied:
+            raise UserError(f"control_sizes {sorted(set(self.control_sizes) - studied)} are not decoder sizes of the "
+                            "study: list them in decoder_sizes (or extra_points) too")
         if self.memory_sizes != "matched":
             from mlpmem_lightning.models.base_memory import is_relative, ratio_of
 
@@ -140,6 +147,7 @@ class SweepSpec:
             raise UserError(f"sampler {self.sampler!r}: choose grid, random or tpe")
         if not 0 <= self.alpha <= 1 or (self.lambda_ is not None and not 0 <= self.lambda_ <= 1):
             raise UserError("alpha and lambda must lie in [0, 1]")
+        _check_temperatures(self.temperatures, self.targets_temperature_scale)
         bad = sorted(set(self.knn) - {f.name for f in fields(TargetSettings)})
         if bad:
             raise UserError(f"unknown knn keys {', '.join(bad)}: see `mlpmem targets --help`")
@@ -157,6 +165,11 @@ class SweepSpec:
     def knn_settings(self) -> TargetSettings:
         """The ``knn:`` keys over the shared defaults: the targets, and the kNN-LM (``knn_eval_index`` aside)."""
         return TargetSettings(**self.knn)
+
+    @property
+    def targets_scale(self) -> float | None:
+        """The scale of the targets' temperature rule, or None where ``knn: {temperature: T}`` fixes T."""
+        return None if "temperature" in self.knn else self.targets_temperature_scale
 
     @property
     def out_dir(self) -> Path:
@@ -186,6 +199,14 @@ class SweepSpec:
             if point not in points:
                 points.append(point)
         return [{**p, **combo} for p in points for combo in axes.combos(self)]
+
+
+def _check_temperatures(grid: list[float] | None, scale: float | None) -> None:
+    if grid is not None and (not isinstance(grid, list) or not grid
+                             or not all(isinstance(t, (int, float)) and t > 0 for t in grid)):
+        raise UserError(f"temperatures {grid!r} must be a non-empty list of numbers > 0 (or left out: 1/8 ... 1024)")
+    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+        raise UserError(f"targets_temperature_scale {scale!r} must be a number > 0 (or null: knn.temperature)")
 
 
 def _renamed(raw: dict[str, Any], path: Path) -> None:

@@ -129,14 +129,12 @@ class Stages:
                            self.store.fingerprint)
 
     def recipe(self) -> dict[str, Any]:
-        """Results columns on how the decoder was trained: its LR, epochs, and whether it converged for its budget."""
+        """Results columns on whether the decoder converged for its budget (its ``lr`` and ``epochs`` are every
+        architecture's own columns: ``study/columns.py``)."""
         from mlpmem_lightning.lightning.convergence import read_summary
-        from mlpmem_lightning.study.budget import epochs
 
         conv = read_summary(self.decoder_run)
-        lr = self.decoder_lr if self.spec.decoder_lr is not None else self.rung.lr
-        return {"lr": lr, "epochs": epochs(self.decoder_tokens, self.store.manifest["tokens"]["train"]),
-                "last10_improvement": conv.get("last10_improvement"), "converged": conv.get("converged")}
+        return {"last10_improvement": conv.get("last10_improvement"), "converged": conv.get("converged")}
 
     @cached_property
     def decoder_key(self) -> str:
@@ -158,7 +156,9 @@ class Stages:
     def targets_key(self) -> str:
         from dataclasses import asdict
 
-        return self.key(self.datastore_key, asdict(self.spec.knn_settings))
+        rule = self.spec.targets_scale  # the targets' T rule (knn/temperature.py) is part of what they are
+        return self.key(self.datastore_key, asdict(self.spec.knn_settings), *([{"temperature_scale": rule}] if rule
+                                                                                else []))
 
     @property
     def decoder_run(self) -> Path:
@@ -288,14 +288,16 @@ class Stages:
 
     def _targets(self) -> None:
         from mlpmem_lightning.knn.targets import build_targets, default_nlist
+        from mlpmem_lightning.knn.temperature import targets_settings
         from mlpmem_lightning.models.flops import search_flops
 
-        knn = self.spec.knn_settings  # carries the search backend (knn.backend)
-        manifest = build_targets(self.datastore_dir, self.targets_dir, knn)
+        knn = targets_settings(self.spec.knn_settings, self.spec.targets_scale, self.datastore_dir, self.targets_dir)
+        manifest = build_targets(self.datastore_dir, self.targets_dir, knn)  # knn carries the backend (knn.backend)
         nlist = knn.nlist or default_nlist(self.rows)
         self.flops["targets"] = search_flops(self.rows, self.rows, self.rung.d_model, knn.index, nlist, knn.nprobe)
         self.targets_fingerprint = manifest["fingerprint"]
-        self.attrs.update(flops_search=self.flops["targets"], targets_mass_kept_mean=manifest["mass_kept_mean"])
+        self.attrs.update(flops_search=self.flops["targets"], targets_mass_kept_mean=manifest["mass_kept_mean"],
+                          targets_temperature=manifest["temperature"])
 
     def shared_flops(self, needs: Sequence[str]) -> int:
         """FLOPs of the shared stages ``needs`` is built from: what an architecture spent before its own training."""

@@ -128,10 +128,18 @@ BASE = [
 
 def _catalogue() -> list[Case]:
     """The rows of #12 and before, then one list per area of the reliability issue (#13), each in its module."""
-    from tests.cli import cases_artifacts, cases_fit, cases_habits, cases_pretrained, cases_study, cases_workflow
+    from tests.cli import (
+        cases_artifacts,
+        cases_fit,
+        cases_habits,
+        cases_memory,
+        cases_pretrained,
+        cases_study,
+        cases_workflow,
+    )
 
     return (BASE + cases_fit.CASES + cases_artifacts.CASES + cases_study.CASES + cases_workflow.CASES
-            + cases_habits.CASES + cases_pretrained.CASES)
+            + cases_habits.CASES + cases_pretrained.CASES + cases_memory.CASES)
 
 
 def _cut_ckpt(t: Path, fx) -> Path:

@@ -160,3 +160,51 @@ def test_memory_step_graph_path_trains_the_same_weights(small_targets, small_dec
     a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
             for r in ("plain", "graph"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_head_starts_at_random_by_default_and_copying_is_an_option(small_decoder):
+    """The paper's default: the memory's head is its own (random) weights; ``init_head_from_decoder`` copies it."""
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+
+    head = load_decoder(small_decoder).net.get_output_embeddings().weight.detach()
+    torch.manual_seed(0)
+    fresh = MemoryLM(str(small_decoder))
+    assert fresh.memory.cfg.dropout == 0.1 and not fresh.hparams.init_head_from_decoder
+    assert fresh.memory.head_w.shape == head.shape and not torch.allclose(fresh.memory.head_w, head)
+    assert fresh.memory.head_w.std().item() == pytest.approx(0.02, rel=0.05)  # the memory's own init
+    copied = MemoryLM(str(small_decoder), init_head_from_decoder=True)
+    assert torch.equal(copied.memory.head_w, head)
+    import inspect
+
+    from mlpmem_lightning.study.architectures.mlp_memory import PAPER_MEMORY
+
+    defaults = inspect.signature(MemoryLM).parameters  # what a study's memory runs are keyed by
+    assert PAPER_MEMORY == {name: defaults[name].default for name in PAPER_MEMORY}
+
+
+def test_ce_only_control_trains_without_targets_and_its_loss_is_plain_cross_entropy(small_decoder, small_store,
+                                                                                     tmp_path):
+    """α = 0 needs no targets: fit runs with none, and the loss of a batch is the memory's next-token cross-entropy,
+    recomputed by hand in float64; an α > 0 memory still refuses to fit without targets."""
+    from mlpmem_lightning.lightning.memory_lm import MemoryLM
+
+    args = mem_args("fit", small_decoder, small_store, "x", tmp_path / "ce", "--model.alpha", "0",
+                    "--model.max_tokens", str(3 * 16 * SEQ))
+    i = args.index("--data.targets")
+    cli = run_cli(args[:i] + args[i + 2:])
+    assert cli.trainer.global_step == 3 and cli.model.targets_fingerprint is None
+    model = MemoryLM.load_from_checkpoint(tmp_path / "ce" / "checkpoints" / "last.ckpt").eval()
+    windows = LMDataModule(str(small_store), seq_len=SEQ).windows("train")
+    batch = windows.__getitems__([0, 3, 9])
+    for loss in ("sparse", "fused"):
+        model.hparams.loss = loss
+        out = model.losses(batch)
+        with torch.no_grad():
+            keys = ffn_inputs(model.decoder, batch["input_ids"], -1)
+            logp = torch.log_softmax(model.memory(keys.float()).double(), -1)
+        want = -logp.gather(-1, batch["labels"][..., None]).mean().item()
+        assert out["loss"].item() == pytest.approx(want, rel=1e-5) and out["kl"].item() == 0.0
+    refused = mem_args("fit", small_decoder, small_store, "x", tmp_path / "kl", "--model.alpha", "0.5")
+    i = refused.index("--data.targets")
+    with pytest.raises(UserError, match="alpha 0 for the cross-entropy-only control"):
+        run_cli(refused[:i] + refused[i + 2:])

@@ -211,3 +211,26 @@ def test_bad_exports_and_names_are_user_errors(tmp_path):
         memory_config("mem-200k", 64, 100, block="relu")
     with pytest.raises(UserError, match="positive integer"):
         MemoryConfig(input_dim=16, d_model=0, n_layer=1, ffn=32, vocab_size=30)
+
+
+def test_dropout_acts_in_train_mode_only():
+    """Eval mode (and p = 0) is the network without dropout, recomputed by hand in float64; train mode with p > 0
+    drops units (outputs differ between two calls) and is not the eval output."""
+    h = torch.randn(6, 32, dtype=torch.float64)
+    torch.manual_seed(0)
+    net = build_memory("mem-200k", input_dim=32, vocab_size=50, dropout=0.1).double()
+    assert net.cfg.dropout == 0.1
+    x = net.proj(h) if net.proj is not None else h
+    for block in net.blocks:  # x + FFN(Norm(x)) with no dropout at all
+        x = x + block.mlp(block.norm(x))
+    reference = net.norm(x) @ net.head_w.T
+    net.eval()
+    torch.testing.assert_close(net(h), reference)
+    net.train()
+    a, b = net(h), net(h)
+    assert not torch.allclose(a, b) and not torch.allclose(a, reference)
+    off = build_memory("mem-200k", input_dim=32, vocab_size=50, dropout=0.0).double().train()
+    off.load_state_dict(net.state_dict())  # dropout has no weights: the same state dict
+    torch.testing.assert_close(off(h), reference)
+    with pytest.raises(UserError, match="dropout"):
+        build_memory("mem-200k", input_dim=32, vocab_size=50, dropout=1.0)

@@ -32,10 +32,10 @@ pytestmark = pytest.mark.integration  # runs whole stages end to end
 # ----------------------------------------------------------------------------------------------
 
 def test_the_shipped_registry():
-    assert architectures.names() == ("decoder", "knn_lm", "mlp_memory")
+    assert architectures.names() == ("decoder", "knn_lm", "mlp_memory", "mlp_memory_ce")
     assert architectures.baseline().name == "decoder"
     assert {a.name: a.module for a in architectures.registered()} == {
-        "decoder": "DecoderLM", "knn_lm": "KNNLM", "mlp_memory": "MemoryLM"}
+        "decoder": "DecoderLM", "knn_lm": "KNNLM", "mlp_memory": "MemoryLM", "mlp_memory_ce": "MemoryLM"}
     assert architectures.get("mlp_memory").imitates == "knn_lm"
 
 
@@ -47,14 +47,15 @@ def test_registry_refuses_duplicates_a_second_baseline_and_unknown_names():
         architectures.register(Architecture("other", "other", "k", "o", "DecoderLM", baseline=True))
     with pytest.raises(ValueError, match="imitates 'nothing'"):
         architectures.register(Architecture("copy", "copy", "k", "o", "DecoderLM", imitates="nothing"))
-    with pytest.raises(UserError, match="unknown architecture 'rag': choose from decoder, knn_lm, mlp_memory"):
+    with pytest.raises(UserError, match="unknown architecture 'rag': choose from decoder, knn_lm, mlp_memory, mlp_mem"):
         architectures.get("rag")
-    assert architectures.names() == ("decoder", "knn_lm", "mlp_memory")
+    assert architectures.names() == ("decoder", "knn_lm", "mlp_memory", "mlp_memory_ce")
 
 
 def test_unregistered_rows_get_a_stand_in_and_come_last():
     assert architectures.style("rag").label == "rag"
-    assert architectures.ranked(["rag", "mlp_memory", "decoder"]) == ["decoder", "knn_lm", "mlp_memory", "rag"]
+    assert architectures.ranked(["rag", "mlp_memory", "decoder"]) == [
+        "decoder", "knn_lm", "mlp_memory", "mlp_memory_ce", "rag"]
 
 
 def test_shared_stages_pull_in_what_they_are_built_from():

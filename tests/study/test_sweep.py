@@ -63,7 +63,7 @@ def test_shipped_specs_load(name):
     from mlpmem_lightning.study.pipeline import select
 
     spec = SweepSpec.load(SWEEPS / name)
-    assert [a.name for a in select(spec)] == ["decoder", "knn_lm", "mlp_memory"]
+    assert [a.name for a in select(spec)] == ["decoder", "knn_lm", "mlp_memory", "mlp_memory_ce"]
 
 
 def test_knn_backend_is_read_as_knn_backend(tmp_path):
@@ -72,7 +72,7 @@ def test_knn_backend_is_read_as_knn_backend(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"architectures": ["decoder", "rag"]}, "unknown architecture 'rag': choose from decoder, knn_lm, mlp_memory"),
+    ({"architectures": ["decoder", "rag"]}, "unknown architecture 'rag': choose from decoder, knn_lm, mlp_memory, ml"),
     ({"architectures": ["decoder", "knn_lm"]}, "objective 'mlp_memory' is not among the study's architectures"),
     ({"architectures": []}, "architectures is empty"),
 ])

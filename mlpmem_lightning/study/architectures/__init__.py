@@ -15,6 +15,7 @@ from mlpmem_lightning.study.architectures.base import Architecture, Own, Score, 
 from mlpmem_lightning.study.architectures.decoder import DECODER
 from mlpmem_lightning.study.architectures.knn_lm import KNN_LM
 from mlpmem_lightning.study.architectures.mlp_memory import MLP_MEMORY
+from mlpmem_lightning.study.architectures.mlp_memory_ce import MLP_MEMORY_CE
 
 __all__ = ["Architecture", "Own", "Score", "baseline", "get", "lambda_grid_scores", "names", "ranked", "register",
            "registered", "style", "unregister"]
@@ -74,3 +75,4 @@ def ranked(present: Iterable[str] = ()) -> list[str]:
 register(DECODER)
 register(KNN_LM)
 register(MLP_MEMORY)
+register(MLP_MEMORY_CE)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlpmem_lightning.study.spec import SweepSpec
 from mlpmem_lightning.study.stages import Stages
 
 SPLITS = ("valid", "test")
@@ -25,6 +26,7 @@ class Score:
     loss: float
     lambda_: float = 0.0
     grid: dict[str, float] = field(default_factory=dict)  # ppl per λ (``ppl_lambda_*``): λ curves, per-run table
+    temperature: float | None = None  # the kNN T it used (kNN-LM: chosen on valid; memory: its targets'); None: none
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Own:
     params: int = 0
     tokens: int = 0
     flops: int = 0
+    non_embedding: int = 0  # its non-embedding parameters (the memory's: everything but the vocabulary head)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class Architecture:
     imitates: str | None = None  # the architecture it is trained to imitate: compared with it on the same decoder
     short: str = ""  # a short name for files (default: ``name``)
 
+    def runs_at(self, spec: SweepSpec, decoder_size: str) -> bool:
+        """Whether a trial of this decoder size runs it (every size, unless an architecture says otherwise)."""
+        return True
+
     def fit(self, stages: Stages) -> Own:
         """Train what is the architecture's own (the shared stages have run); record its attributes."""
         return Own()
@@ -63,9 +70,13 @@ class Architecture:
     def account(self, stages: Stages, own: Own) -> dict[str, Any]:
         """Parameters, tokens and FLOPs of everything spent to produce it: the shared stages it is built on
         (decoder training, datastore pass, search for the targets) and its own training."""
+        from mlpmem_lightning.study.columns import row_columns
+
+        tokens = stages.decoder_tokens + own.tokens
         return {"memory_size": own.memory_size, "params_memory": own.params,
-                "params_total": stages.params_decoder + own.params, "train_tokens": stages.decoder_tokens + own.tokens,
-                "flops_train_total": stages.shared_flops(self.needs) + own.flops}
+                "params_total": stages.params_decoder + own.params, "train_tokens": tokens,
+                "flops_train_total": stages.shared_flops(self.needs) + own.flops,
+                **row_columns(stages, own.non_embedding, tokens)}
 
 
 def lambda_grid_scores(stages: Stages, model: dict[str, Any], root: Path, data: dict[str, Any] | None = None,

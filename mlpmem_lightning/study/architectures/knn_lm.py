@@ -1,16 +1,19 @@
 """kNN-LM (Khandelwal et al. 2020): the trial's decoder mixed with a search over its train-split datastore.
 
 Nothing is trained beyond the decoder; the datastore pass counts towards its training compute (the search
-happens at inference). Neighbours are found and weighted with the spec's ``knn:`` settings, the same ones
-that built the memory's targets; ``knn_eval_index`` may pick another index for evaluation.
+happens at inference). Neighbours are found with the spec's ``knn:`` settings, the same ones that built the
+memory's targets; ``knn_eval_index`` may pick another index for evaluation. The temperature is chosen with λ on
+valid from the spec's ``temperatures`` grid (default 1/8 … 1024, a factor 2 apart) in one pass; test runs at the
+chosen (T, λ), and both rows record T.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 from mlpmem_lightning.knn.settings import KNNSettings
-from mlpmem_lightning.study.architectures.base import Architecture, Score, lambda_grid_scores
+from mlpmem_lightning.study.architectures.base import Architecture, Score
 from mlpmem_lightning.study.stages import Stages
 
 
@@ -21,9 +24,26 @@ class KNNLanguageModel(Architecture):
         model = {"class_path": self.module, "init_args": {
             "decoder": str(stages.decoder_run), "datastore": str(stages.datastore_dir),
             **search, "index": spec.knn_eval_index or knn.index}}
+        from mlpmem_lightning.lightning.temperature_grid import DEFAULT_TEMPERATURES
+
+        grid = [float(t) for t in (spec.temperatures or DEFAULT_TEMPERATURES)]
+        model["init_args"]["temperatures"] = grid
         root = stages.out / "knnlm" / f"{stages.tag}-{stages.key(stages.datastore_key, model)}"
         with stages.exclusive(root), stages.timed("knn_lm_eval"):  # trials of one decoder take turns
-            return lambda_grid_scores(stages, model, root)
+            return temperature_grid_scores(stages, model, root, grid)
+
+
+def temperature_grid_scores(stages: Stages, model: dict, root: Path, grid: list[float]) -> dict[str, Score]:
+    """Validate over the (T, λ) grid in one pass, choose both there (λ unless the spec fixes it), test at them."""
+    valid = stages.run("validate", model, root)
+    # logged in float32: the grid point itself is the T test runs at (and the one results.csv records)
+    t = min(grid, key=lambda g: abs(g - valid["val/temperature"]))
+    lam = stages.spec.lambda_ if stages.spec.lambda_ is not None else round(valid["val/best_lambda"], 6)
+    at = {**model, "init_args": {**model["init_args"], "temperatures": [t], "lambda_": lam}}
+    test = stages.run("test", at, root)
+    curves = {k.split("/", 1)[1]: v for k, v in valid.items() if k.startswith(("val/ppl_lambda_", "val/ppl_T_"))}
+    return {"valid": Score(valid["val/loss"], valid["val/lambda"], curves, t),
+            "test": Score(test["test/loss"], test["test/lambda"], temperature=t)}
 
 
 KNN_LM = KNNLanguageModel(name="knn_lm", label="kNN-LM", colour="tab:orange", marker="s", module="KNNLM",

@@ -1,0 +1,33 @@
+"""Results columns every architecture's rows carry besides its scores (DESIGN.md "Results table"):
+``params_non_embedding``, ``lr`` and ``epochs``. ``temperature`` comes with the scores (``Score.temperature``).
+
+Why these: at vocabulary 16384 the non-embedding share of a small decoder is 9–43%, so fits on total parameters
+alone distort the ladder; the learning rate and the passes over the data say how each run was trained, which a
+reader needs to judge whether the baseline was tuned and whether it repeated its data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlpmem_lightning.study.stages import Stages
+
+
+def decoder_lr(stages: Stages) -> float:
+    """The decoder's peak learning rate: the one its fit was given (spec or shipped rung config), else the rung's."""
+    lr = stages.decoder_model.get("init_args", {}).get("lr")
+    return float(lr) if lr is not None else float(stages.rung.lr)
+
+
+def train_split_tokens(stages: Stages) -> int:
+    return int(len(stages.store.split("train")))
+
+
+def row_columns(stages: Stages, memory_non_embedding: int, train_tokens: int) -> dict[str, Any]:
+    """``params_non_embedding`` (the decoder's, plus the memory's), ``lr`` (the decoder's) and ``epochs``
+    (``train_tokens`` over the train split's tokens: every pass the row's models made, decoder and memory)."""
+    from mlpmem_lightning.models.ladder import non_embedding_params
+
+    return {"params_non_embedding": non_embedding_params(stages.rung, stages.family) + memory_non_embedding,
+            "lr": decoder_lr(stages), "epochs": train_tokens / train_split_tokens(stages)}
