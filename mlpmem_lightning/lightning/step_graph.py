@@ -98,7 +98,10 @@ class GraphedTrainStep:
             p.grad = None  # captured backward allocates the gradients in the graph's pool
         graph = torch.cuda.CUDAGraph()
         try:
-            with _capture_autocast(), torch.cuda.graph(graph):
+            # thread_local: the DataLoader's pin-memory thread keeps pinning the next batch during capture, which
+            # the default (global) mode forbids (a memory fit of the GPU smoke sweep died of it: "operation not
+            # permitted when stream is capturing", raised in the pin-memory thread)
+            with _capture_autocast(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = self.loss_of(*static_in)
                 _loss_part(out).backward()
                 if self.after_backward is not None:
