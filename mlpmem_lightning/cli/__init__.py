@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from mlpmem_lightning.cli import pretrained, stages, study, tools
 from mlpmem_lightning.cli.argtypes import Parser
 from mlpmem_lightning.cli.command import Command
+from mlpmem_lightning.cli.help_cache import asks_for_help, cached_help
 from mlpmem_lightning.core.errors import EXIT_USER_ERROR, UserError
 
 LIGHTNING_COMMANDS = {"fit": "train a model", "validate": "evaluate on valid", "test": "evaluate on test"}
@@ -29,10 +30,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
     try:
-        if argv and argv[0] in LIGHTNING_COMMANDS:
-            from mlpmem_lightning.cli.lightning import run_cli
-
-            run_cli(argv)
+        if argv and argv[0] in LIGHTNING_COMMANDS and asks_for_help(argv):
+            print(cached_help(argv, lambda: _run_lightning(argv)), end="")
+        elif argv and argv[0] in LIGHTNING_COMMANDS:
+            _run_lightning(argv)
         else:
             parser = build_parser(argv[0] if argv else "")  # only the asked command's options: --help stays fast
             args = parser.parse_args(argv)
@@ -51,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> None:
               "the same command again (finished artifacts are reused, the partial one is resumed or rebuilt)",
               file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def _run_lightning(argv: list[str]) -> None:
+    from mlpmem_lightning.cli.lightning import run_cli
+
+    run_cli(argv)
 
 
 def _setup_logging() -> None:
