@@ -45,13 +45,22 @@ def select(spec: SweepSpec) -> list[Architecture]:
     return [a for a in architectures.registered() if a.name in chosen]
 
 
+def runs_at_budget(arch: Architecture, spec: SweepSpec, decoder_budget: float | None) -> bool:
+    """Whether ``arch`` runs on the decoder of this budget: at the largest of ``decoder_budgets`` every architecture
+    does, at a smaller one only the baseline. The smaller budgets are there for the decoder-only compute frontier
+    (what "matched compute" compares with); a datastore, targets, kNN-LM and memory per budget would double the
+    study's most expensive stages, and the report pairs architectures at the largest budget."""
+    budgets = spec.decoder_budgets
+    return decoder_budget is None or not budgets or decoder_budget == max(budgets) or arch.baseline
+
+
 def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int, callbacks: Sequence[Callback] = (),
                  decoder_budget: float | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Rows of the results table for this trial, and its attributes (sizes, tokens, FLOPs and seconds per stage).
 
     ``callbacks`` are added to every fit's Trainer (the sweep's Optuna pruning).
     """
-    archs = [a for a in select(spec) if a.runs_at(spec, decoder_size)]  # controls run at their sizes only
+    archs = [a for a in select(spec) if a.runs_at(spec, decoder_size) and runs_at_budget(a, spec, decoder_budget)]
     stages = Stages(spec, decoder_size, memory_size, seed, prepare_tokens(spec), callbacks, decoder_budget)
     stages.run_shared([stage for a in archs for stage in a.needs])
     results = []

@@ -203,3 +203,21 @@ def test_lr_search_on_a_tiny_cpu_problem_records_resumes_and_is_reused(small_sto
     assert bool(df.loc[df["chosen"], "at_edge"].iloc[0]) == (best in (min(losses), max(losses)))
     monkeypatch.setattr(Stages, "run_shared", lambda *a: pytest.fail("a finished trial ran again"))
     assert pd.read_csv(lr_runner.run_lr_search(spec), float_precision="round_trip").equals(df)
+
+
+def test_smaller_budgets_run_the_baseline_alone():
+    """The frontier needs decoder-only runs at every budget; the kNN-LM, the memory and the control are built on the
+    largest budget's decoder only (their datastore and targets are the study's most expensive stages)."""
+    import dataclasses
+
+    from mlpmem_lightning.study import architectures
+    from mlpmem_lightning.study.pipeline import runs_at_budget
+    from mlpmem_lightning.study.spec import SweepSpec
+    from tests.helpers import ROOT
+
+    spec = dataclasses.replace(SweepSpec.load(ROOT / "sweeps" / "demo.yaml"), decoder_budgets=[0.5, 1.0])
+    every = [a.name for a in architectures.registered()]
+    assert [a.name for a in architectures.registered() if runs_at_budget(a, spec, 1.0)] == every
+    assert [a.name for a in architectures.registered() if runs_at_budget(a, spec, 0.5)] == ["decoder"]
+    assert all(runs_at_budget(a, dataclasses.replace(spec, decoder_budgets=None), None)
+               for a in architectures.registered())
