@@ -60,7 +60,7 @@ def relative_shape(size: str, d_model: int, base_layers: int, base_non_embedding
     return n_layer, max(m, m * round((target - b) / a / m)), int(target)
 
 
-def relative_memory_config(size: str, net: nn.Module, block: str = "swiglu"):
+def relative_memory_config(size: str, net: nn.Module, block: str = "swiglu", dropout: float = 0.0):
     """The :class:`~.memory.MemoryConfig` of the base-relative memory ``size`` for the decoder ``net``."""
     from mlpmem_lightning.models.memory import MemoryConfig
 
@@ -68,7 +68,7 @@ def relative_memory_config(size: str, net: nn.Module, block: str = "swiglu"):
     n_layer, ffn, _ = relative_shape(size, cfg.hidden_size, cfg.num_hidden_layers, base_non_embedding_params(net),
                                      block)
     return MemoryConfig(input_dim=cfg.hidden_size, d_model=cfg.hidden_size, n_layer=n_layer, ffn=ffn,
-                        vocab_size=cfg.vocab_size, block=block)
+                        vocab_size=cfg.vocab_size, block=block, dropout=dropout)
 
 
 def relative_config_for_rung(size: str, rung, family: str, vocab_size: int, block: str = "swiglu"):

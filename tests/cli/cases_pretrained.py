@@ -34,7 +34,7 @@ CASES: list = [
          lambda t, fx: ["datastore", "--decoder", str(_foreign_tokenizer_decoder(t, fx)), "--data", str(fx.store),
                         "--seq-len", "128", "--out", str(t / "ds")]),
     Case("memory", "targets of another decoder without --model.teacher", "or --model.teacher true",
-         lambda t, fx: _memory_fit(t, fx, _student(t, fx))),
+         lambda t, fx: _memory_fit(t, fx, _student(t, fx), "--model.size", "x0.5")),
     Case("memory", "a base-relative memory size that is not a positive ratio", "not a positive ratio",
          lambda t, fx: _memory_fit(t, fx, _student(t, fx), "--model.size", "x0")),
 ]

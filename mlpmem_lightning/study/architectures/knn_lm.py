@@ -43,7 +43,9 @@ def temperature_grid_scores(stages: Stages, model: dict, root: Path, grid: list[
     test = stages.run("test", at, root)
     curves = {k.split("/", 1)[1]: v for k, v in valid.items() if k.startswith(("val/ppl_lambda_", "val/ppl_T_"))}
     return {"valid": Score(valid["val/loss"], valid["val/lambda"], curves, t),
-            "test": Score(test["test/loss"], test["test/lambda"], temperature=t)}
+            # the test pass's λ grid (at the chosen T): the report's λ = 0.25 and λ = 1 columns, never to choose
+            "test": Score(test["test/loss"], test["test/lambda"],
+                          {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("test/ppl_lambda_")}, t)}
 
 
 KNN_LM = KNNLanguageModel(name="knn_lm", label="kNN-LM", colour="tab:orange", marker="s", module="KNNLM",
