@@ -75,7 +75,8 @@ class ConvergenceMonitor(L.Callback):
         self.losses.append(float(value))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and trainer.max_steps > 0 and not trainer.fast_dev_run:  # a dry run writes nothing
+        dry = getattr(trainer, "fast_dev_run", False)  # a dry run writes nothing
+        if trainer.is_global_zero and trainer.max_steps > 0 and not dry:
             data = summary(self.steps, self.losses, trainer.max_steps, self.threshold)
             atomic_write_text(Path(trainer.default_root_dir) / FILE, json.dumps(data, indent=1))
 
