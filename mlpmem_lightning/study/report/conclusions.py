@@ -83,9 +83,13 @@ def _fitted_conclusion(matched: pd.DataFrame, fits: dict, arch: str, comparison:
             f"{fmt_x(inside['x'].max(), axis)}; Δ {span(inside['delta'], '+.3f')} nats/token; {claim}).")
 
 
+def _method_rows(matched: pd.DataFrame, method: str, arch: str, comparison: str) -> pd.DataFrame:
+    """The matched comparisons of one method (``direct``, ``frontier``) for one architecture and comparison."""
+    return matched[(matched["method"] == method) & (matched["arch"] == arch) & (matched["comparison"] == comparison)]
+
+
 def _direct_conclusion(matched: pd.DataFrame, arch: str, comparison: str) -> str | None:
-    rows = matched[(matched["method"] == "direct") & (matched["arch"] == arch) &
-                   (matched["comparison"] == comparison)]
+    rows = _method_rows(matched, "direct", arch, comparison)
     if rows.empty:
         return None
     lower = int((rows["delta"] < 0).sum())
@@ -94,8 +98,7 @@ def _direct_conclusion(matched: pd.DataFrame, arch: str, comparison: str) -> str
 
 
 def _frontier_conclusion(matched: pd.DataFrame, arch: str, comparison: str) -> str | None:
-    rows = matched[(matched["method"] == "frontier") & (matched["arch"] == arch) &
-                   (matched["comparison"] == comparison)]
+    rows = _method_rows(matched, "frontier", arch, comparison)
     if rows.empty:
         return None
     on, beyond = rows[~rows["extrapolated"].astype(bool)], rows[rows["extrapolated"].astype(bool)]
