@@ -72,12 +72,23 @@ def _yaml(value: object) -> str:
 def args_lr_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, type=Path,
                    help="sweep spec: its decoder_sizes, data and trainer; lr_search: {grid, max_extensions, budget}")
+    from mlpmem_lightning.cli.argtypes import int_at_least
+
+    p.add_argument("--workers", type=int_at_least(1), default=1,
+                   help="fits at once, sharing (on a GPU, 1/N of its memory each) one device: the grid of every rung, "
+                        "then each rung's extensions; logs in <out>/<study>/workers/lr-*.log")
+    p.add_argument("--size", help="search only this rung of the spec's decoder_sizes")
+    p.add_argument("--lr", type=float, help="with --size: fit only this LR of the grid (a --workers task)")
 
 
 def cmd_lr_search(args: argparse.Namespace) -> None:
+    from mlpmem_lightning.core.errors import UserError
     from mlpmem_lightning.study.lr_runner import run_lr_search
 
-    print(f"learning rates: {run_lr_search(args.config)} (reuse: decoder_lr: {{from: PATH}})")
+    if args.lr is not None and args.size is None:
+        raise UserError("--lr fits one grid point of one rung: name it with --size")
+    path = run_lr_search(args.config, workers=args.workers, size=args.size, lr=args.lr)
+    print(f"learning rates: {path} (reuse: decoder_lr: {{from: PATH}})")
 
 
 def args_report(p: argparse.ArgumentParser) -> None:

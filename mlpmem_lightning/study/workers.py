@@ -31,6 +31,32 @@ def limit_gpu_memory() -> None:
         torch.cuda.set_per_process_memory_fraction(float(share))
 
 
+def run_processes(commands: list[list[str]], workers: int, logs: Path, prefix: str) -> None:
+    """Run ``mlpmem COMMAND…`` for each of ``commands``, ``workers`` at a time, each with 1/``workers`` of the GPU's
+    memory and its log in ``logs/<prefix><i>.log``. A pool of subprocesses rather than concurrent.futures' process
+    pool: each task is a whole CLI run with its own CUDA context and log, as a user would start it by hand.
+
+    Raises the one-line error naming the logs of the tasks that failed, once all have ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, FRACTION_ENV: f"{1.0 / workers:.6f}"}
+
+    def one(i: int) -> int:
+        with (logs / f"{prefix}{i}.log").open("ab") as log:
+            log.write(f"$ mlpmem {' '.join(commands[i])}\n".encode())
+            log.flush()
+            return subprocess.run([sys.executable, "-m", "mlpmem_lightning.cli", *commands[i]], stdout=log,
+                                  stderr=subprocess.STDOUT, env=env).returncode
+
+    with ThreadPoolExecutor(workers) as pool:  # threads only wait on their process
+        codes = list(pool.map(one, range(len(commands))))
+    failed = [str(logs / f"{prefix}{i}.log") for i, c in enumerate(codes) if c != 0]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(commands)} processes failed: see {', '.join(failed)}; "
+                        "run the same command again to resume")
+
+
 def run_workers(spec_path: Path, workers: int, logs: Path, flags: list[str] = ()) -> list[Path]:
     """Run ``workers`` processes of ``mlpmem sweep --config spec_path [flags]`` (the command's ``--set``, ``--out``,
     ``--storage``); their logs go to ``logs/worker<i>.log``.

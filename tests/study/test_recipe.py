@@ -205,6 +205,30 @@ def test_lr_search_on_a_tiny_cpu_problem_records_resumes_and_is_reused(small_sto
     assert pd.read_csv(lr_runner.run_lr_search(spec), float_precision="round_trip").equals(df)
 
 
+@pytest.mark.slow
+def test_lr_search_workers_fit_the_same_points_as_one_process(small_store, tmp_path):
+    """``--workers 2``: the grid's fits run as separate processes, then each rung's extensions; the record holds the
+    very LRs and losses a single process finds (the fits are deterministic on CPU)."""
+    import yaml
+
+    def spec(name: str):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "study": "lr", "decoder_sizes": ["n0.1m", "n0.2m"], "out": str(tmp_path / name),
+            "token_store": str(small_store), "prepare": {"vocab_size": 4096, "max_documents": 2000}, "seq_len": 32,
+            "batch_size": 4, "eval_batch_size": 64,
+            "lr_search": {"grid": [1e-4, 1e-3, 1e-2], "max_extensions": 1, "budget": 0.0002}}))
+        return path
+
+    keys = ["decoder_size", "lr", "val_loss", "chosen"]
+    serial = pd.read_csv(lr_runner.run_lr_search(spec("serial")), float_precision="round_trip")[keys]
+    parallel = pd.read_csv(lr_runner.run_lr_search(spec("parallel"), workers=2), float_precision="round_trip")[keys]
+    sort = ["decoder_size", "lr"]
+    pd.testing.assert_frame_equal(parallel.sort_values(sort).reset_index(drop=True),
+                                  serial.sort_values(sort).reset_index(drop=True), rtol=1e-5)
+    assert len(list((tmp_path / "parallel" / "lr" / "workers").glob("lr-*.log"))) >= 6  # 6 grid fits, 2 rungs
+
+
 def test_smaller_budgets_run_the_baseline_alone():
     """The frontier needs decoder-only runs at every budget; the kNN-LM, the memory and the control are built on the
     largest budget's decoder only (their datastore and targets are the study's most expensive stages)."""
