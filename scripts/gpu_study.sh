@@ -1,26 +1,32 @@
 #!/bin/bash
-# The GPU study (sweeps/mixed-english-gpu.yaml), resumable across machine leases:
-#   bash scripts/gpu_study.sh SECONDS
-# runs the sweep for at most SECONDS (then SIGKILL: the unfinished trial is re-run next time), starting from
-# .carry/study/optuna.db when a previous lease left one, and copies the storage, results.csv, trials.csv and
-# the training logs to $OUT. The token store is .carry/mixed-english (`mlpmem prepare --corpus mixed-english
-# --vocab-size 16384`), prepared where the registries are reachable.
+# The scaling study of issue #15 (sweeps/scaling-h200.yaml) on one H200, resumable across calls and leases:
+#   bash scripts/gpu_study.sh SECONDS            # the sweep, 4 workers sharing the GPU
+#   LR_SEARCH=1 bash scripts/gpu_study.sh SECONDS  # first the LR search again (7 processes), then the sweep
+# Carry .whl (make wheels), scripts, and .carry/mixed-english (`mlpmem prepare --corpus mixed-english --vocab-size
+# 16384 --out .carry/mixed-english`, where the registries are reachable); a warm machine keeps runs/ between calls,
+# a fresh one resumes the Optuna storage from .carry/state/ (what an earlier call's study.tgz held). Stops every
+# process after SECONDS (the unfinished trials are failed and re-queued on resume) and packs the tables, storages,
+# logs and convergence summaries (no checkpoints, datastores or targets) into $OUT/study.tgz.
 set -u
 source scripts/gpu_setup.sh
-study=runs/sweeps/mixed-english-gpu
-mkdir -p $study
-[ -d $study/tokens ] || cp -r .carry/mixed-english $study/tokens
-[ -f .carry/study/optuna.db ] && cp .carry/study/optuna.db $study/
-if [ -d .carry/wiki-summaries ]; then  # one-minute check of every GPU stage first
-  mkdir -p runs/sweeps/gpu-smoke && cp -r .carry/wiki-summaries runs/sweeps/gpu-smoke/tokens
-  t0=$(date +%s); $MLPMEM sweep --config sweeps/gpu-smoke.yaml > "$OUT/smoke.log" 2>&1
-  echo "smoke exit $? in $(( $(date +%s) - t0 )) s"; cat runs/sweeps/gpu-smoke/gpu-smoke/results.csv runs/sweeps/gpu-smoke/gpu-smoke/trials.csv \
-    || { grep -v Warn "$OUT/smoke.log" | tail -30; exit 1; }
+END=$(( $(date +%s) + ${1:-540} ))
+left() { echo $(( END - $(date +%s) )); }
+O=runs/sweeps/scaling-h200
+mkdir -p $O/scaling-h200-lr
+[ -e $O/tokens ] || cp -r .carry/mixed-english $O/tokens
+[ -e $O/optuna.db ] || [ ! -e .carry/state/optuna.db ] || cp .carry/state/optuna.db $O/
+if [ -n "${LR_SEARCH:-}" ] && [ ! -e $O/lr.done ]; then
+  echo "lr-search start $(date +%T)"
+  timeout $(left) $MLPMEM lr-search --config sweeps/scaling-h200-lr.yaml --workers 7 >> $O/lr-search.log 2>&1 && touch $O/lr.done
+  echo "lr-search end $(date +%T)"; grep -v "^\[I" $O/lr-search.log | tail -10 | cut -c1-300
 fi
-start=$(date +%s)
-timeout -s KILL "${1:-540}" $MLPMEM sweep --config sweeps/mixed-english-gpu.yaml > "$OUT/sweep.log" 2>&1
-echo "sweep exit $? after $(( $(date +%s) - start )) s"
-cp $study/optuna.db $study/mixed-english-gpu/results.csv $study/mixed-english-gpu/trials.csv "$OUT"/ 2>/dev/null
-(cd $study && find . -name metrics.csv -o -name hparams.yaml | tar czf "$OUT/logs.tgz" -T -)
-grep -E "failed|Error|error:" "$OUT/sweep.log" | grep -v Warning | tail -5
-df -h . | tail -1
+if [ $(left) -gt 40 ]; then
+  echo "sweep start $(date +%T)"
+  timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers 4 >> $O/sweep.log 2>&1
+  echo "sweep end $(date +%T)"; tail -5 $O/sweep.log | cut -c1-300
+fi
+pkill -f mlpmem_lightning.cli; sleep 2
+grep -h "^trial" $O/scaling-h200/workers/*.log 2>/dev/null | cut -c1-400 | tail -20
+tar czf $OUT/study.tgz --exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="$O/datastores" \
+  --exclude="$O/targets" --exclude=.locks $O
+ls -la $OUT

@@ -68,3 +68,49 @@ class QueueLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class Users:
+    """The artifacts a trial is using: a shared ``flock`` on ``<lock dir>/users`` per artifact, held from the moment
+    it is built or reused (under its build lock) until the trial lets it go.
+
+    ``cleanup: true`` deletes a trial's datastore and targets when it ends; with several workers another trial (a
+    second memory size on the same decoder) may still be evaluating against them. A trial may delete an artifact
+    only while no other trial holds it (:meth:`sole`); otherwise the last user deletes it."""
+
+    def __init__(self, out: Path):
+        self.out, self.fds = Path(out), {}
+
+    def _file(self, path: Path) -> Path:
+        where = lock_dir(self.out, path)
+        where.mkdir(parents=True, exist_ok=True)
+        return where / "users"
+
+    def hold(self, path: Path) -> None:
+        if path not in self.fds:
+            fd = os.open(self._file(path), os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self.fds[path] = fd
+
+    def release(self, path: Path) -> None:
+        if (fd := self.fds.pop(path, None)) is not None:
+            os.close(fd)
+
+    def release_all(self) -> None:
+        for path in list(self.fds):
+            self.release(path)
+
+    @contextmanager
+    def sole(self, path: Path) -> Iterator[bool]:
+        """Whether no other trial holds ``path`` (this one's own hold released first); others wait meanwhile."""
+        self.release(path)
+        fd = os.open(self._file(path), os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            yield alone
+        finally:
+            os.close(fd)

@@ -62,13 +62,16 @@ def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int
     """
     archs = [a for a in select(spec) if a.runs_at(spec, decoder_size) and runs_at_budget(a, spec, decoder_budget)]
     stages = Stages(spec, decoder_size, memory_size, seed, prepare_tokens(spec), callbacks, decoder_budget)
-    stages.run_shared([stage for a in archs for stage in a.needs])
-    results = []
-    for arch in archs:
-        own = arch.fit(stages)
-        results.append((arch, arch.account(stages, own), arch.evaluate(stages)))
-    if spec.cleanup:  # the datastore and targets are rebuilt from the checkpoint if ever needed again
-        stages.cleanup()
+    try:
+        stages.run_shared([stage for a in archs for stage in a.needs])
+        results = []
+        for arch in archs:
+            own = arch.fit(stages)
+            results.append((arch, arch.account(stages, own), arch.evaluate(stages)))
+        if spec.cleanup:  # the datastore and targets are rebuilt from the checkpoint if ever needed again
+            stages.cleanup()
+    finally:
+        stages.users.release_all()
     base = {"study": spec.study, "decoder_size": decoder_size, "params_decoder": stages.params_decoder, "seed": seed,
             **stages.provenance(), **stages.recipe(),
             **({"decoder_budget": decoder_budget} if decoder_budget is not None else {})}

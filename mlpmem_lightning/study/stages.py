@@ -75,6 +75,7 @@ class Stages:
         self.times: dict[str, float] = {}  # time_<stage>_s
         self.flops: dict[str, int] = {}  # FLOPs of each shared stage that ran (keys: SHARED)
         self.attrs: dict[str, Any] = {}  # trial attributes: sizes, tokens, rows, FLOPs per stage
+        self.users = locks.Users(self.out)  # the datastore and targets this trial uses: cleanup spares others'
 
     # -- paths and quantities every architecture reads ---------------------------------------------
     @property
@@ -259,6 +260,8 @@ class Stages:
         for stage in closure(needs):
             with self.exclusive(dirs[stage]), self.timed(TIMED_AS[stage]):  # the wait is not the stage's time
                 getattr(self, f"_{stage}")()
+                if stage != "decoder":  # held before the build lock is let go: no cleanup can come between
+                    self.users.hold(dirs[stage])
 
     def provenance(self) -> dict[str, Any]:
         """Results columns saying what the rows were computed from (``mlpmem report`` checks the token store)."""
@@ -304,8 +307,9 @@ class Stages:
         return sum(self.flops[stage] for stage in closure(needs))
 
     def cleanup(self) -> None:
-        """Delete the datastore and targets (``cleanup: true``): they are rebuilt from the checkpoint if needed."""
-        for path in (self.datastore_dir, self.targets_dir):
-            with self.exclusive(path):
-                if path.exists():
+        """Delete the datastore and targets (``cleanup: true``): they are rebuilt from the checkpoint if needed.
+        One that another worker's trial still uses is left to that trial, which deletes it when it ends."""
+        for path in (self.targets_dir, self.datastore_dir):
+            with self.exclusive(path), self.users.sole(path) as alone:
+                if alone and path.exists():
                     shutil.rmtree(path)

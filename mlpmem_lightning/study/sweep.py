@@ -352,7 +352,7 @@ def objective(trial, spec: SweepSpec, stale: frozenset[int] = frozenset(), poppe
         raise UserError(f"trial {trial.number} is not a point of the current grid")
     point = suggest_point(trial, spec)
     callbacks = [OptunaPruning(trial)] if spec.prune else []
-    sizes = {k: point[k] for k in axes.POINT}
+    sizes = {k: point[k] for k in (*axes.POINT, "decoder_budget") if k in point}  # the budget picks the decoder
     try:
         rows, attrs = run_pipeline(axes.at(spec, point), **sizes, callbacks=callbacks)
     except Exception as err:

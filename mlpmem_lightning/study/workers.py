@@ -51,10 +51,11 @@ def run_processes(commands: list[list[str]], workers: int, logs: Path, prefix: s
 
     with ThreadPoolExecutor(workers) as pool:  # threads only wait on their process
         codes = list(pool.map(one, range(len(commands))))
-    failed = [str(logs / f"{prefix}{i}.log") for i, c in enumerate(codes) if c != 0]
+    failed = [logs / f"{prefix}{i}.log" for i, c in enumerate(codes) if c != 0]
     if failed:
-        raise UserError(f"{len(failed)} of {len(commands)} processes failed: see {', '.join(failed)}; "
-                        "run the same command again to resume")
+        lines = failed[0].read_text(errors="replace").strip().splitlines() or ["(empty log)"]
+        raise UserError(f"{len(failed)} of {len(commands)} processes failed (logs {logs}/{prefix}*.log; the first, "
+                        f"{failed[0].name}, ends: {lines[-1][:300]}); run the same command again to resume")
 
 
 def run_workers(spec_path: Path, workers: int, logs: Path, flags: list[str] = ()) -> list[Path]:

@@ -177,3 +177,19 @@ def test_captured_step_trains_like_the_eager_step_on_gpu(wiki_store, tmp_path):
     assert rel < 0.05, rel
     la, lb = (float(c.trainer.callback_metrics["val/loss"]) for c in (plain, graph))
     assert abs(la - lb) < 0.02 * la, (la, lb)
+
+
+def test_token_nll_in_chunks_matches_a_float64_log_softmax(monkeypatch):
+    """The float32 copy of the logits is made a chunk of rows at a time (an evaluation batch's whole copy ran a GPU
+    share out of memory): the NLL is still each token's own, against NumPy in float64."""
+    import numpy as np
+
+    from mlpmem_lightning.lightning import evaluation
+
+    monkeypatch.setattr(evaluation, "FLOAT_CHUNK", 3 * 50 + 7)  # 3 rows per chunk, the last one short
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=g).to(torch.bfloat16)
+    labels = torch.randint(0, 50, (3, 7), generator=g)
+    x = logits.double().numpy()
+    ref = np.log(np.exp(x).sum(-1)) - np.take_along_axis(x, labels.numpy()[..., None], -1)[..., 0]
+    np.testing.assert_allclose(evaluation.token_nll(logits, labels).double().numpy(), ref, atol=1e-5)

@@ -162,3 +162,33 @@ def test_two_workers_sharing_a_decoder_wait_for_each_other(tmp_path):
     assert [n.split("-on-")[0] for n in listing(out / "memories")] == ["mem-200k", "mem-400k"]
     results = pd.read_csv(out / "tiny" / "results.csv")
     assert sorted(results[results["arch"] == "mlp_memory"]["memory_size"].unique()) == ["mem-200k", "mem-400k"]
+
+
+def test_cleanup_spares_a_datastore_another_workers_trial_still_uses(tmp_path):
+    """``cleanup: true`` with ``--workers``: two memory sizes on one decoder share its datastore and targets; the
+    trial that ends first must not delete them under the other (on the H200 the kNN-LM of the second trial then
+    failed with "datastore … does not exist"). The last user deletes them."""
+    from types import SimpleNamespace
+
+    from mlpmem_lightning.study import locks
+    from mlpmem_lightning.study.stages import Stages
+
+    out = tmp_path / "out"
+    dirs = {name: out / name / "n0.1m-seed0-abc" for name in ("datastores", "targets")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+        (d / "manifest.json").write_text("{}")
+
+    def trial():
+        t = SimpleNamespace(out=out, datastore_dir=dirs["datastores"], targets_dir=dirs["targets"],
+                            users=locks.Users(out))
+        t.exclusive = lambda path: locks.waiting_for(out, path)
+        for d in dirs.values():
+            t.users.hold(d)
+        return t
+
+    first, second = trial(), trial()
+    Stages.cleanup(first)
+    assert all(d.is_dir() for d in dirs.values())  # the second trial still holds them
+    Stages.cleanup(second)
+    assert not any(d.exists() for d in dirs.values())  # the last user deletes them

@@ -35,8 +35,8 @@ def fake(monkeypatch):
 
     ran = []
 
-    def fake_pipeline(spec, decoder_size, memory_size, seed, callbacks=()):
-        ran.append((decoder_size, spec.decoder_lr, spec.knn["k"]))
+    def fake_pipeline(spec, decoder_size, memory_size, seed, callbacks=(), decoder_budget=None):
+        ran.append((decoder_size, spec.decoder_lr, spec.knn["k"]) + ((decoder_budget,) if decoder_budget else ()))
         rows = []
         for arch in ("decoder", "knn_lm", "mlp_memory"):
             grid = {} if arch == "decoder" else {
@@ -63,6 +63,13 @@ def write(tmp_path, **keys):
 
 def load(tmp_path, name="wf"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+
+
+def test_every_decoder_budget_of_the_grid_reaches_the_pipeline(tmp_path, fake):
+    """A point's budget picks its decoder (and, below the largest, that only the baseline runs): dropping it on the way
+    from the grid to the pipeline trains every point at the default token count (found on the H200)."""
+    run_sweep(write(tmp_path, decoder_budgets=[0.5, 1.0]))
+    assert sorted(fake) == sorted((d, None, 16, b) for d in ("200k", "400k") for b in (0.5, 1.0))
 
 
 def test_grid_points_and_swept_settings_are_parameters_and_lambda_points_are_recorded(tmp_path, fake, capsys):
