@@ -14,7 +14,7 @@ left() { echo $(( END - $(date +%s) )); }
 O=runs/sweeps/scaling-h200
 mkdir -p $O/scaling-h200-lr
 [ -e $O/tokens ] || cp -r .carry/mixed-english $O/tokens
-[ -e $O/optuna.db ] || [ ! -e .carry/state/optuna.db ] || cp .carry/state/optuna.db $O/
+for db in .carry/state/optuna.db analysis/results/scaling-h200/partial/optuna.db; do [ -e $O/optuna.db ] || [ ! -e $db ] || cp $db $O/; done
 if [ -n "${LR_SEARCH:-}" ] && [ ! -e $O/lr.done ]; then
   echo "lr-search start $(date +%T)"
   timeout $(left) $MLPMEM lr-search --config sweeps/scaling-h200-lr.yaml --workers 7 >> $O/lr-search.log 2>&1 && touch $O/lr.done

@@ -208,6 +208,25 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
     def on_validation_epoch_end(self) -> None:
         self._log_epoch(self.val_nll, "val")
 
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy`` (FSDP2), shard each transformer block, then the rest, over
+        the mesh's data-parallel dimension: parameters, gradients and AdamW state are split over the ranks
+        (docs/multi-node.md). Any other strategy leaves the network whole."""
+        mesh = self.device_mesh
+        if mesh is None or self.net is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        if mesh.ndim > 1:
+            if mesh["tensor_parallel"].size() > 1:
+                raise UserError("tensor parallelism is not implemented for the decoder: pass "
+                                "--trainer.strategy.tensor_parallel_size 1 (FSDP over data_parallel_size ranks)")
+            mesh = mesh["data_parallel"]
+        for blocks in [m for m in self.net.modules() if isinstance(m, torch.nn.ModuleList)]:
+            for block in blocks:
+                fully_shard(block, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_nll, "test")
 

@@ -15,7 +15,6 @@ from torchmetrics import Metric
 
 from mlpmem_lightning.core.errors import UserError
 
-
 FLOAT_CHUNK = 1 << 28  # elements of float32 logits made at once (1 GiB)
 
 

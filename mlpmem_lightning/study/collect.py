@@ -114,7 +114,8 @@ def _scores(run: Path, arch, test_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         raise UserError(f"collect: {run} has no validate run and its test picked λ on test: run `mlpmem validate` "
                         "with the same --trainer.default_root_dir (or test with --model.lambda_ from validation)")
-    return rows + [{"split": "test", "lambda": round(lam, 6), "loss": _loss_at(test, lam, run)}]
+    test_grid = {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith(f"test/{GRID}")}  # as the sweep's
+    return rows + [{"split": "test", "lambda": round(lam, 6), "loss": _loss_at(test, lam, run), **test_grid}]
 
 
 def _loss_at(test: dict[str, float], lam: float, run: Path) -> float:
@@ -132,8 +133,9 @@ def _account(arch: str, decoder_run: Path, run: Path, test_cfg: dict[str, Any]) 
     """Sizes, parameters, tokens and training FLOPs, counted as the sweep's architectures count them."""
     from mlpmem_lightning.data.token_store import TokenStore
     from mlpmem_lightning.knn.datastore import Datastore
+    from mlpmem_lightning.lightning.convergence import read_summary
     from mlpmem_lightning.models.flops import datastore_flops, decoder_train_flops
-    from mlpmem_lightning.models.ladder import get_size, total_params
+    from mlpmem_lightning.models.ladder import get_size, non_embedding_params, total_params
     from mlpmem_lightning.models.loading import load_decoder
 
     fit = _config(decoder_run / "config.yaml")
@@ -152,12 +154,31 @@ def _account(arch: str, decoder_run: Path, run: Path, test_cfg: dict[str, Any]) 
         rows = len(Datastore(datastore))
         flops += datastore_flops(rung, vocab, Datastore(datastore).manifest["seq_len"], rows, family=decoder.family)
         out["datastore_rows"] = rows
+    non_embedding = non_embedding_params(rung, decoder.family)
+    if arch == "knn_lm":
+        out["temperature"] = _knn_temperature(run, test_cfg)
     if arch == "mlp_memory":
         memory = _memory(run, rung, vocab, decoder.family, rows)
         flops += memory.pop("flops")
         tokens += memory.pop("tokens")
+        non_embedding += memory.pop("non_embedding")
         out.update(memory, params_memory=memory["params_memory"])
-    return {**out, "params_total": params + out["params_memory"], "train_tokens": tokens, "flops_train_total": flops}
+    conv = read_summary(decoder_run)  # the columns the sweep's rows carry (study/columns.py, Stages.recipe)
+    lr = fit["model"]["init_args"].get("lr")
+    return {**out, "params_total": params + out["params_memory"], "train_tokens": tokens, "flops_train_total": flops,
+            "params_non_embedding": non_embedding, "lr": float(lr if lr is not None else rung.lr),
+            "epochs": tokens / len(store.split("train")), "last10_improvement": conv.get("last10_improvement"),
+            "converged": conv.get("converged")}
+
+
+def _knn_temperature(run: Path, test_cfg: dict[str, Any]) -> float | None:
+    """The T the kNN-LM's test ran at: the one validation chose (``val/temperature``), else the one it was given."""
+    valid = run / "validate" / "metrics.csv"
+    if valid.is_file() and "val/temperature" in (last := _last(valid)):
+        return last["val/temperature"]
+    init = test_cfg["model"].get("init_args") or {}
+    given = init.get("temperatures") or [init.get("temperature")]
+    return None if given[0] is None else float(given[0])
 
 
 def _targets_manifest(run: Path) -> dict[str, Any]:
@@ -172,21 +193,28 @@ def _memory(run: Path, rung, vocab: int, family: str, rows: int) -> dict[str, An
     from mlpmem_lightning.knn.targets import default_nlist
     from mlpmem_lightning.models.families import get_family
     from mlpmem_lightning.models.flops import memory_train_flops, search_flops
-    from mlpmem_lightning.models.ladder import forward_flops_per_token
-    from mlpmem_lightning.models.memory import memory_config, memory_flops_per_token, memory_params
+    from mlpmem_lightning.models.ladder import forward_flops_per_token, matched_memory
+    from mlpmem_lightning.models.memory import (
+        memory_config,
+        memory_flops_per_token,
+        memory_non_embedding_params,
+        memory_params,
+    )
 
     fit = _config(run / "config.yaml")
     init, targets = fit["model"]["init_args"], _targets_manifest(run)
     knn = targets["settings"]
     search = search_flops(rows, rows, rung.d_model, knn["index"], knn.get("nlist") or default_nlist(rows),
                           knn.get("nprobe", 1))
-    cfg = memory_config(init["size"], rung.d_model, vocab, init.get("block") or get_family(family).memory_block)
+    size = init.get("size") or matched_memory(rung.name).name  # MemoryLM's default when --model.size is left out
+    cfg = memory_config(size, rung.d_model, vocab, init.get("block") or get_family(family).memory_block)
     tokens = _tokens(fit)
     forward = forward_flops_per_token(rung, vocab, fit["data"]["seq_len"], family) if init.get("mode") == "online" \
         else 0
     own = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens, forward)
-    return {"memory_size": init["size"], "params_memory": memory_params(cfg), "tokens": tokens,
-            "flops": search + own, "targets_fingerprint": targets["fingerprint"]}
+    return {"memory_size": size, "params_memory": memory_params(cfg), "tokens": tokens,
+            "flops": search + own, "targets_fingerprint": targets["fingerprint"],
+            "non_embedding": memory_non_embedding_params(cfg), "temperature": targets.get("temperature")}
 
 
 def collect(paths: Iterable[str | Path], out: str | Path, study: str = "collected") -> pd.DataFrame:

@@ -117,14 +117,21 @@ def summary_line(trial, spec: SweepSpec) -> str:
     rows = [r for r in json.loads(attrs.get("rows", "[]")) if r["split"] == "valid"]
     where = f"{point.get('decoder_size')}/{point.get('memory_size')} seed {point.get('seed')}"
     extra = " ".join(f"{k}={v:g}" for k, v in point.items() if k in axes.AXES)
-    losses = ", ".join(f"{r['arch']} {r['loss']:.4f}" + (f" (λ {r['lambda']:g})" if r["arch"] != "decoder" else "")
-                       for r in rows)
-    temperature = axes.at(spec, point).knn_settings.temperature
+    losses = ", ".join(f"{r['arch']} {r['loss']:.4f}{_mix(r)}" for r in rows)
     stages = sorted((k[5:-2] for k in attrs if k.startswith("time_") and k.endswith("_s")),
                     key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
     times = " ".join(f"{s} {attrs[f'time_{s}_s']:.0f}s" for s in stages)
+    where += f" budget {point['decoder_budget']:g}" if point.get("decoder_budget") is not None else ""
     where += f" {extra}" if extra else ""
-    return f"trial {trial.number} {where}: valid loss {losses}; T {temperature:g}; {times}"
+    return f"trial {trial.number} {where}: valid loss {losses}; {times}"
+
+
+def _mix(row: dict) -> str:
+    """An architecture's λ and T (the kNN-LM's, chosen on valid; the memory's targets'), as its row records them."""
+    if row["arch"] == "decoder":
+        return ""
+    t = row.get("temperature")
+    return f" (λ {row['lambda']:g}" + (f", T {t:.3g})" if t is not None and t == t else ")")
 
 
 def short_table(results: pd.DataFrame, split: str = "test") -> str:

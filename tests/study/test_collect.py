@@ -84,6 +84,17 @@ def test_collect_rebuilds_the_sweeps_rows_from_its_run_directories(tmp_path):
     assert list(got.index) == list(swept.index)
     for col in [c for c in NUMERIC if c != "seed"] + [c for c in swept.columns if c.startswith("ppl_lambda_")]:
         pd.testing.assert_series_equal(got[col].astype(float), swept[col].astype(float), rtol=1e-6, check_names=False)
-    for col in ("decoder_size", "seed", "token_store_fingerprint", "decoder_fingerprint"):
+    for col in ("params_non_embedding", "lr", "epochs", "temperature", "last10_improvement"):  # the #15 columns
+        pd.testing.assert_series_equal(got[col].astype(float), swept[col].astype(float), rtol=1e-6, check_names=False)
+    for col in ("decoder_size", "seed", "token_store_fingerprint", "decoder_fingerprint", "converged"):
         assert list(got[col]) == list(swept[col])
     assert list(got["memory_size"].fillna("")) == list(swept["memory_size"].fillna(""))
+    # a memory fitted by hand without --model.size is its decoder's matched memory, as MemoryLM builds it
+    for config in (tmp_path / "out" / "memories").glob("*/config.yaml"):
+        fit = yaml.safe_load(config.read_text())
+        fit["model"]["init_args"]["size"] = None
+        config.write_text(yaml.safe_dump(fit))
+    main(["collect", str(tmp_path / "out"), "--out", str(tmp_path / "again.csv")])
+    again = pd.read_csv(tmp_path / "again.csv").set_index(keys).sort_index()
+    pd.testing.assert_series_equal(again["params_memory"], got["params_memory"])
+    assert list(again["memory_size"].fillna("")) == list(got["memory_size"].fillna(""))

@@ -93,7 +93,7 @@ def test_grid_points_and_swept_settings_are_parameters_and_lambda_points_are_rec
         assert p.value == pytest.approx(want, rel=1e-9)
     out = capsys.readouterr().out
     assert sum(line.startswith("trial ") for line in out.splitlines()) == 4
-    assert "decoder_fit 2s" in out and "λ 0.25" in out and "T " in out
+    assert "decoder_fit 2s" in out and "(λ 0.25, T 0)" in out  # each mixture with its own λ and T
     assert "results in" in out and "test loss" in out and "Best is trial" not in out
     results = pd.read_csv(tmp_path / "out" / "wf" / "results.csv")
     assert len(results) == 4 * 3 * 2 and sorted(results["decoder_lr"].unique()) == [1e-3, 3e-3]
