@@ -71,3 +71,15 @@ def small_targets(small_datastore, tmp_path_factory):
     out = tmp_path_factory.mktemp("targets") / "ivf"
     build_targets(small_datastore, out, TargetSettings(index="ivfflat", k=64, keep=32, nprobe=16), device="cpu")
     return out
+
+
+@pytest.fixture(scope="session")
+def memory_run(small_targets, small_decoder, small_store, tmp_path_factory):
+    """A memory fitted for 200 steps on ``small_targets`` (its run directory): shared by every module that needs one
+    (each test that writes under it copies it first)."""
+    from mlpmem_lightning.cli.lightning import run_cli
+    from tests.lightning.test_memory_lm import SEQ, mem_args
+
+    run = tmp_path_factory.mktemp("mem") / "run"
+    run_cli(mem_args("fit", small_decoder, small_store, small_targets, run, "--model.max_tokens", str(200 * 16 * SEQ)))
+    return run

@@ -38,13 +38,6 @@ def mem_args(cmd, decoder, store, targets, run, *extra):
             "--trainer.enable_progress_bar", "false", *extra]
 
 
-@pytest.fixture(scope="module")
-def memory_run(small_targets, small_decoder, small_store, tmp_path_factory):
-    run = tmp_path_factory.mktemp("mem") / "run"
-    run_cli(mem_args("fit", small_decoder, small_store, small_targets, run, "--model.max_tokens", str(200 * 16 * SEQ)))
-    return run
-
-
 def test_memory_helps_and_lambda_edges_are_exact(memory_run, small_targets, small_decoder, small_store, tmp_path):
     ckpt = memory_run / "checkpoints" / "best.ckpt"
     val = run_cli(mem_args("validate", small_decoder, small_store, small_targets, memory_run, "--ckpt_path", str(ckpt)))

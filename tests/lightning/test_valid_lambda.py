@@ -9,7 +9,7 @@ import pytest
 
 from mlpmem_lightning.cli.lightning import run_cli
 from tests.lightning.test_knn_lm import knn_args
-from tests.lightning.test_memory_lm import mem_args, memory_run  # noqa: F401  (the fixture)
+from tests.lightning.test_memory_lm import mem_args
 
 
 def metrics(cli) -> dict[str, float]:
@@ -57,8 +57,11 @@ def test_knn_lm_test_without_validate_labels_the_best_test_lambda(small_datastor
     check_labelled_best_on_test(metrics(run_cli(knn_args("test", small_decoder, small_store, small_datastore, *run))))
 
 
-def test_memory_test_takes_lambda_from_the_runs_validate(memory_run, small_targets, small_decoder,  # noqa: F811
-                                                         small_store, tmp_path):
+def test_memory_test_takes_lambda_from_the_runs_validate(memory_run, small_targets, small_decoder, small_store,
+                                                         tmp_path):
+    import shutil
+
+    memory_run = shutil.copytree(memory_run, tmp_path / "run")  # the shared fit stays as other modules found it
     ckpt = ["--ckpt_path", str(memory_run / "checkpoints" / "best.ckpt")]
     fresh = metrics(run_cli(mem_args("test", small_decoder, small_store, small_targets, tmp_path / "r", *ckpt)))
     check_labelled_best_on_test(fresh)

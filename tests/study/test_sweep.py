@@ -173,6 +173,7 @@ def test_editing_the_grid_and_resuming_runs_only_the_new_points(tmp_path, monkey
         "1.6m", "200k", "400k", "800k"]
 
 
+@pytest.mark.slow  # 2 demos: about 2 min quiet, 4 on a busy CI machine; `make test-slow`
 def test_demo_pipeline_is_deterministic_on_cpu(tmp_path):
     """Two runs of the demo's pipeline (its kNN settings at toy budgets) with one seed: identical token
     stores, datastores, targets and metrics, byte for byte."""
