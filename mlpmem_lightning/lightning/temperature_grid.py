@@ -50,13 +50,15 @@ def pick(loss: torch.Tensor, lambdas: torch.Tensor, fixed: float | None) -> tupl
 
 def log_temperature_grid(module: L.LightningModule, metric: TokenNLL, lambdas: torch.Tensor,
                          temperatures: torch.Tensor, prefix: str, fixed: float | None) -> None:
-    """Log the chosen T (``<prefix>/temperature``), the best valid ppl per T (``<prefix>/ppl_T_<T>``) and the λ grid
+    """Log the chosen T (``<prefix>/temperature``), the best valid ppl per T (``<prefix>/ppl_T_<T>``, at the λ
+    ``<prefix>/lambda_T_<T>``) and the λ grid
     at the chosen T (``log_lambda_losses``: ``ppl_lambda_*``, ``lambda``, ``loss``, ``ppl``...)."""
     loss = metric.compute().reshape(len(temperatures), len(lambdas))
     metric.reset()
     ti, _ = pick(loss, lambdas, fixed)
-    for t, row in zip(temperatures.tolist(), loss):
+    for t, row in zip(temperatures.tolist(), loss):  # each T at its own best λ: a point of the study (recording.py)
         module.log(f"{prefix}/ppl_T_{temperature_label(t)}", torch.exp(row.min()))
+        module.log(f"{prefix}/lambda_T_{temperature_label(t)}", lambdas[int(torch.argmin(row))].float())
     edge = len(temperatures) > 1 and ti in (0, len(temperatures) - 1)
     module.log_dict({f"{prefix}/temperature": temperatures[ti].float(),
                      f"{prefix}/temperature_at_edge": torch.tensor(float(edge))})

@@ -84,18 +84,31 @@ def lambda_trials(trial, rows: list[dict]) -> list:
     for row in rows:
         if row["split"] != "valid" or row["arch"] not in archs.choices:
             continue
-        for key, ppl in row.items():
-            match = GRID_KEY.match(key)
-            if not match or ppl is None or not math.isfinite(float(ppl)):
+        for lam, t, ppl in _grid_points(row):
+            if ppl is None or not math.isfinite(float(ppl)):
                 continue
-            params = {**trial.params, "arch": row["arch"], "lambda": float(match[1])}
+            params = {**trial.params, "arch": row["arch"], "lambda": lam}
             dists = {**trial.distributions, "arch": archs, "lambda": FloatDistribution(0.0, 1.0)}
-            if match[2] is not None:
-                params["T"], dists["T"] = float(match[2]), FloatDistribution(1e-3, 1e6, log=True)
+            if t is not None:
+                params["T"], dists["T"] = t, FloatDistribution(1e-3, 1e6, log=True)
             out.append(optuna.trial.create_trial(
                 params=params, distributions=dists, value=math.log(float(ppl)),
                 user_attrs={"kind": KIND, "parent": trial.number, "arch": row["arch"]}))
     return out
+
+
+def _grid_points(row: dict) -> list[tuple[float, float | None, float]]:
+    """(λ, T, valid ppl) of a row: its λ curve (at the T it chose, when it chose one from a grid) and each other T
+    of its grid at that T's best λ (``ppl_T_<T>``, ``lambda_T_<T>``: the kNN-LM's temperature grid)."""
+    chosen = row.get("temperature") if any(k.startswith("ppl_T_") for k in row) else None
+    points = []
+    for key, ppl in row.items():
+        if match := GRID_KEY.match(key):
+            t = float(match[2]) if match[2] is not None else chosen
+            points.append((float(match[1]), None if t is None else float(t), ppl))
+        elif key.startswith("ppl_T_") and f"lambda_T_{key[6:]}" in row and float(key[6:]) != chosen:
+            points.append((round(float(row[f"lambda_T_{key[6:]}"]), 6), float(key[6:]), ppl))  # logged in fp32
+    return points
 
 
 def record_lambda_points(study, trial, spec: SweepSpec, storage) -> None:

@@ -90,6 +90,7 @@ def test_joint_choice_of_temperature_and_lambda_is_the_brute_force_minimum(fixed
     assert module.values["val/loss"] == pytest.approx(nll[i, j], rel=1e-10)
     for t, row in zip(temps, nll):  # the best ppl of each T, and the λ curve of the chosen T
         assert module.values[f"val/ppl_T_{t:g}"] == pytest.approx(np.exp(row.min()), rel=1e-6)
+        assert module.values[f"val/lambda_T_{t:g}"] == lambdas[int(np.argmin(row))]
     for x, v in zip(lambdas, nll[i]):
         assert module.values[f"val/ppl_lambda_{x:.2f}"] == pytest.approx(np.exp(v), rel=1e-6)
     assert module.values["val/temperature_at_edge"] == float(i in (0, len(temps) - 1))

@@ -93,7 +93,7 @@ def test_grid_points_and_swept_settings_are_parameters_and_lambda_points_are_rec
         assert p.value == pytest.approx(want, rel=1e-9)
     out = capsys.readouterr().out
     assert sum(line.startswith("trial ") for line in out.splitlines()) == 4
-    assert "decoder_fit 2s" in out and "(λ 0.25, T 0)" in out  # each mixture with its own λ and T
+    assert "decoder_fit 2s" in out and "(λ 0.25)" in out  # each mixture with its own λ (and T where it has one)
     assert "results in" in out and "test loss" in out and "Best is trial" not in out
     results = pd.read_csv(tmp_path / "out" / "wf" / "results.csv")
     assert len(results) == 4 * 3 * 2 and sorted(results["decoder_lr"].unique()) == [1e-3, 3e-3]
@@ -251,3 +251,18 @@ def test_lightning_adverts_are_dropped_and_other_messages_kept():
         logger.removeHandler(handler)
         logger.setLevel(old)
     assert seen == ["GPU available: False, used: False"]
+
+
+def test_every_temperature_of_the_knn_lms_grid_is_a_point_of_the_study():
+    """The kNN-LM's (λ, T) grid in the study: its λ curve at the T it chose, and every other T at that T's own best
+    λ, each with its valid loss (the dashboard plots loss against λ and T per size)."""
+    from optuna.distributions import CategoricalDistribution
+
+    parent = optuna.trial.create_trial(params={"decoder_size": "200k"},
+                                       distributions={"decoder_size": CategoricalDistribution(["200k"])}, value=1.0)
+    row = {"arch": "knn_lm", "split": "valid", "temperature": 2.0, "ppl_lambda_0.00": 50.0, "ppl_lambda_0.50": 40.0,
+           "ppl_T_1": 45.0, "lambda_T_1": 0.25, "ppl_T_2": 40.0, "lambda_T_2": 0.5, "ppl_T_4": 48.0,
+           "lambda_T_4": 0.10000000149011612}
+    points = {(t.params["lambda"], t.params["T"]): t.value for t in recording.lambda_trials(parent, [row])}
+    assert points == pytest.approx({(0.0, 2.0): math.log(50), (0.5, 2.0): math.log(40), (0.25, 1.0): math.log(45),
+                                    (0.1, 4.0): math.log(48)})

@@ -41,7 +41,8 @@ def temperature_grid_scores(stages: Stages, model: dict, root: Path, grid: list[
     lam = stages.spec.lambda_ if stages.spec.lambda_ is not None else round(valid["val/best_lambda"], 6)
     at = {**model, "init_args": {**model["init_args"], "temperatures": [t], "lambda_": lam}}
     test = stages.run("test", at, root)
-    curves = {k.split("/", 1)[1]: v for k, v in valid.items() if k.startswith(("val/ppl_lambda_", "val/ppl_T_"))}
+    curves = {k.split("/", 1)[1]: v for k, v in valid.items()
+              if k.startswith(("val/ppl_lambda_", "val/ppl_T_", "val/lambda_T_"))}
     return {"valid": Score(valid["val/loss"], valid["val/lambda"], curves, t),
             # the test pass's λ grid (at the chosen T): the report's λ = 0.25 and λ = 1 columns, never to choose
             "test": Score(test["test/loss"], test["test/lambda"],
