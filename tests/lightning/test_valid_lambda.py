@@ -37,6 +37,7 @@ def check_labelled_best_on_test(test: dict[str, float]) -> None:
     assert math.exp(test["test/loss_at_best_test_lambda"]) == pytest.approx(ppl, rel=1e-5)
 
 
+@pytest.mark.slow  # a whole sweep or 3 kNN evaluations: CI keeps under 15 min; make test-slow
 def test_knn_lm_test_takes_lambda_from_the_runs_validate(small_datastore, small_decoder, small_store, tmp_path,
                                                          capsys):
     run = ["--model.k", "64", "--trainer.default_root_dir", str(tmp_path / "knn")]

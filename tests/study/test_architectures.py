@@ -103,6 +103,7 @@ def unigram():
     architectures.unregister(arch.name)
 
 
+@pytest.mark.slow  # a whole sweep or 3 kNN evaluations: CI keeps under 15 min; make test-slow
 def test_a_toy_architecture_runs_through_a_sweep_into_results_and_the_report(tmp_path, unigram):
     spec = {**TINY, "decoder_sizes": ["200k", "400k", "800k"], "decoder_tokens": 4096, "out": str(tmp_path / "study"),
             "architectures": ["decoder", "unigram_mix"], "objective": "unigram_mix"}

@@ -41,6 +41,7 @@ def row(df: pd.DataFrame, arch: str, split: str = "valid") -> pd.Series:
     return found.iloc[0]
 
 
+@pytest.mark.slow  # a whole sweep or 3 kNN evaluations: CI keeps under 15 min; make test-slow
 def test_every_architecture_has_its_rows_and_the_new_columns(sweep):
     df, _ = sweep
     assert sorted(df["arch"].unique()) == ["decoder", "knn_lm", "mlp_memory", "mlp_memory_ce"]
@@ -49,6 +50,7 @@ def test_every_architecture_has_its_rows_and_the_new_columns(sweep):
     assert list(df.columns[15:19]) == ["params_non_embedding", "temperature", "lr", "epochs"]  # after the schema's
 
 
+@pytest.mark.slow  # a whole sweep or 3 kNN evaluations: CI keeps under 15 min; make test-slow
 def test_parameters_lr_and_epochs_follow_the_artifacts(sweep):
     df, out = sweep
     dec = torch.load(only(out, "decoders/200k-seed0-*") / "checkpoints" / "best.ckpt", weights_only=False)
@@ -74,6 +76,7 @@ def _memory_ckpt(out, arch):
     raise AssertionError(f"no memory run of {arch}")
 
 
+@pytest.mark.slow  # a whole sweep or 3 kNN evaluations: CI keeps under 15 min; make test-slow
 def test_temperatures_are_the_chosen_and_the_rule_ones(sweep):
     df, out = sweep
     from mlpmem_lightning.knn.settings import TargetSettings
@@ -94,6 +97,7 @@ def test_temperatures_are_the_chosen_and_the_rule_ones(sweep):
         assert r["targets_mass_kept_mean"] == manifest["mass_kept_mean"]
 
 
+@pytest.mark.slow  # a whole sweep or 3 kNN evaluations: CI keeps under 15 min; make test-slow
 def test_ce_control_is_charged_no_datastore_or_search(sweep):
     """Same memory and budget as mlp_memory; its FLOPs are mlp_memory's less the datastore pass and the search."""
     from mlpmem_lightning.data.token_store import TokenStore
