@@ -24,7 +24,11 @@ def listing(path, pattern="*"):
 
 
 def states(out, study):
-    return [t.state.name for t in optuna.load_study(study_name=study, storage=f"sqlite:///{out / 'optuna.db'}").trials]
+    """The states of the study's grid trials (its λ and (λ, T) points, added as finished trials, left out)."""
+    from mlpmem_lightning.study.recording import is_lambda_point
+
+    trials = optuna.load_study(study_name=study, storage=f"sqlite:///{out / 'optuna.db'}").trials
+    return [t.state.name for t in trials if not is_lambda_point(t)]
 
 
 # -- item 2: keyed directories ---------------------------------------------------------------------
