@@ -137,6 +137,7 @@ def _account(arch: str, decoder_run: Path, run: Path, test_cfg: dict[str, Any]) 
     from mlpmem_lightning.models.flops import datastore_flops, decoder_train_flops
     from mlpmem_lightning.models.ladder import get_size, non_embedding_params, total_params
     from mlpmem_lightning.models.loading import load_decoder
+    from mlpmem_lightning.study.columns import peak_lr
 
     fit = _config(decoder_run / "config.yaml")
     size, seq_len = fit["model"]["init_args"]["size"], fit["data"]["seq_len"]
@@ -164,9 +165,8 @@ def _account(arch: str, decoder_run: Path, run: Path, test_cfg: dict[str, Any]) 
         non_embedding += memory.pop("non_embedding")
         out.update(memory, params_memory=memory["params_memory"])
     conv = read_summary(decoder_run)  # the columns the sweep's rows carry (study/columns.py, Stages.recipe)
-    lr = fit["model"]["init_args"].get("lr")
     return {**out, "params_total": params + out["params_memory"], "train_tokens": tokens, "flops_train_total": flops,
-            "params_non_embedding": non_embedding, "lr": float(lr if lr is not None else rung.lr),
+            "params_non_embedding": non_embedding, "lr": peak_lr(fit["model"]["init_args"], rung),
             "epochs": tokens / len(store.split("train")), "last10_improvement": conv.get("last10_improvement"),
             "converged": conv.get("converged")}
 

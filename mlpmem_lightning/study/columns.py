@@ -16,8 +16,13 @@ if TYPE_CHECKING:
 
 def decoder_lr(stages: Stages) -> float:
     """The decoder's peak learning rate: the one its fit was given (spec or shipped rung config), else the rung's."""
-    lr = stages.decoder_model.get("init_args", {}).get("lr")
-    return float(lr) if lr is not None else float(stages.rung.lr)
+    return peak_lr(stages.decoder_model.get("init_args", {}), stages.rung)
+
+
+def peak_lr(init_args: dict[str, Any], rung) -> float:
+    """A decoder fit's peak LR from its model ``init_args`` (a sweep's, or a hand-made run's config.yaml)."""
+    lr = init_args.get("lr")
+    return float(lr) if lr is not None else float(rung.lr)
 
 
 def train_split_tokens(stages: Stages) -> int:

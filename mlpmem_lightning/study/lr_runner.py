@@ -77,8 +77,8 @@ def _run_workers(spec_path, spec, sizes: list[str], grid: list[float], workers: 
         return decoder_train_flops(st.rung, st.vocab, spec.seq_len, st.decoder_tokens, family="llama")
 
     by_cost = sorted(sizes, key=cost, reverse=True)
-    fits = [["--size", s, "--lr", repr(lr)] for s in by_cost for lr in grid
-            if lr not in _rung_study(spec, s, budget, grid, store)[1]]
+    done = {s: _rung_study(spec, s, budget, grid, store)[1] for s in by_cost}  # one storage read per rung
+    fits = [["--size", s, "--lr", repr(lr)] for s in by_cost for lr in grid if lr not in done[s]]
     rungs = [["--size", s] for s in by_cost]
     logs = spec.study_dir / "workers"
     for phase, tasks in (("grid", fits), ("extensions", rungs)):
