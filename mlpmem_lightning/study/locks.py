@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,4 +114,45 @@ class Users:
                 alone = False
             yield alone
         finally:
+            os.close(fd)
+
+
+class Slots:
+    """At most ``n`` trials of a study hold a datastore and its targets at once (the spec's ``stores_at_once``).
+
+    With ``cleanup: true`` a trial's datastore and targets live from its datastore stage to its end, and with
+    ``--workers N`` N of them may exist at once: on the H200's 64 GiB disk four 12M-row studies' stores (up to
+    17 GB each) filled it. A slot is an exclusive ``flock`` on ``<out>/.locks/store-slot-<i>``: taken before the
+    datastore stage, given back when the trial ends (or its worker dies: the kernel drops the lock). A trial that
+    finds every slot taken waits, polling, while the others keep training their decoders."""
+
+    POLL = 2.0  # seconds between tries while every slot is taken
+
+    def __init__(self, out: Path, n: int | None):
+        self.dir, self.n, self.fd = Path(out) / LOCKS, n, None
+
+    def acquire(self, on_wait=lambda: None) -> None:
+        """Take a free slot (no-op without a limit, or when held); ``on_wait`` is called once if none is free."""
+        if self.n is None or self.fd is not None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        waited = False
+        while True:
+            for i in range(self.n):
+                fd = os.open(self.dir / f"store-slot-{i}", os.O_CREAT | os.O_RDWR, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self.fd = fd
+                return
+            if not waited:
+                on_wait()
+                waited = True
+            time.sleep(self.POLL)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
             os.close(fd)

@@ -71,7 +71,7 @@ def run_pipeline(spec: SweepSpec, decoder_size: str, memory_size: str, seed: int
         if spec.cleanup:  # the datastore and targets are rebuilt from the checkpoint if ever needed again
             stages.cleanup()
     finally:
-        stages.users.release_all()
+        stages.release()
     base = {"study": spec.study, "decoder_size": decoder_size, "params_decoder": stages.params_decoder, "seed": seed,
             **stages.provenance(), **stages.recipe(),
             **({"decoder_budget": decoder_budget} if decoder_budget is not None else {})}

@@ -68,6 +68,7 @@ class SweepSpec:
     eval_batch_size: int | None = None  # windows per evaluation batch (default batch_size; larger = fewer searches)
     datastore: dict[str, Any] = field(default_factory=dict)  # DatastoreSettings overrides (batch_size, precision)
     cleanup: bool = False  # delete each trial's datastore and targets once it is evaluated (disk-bound studies)
+    stores_at_once: int | None = None  # at most this many trials hold a datastore + targets at once (disk; locks.Slots)
     heartbeat: int = 60  # seconds between a running trial's heartbeats (RDB storages); stale after 4 of them
 
     @classmethod
@@ -143,6 +144,9 @@ class SweepSpec:
 
             for s in self.memory_sizes:
                 ratio_of(s) if is_relative(s) else get_memory_size(s)  # x0.5: a ratio of the decoder's parameters
+        if self.stores_at_once is not None and not (isinstance(self.stores_at_once, int) and self.stores_at_once >= 1):
+            raise UserError(f"stores_at_once {self.stores_at_once!r} must be a whole number >= 1 "
+                            "(or left out: no limit)")
         if self.sampler not in ("grid", "random", "tpe"):
             raise UserError(f"sampler {self.sampler!r}: choose grid, random or tpe")
         if not 0 <= self.alpha <= 1 or (self.lambda_ is not None and not 0 <= self.lambda_ <= 1):

@@ -13,6 +13,7 @@ settings, the model's ``init_args``), the same commands a user runs.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import shutil
 import sys
@@ -34,6 +35,8 @@ from mlpmem_lightning.study.spec import SweepSpec
 
 if TYPE_CHECKING:  # importing lightning (torch) is for the stages that run, not for reading the registry
     from lightning.pytorch import Callback
+
+log = logging.getLogger(__name__)
 
 SHARED = ("decoder", "datastore", "targets")  # in the order they run
 REQUIRES = {"decoder": (), "datastore": ("decoder",), "targets": ("datastore",)}
@@ -76,6 +79,7 @@ class Stages:
         self.flops: dict[str, int] = {}  # FLOPs of each shared stage that ran (keys: SHARED)
         self.attrs: dict[str, Any] = {}  # trial attributes: sizes, tokens, rows, FLOPs per stage
         self.users = locks.Users(self.out)  # the datastore and targets this trial uses: cleanup spares others'
+        self.slot = locks.Slots(self.out, self.spec.stores_at_once)  # taken before the datastore, kept to the end
 
     # -- paths and quantities every architecture reads ---------------------------------------------
     @property
@@ -257,11 +261,31 @@ class Stages:
     def run_shared(self, needs: Sequence[str]) -> None:
         """Run (or reuse) every shared stage ``needs`` names, with the stages they are built from."""
         dirs = {"decoder": self.decoder_run, "datastore": self.datastore_dir, "targets": self.targets_dir}
-        for stage in closure(needs):
+        stages = closure(needs)
+        for stage in stages:
+            if stage == "datastore":
+                self.make_room("targets" in stages)
             with self.exclusive(dirs[stage]), self.timed(TIMED_AS[stage]):  # the wait is not the stage's time
                 getattr(self, f"_{stage}")()
                 if stage != "decoder":  # held before the build lock is let go: no cleanup can come between
                     self.users.hold(dirs[stage])
+
+    def make_room(self, with_targets: bool) -> None:
+        """Take a store slot (``stores_at_once``), then check that the disk holds what this trial's datastore (and
+        targets) still need: a full disk is refused before the write, not found half-way through it."""
+        from mlpmem_lightning.study import disk
+
+        self.slot.acquire(lambda: log.info("%s waits for a store slot (stores_at_once: %d)", self.tag,
+                                           self.spec.stores_at_once))
+        need = disk.store_bytes(len(self.store.split("train")), self.rung.d_model,
+                                self.spec.knn_settings.keep if with_targets else None)
+        disk.check_room(self.out, need - disk.allocated(self.datastore_dir, self.targets_dir),
+                        f"the datastore{' and targets' if with_targets else ''} of {self.tag}")
+
+    def release(self) -> None:
+        """Let go of the artifacts this trial used and of its store slot (at the trial's end, however it ends)."""
+        self.users.release_all()
+        self.slot.release()
 
     def provenance(self) -> dict[str, Any]:
         """Results columns saying what the rows were computed from (``mlpmem report`` checks the token store)."""

@@ -45,6 +45,8 @@ CASES: list = [
     Case("sweep", "a decoder_lr mapping that is not {from: PATH}",
          "decoder_lr {'file': 'x.csv'}: write decoder_lr: {from",
          lambda t, fx: ["sweep", "--config", str(_spec(t, decoder_lr={"file": "x.csv"}))]),
+    Case("sweep", "a stores_at_once that is not a whole number >= 1", "stores_at_once 0 must be a whole number >= 1",
+         lambda t, fx: ["sweep", "--config", str(_spec(t, stores_at_once=0))]),
     Case("sweep", "decoder_budgets that are not positive", "decoder_budgets [0]: give positive multiples",
          lambda t, fx: ["sweep", "--config", str(_spec(t, decoder_budgets=[0]))]),
     Case("lr-search", "an lr_search grid of fewer than 3 learning rates",
