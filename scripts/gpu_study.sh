@@ -26,6 +26,7 @@ if [ $(left) -gt 40 ]; then
   echo "sweep end $(date +%T)"; tail -5 $O/sweep.log | cut -c1-300
 fi
 pkill -f mlpmem_lightning.cli; sleep 2
+df -h . | tail -1; du -sh $O/datastores $O/targets 2>/dev/null
 grep -h "^trial" $O/scaling-h200/workers/*.log 2>/dev/null | cut -c1-400 | tail -20
 tar czf $OUT/study.tgz --exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="$O/datastores" \
   --exclude="$O/targets" --exclude=.locks $O
