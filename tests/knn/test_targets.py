@@ -160,3 +160,40 @@ def test_two_ranks_of_row_chunks_write_the_same_bytes_as_one(tmp_path):
     two = KNNTargets(tmp_path / "two").manifest
     assert two["fingerprint"] == one["fingerprint"] and two["searcher"] == "TorchExact"
     assert abs(two["mass_kept_mean"] - one["mass_kept_mean"]) < 1e-9
+
+
+def test_progress_is_saved_behind_the_search_and_never_ahead_of_the_bytes(tmp_path, monkeypatch):
+    """A progress record's flush runs on its own thread: the search goes on while it runs (on the H200 each flush
+    stalled the GPU for 8-10 s), and every row a record counts as done is already written when it is saved."""
+    import threading
+
+    import mlpmem_lightning.knn.targets as targets
+    from mlpmem_lightning.core.writer import ArtifactWriter
+
+    monkeypatch.setattr(targets, "SAVE_ROWS", 512)
+    monkeypatch.setattr(targets, "GROUP_ROWS", 256)
+    chunk, rng = 256, np.random.default_rng(3)
+    ds = make_datastore(tmp_path / "ds", rng.normal(size=(8192, 8)), rng.integers(0, 50, 8192))
+    out = tmp_path / "t"
+    save = ArtifactWriter.save_progress
+    records, went_on = [], threading.Event()
+
+    def checked_save(self, state, arrays=()):
+        probs = np.load(out / "probs.npy", mmap_mode="r")
+        done_rows = min(state["done"] * chunk, len(probs))
+        if done_rows:
+            sums = probs[:done_rows].astype(np.float64).sum(1)
+            records.append((state["done"], bool(np.all(np.abs(sums - 1) < 5e-3))))
+        if len(records) == 1 and done_rows < len(probs):  # the first record: does the search go on meanwhile?
+            for _ in range(400):
+                if probs[done_rows:].astype(np.float64).sum() > 0:
+                    went_on.set()
+                    break
+                threading.Event().wait(0.025)
+        save(self, state, arrays)
+
+    monkeypatch.setattr(ArtifactWriter, "save_progress", checked_save)
+    build_targets(ds, out, TargetSettings(k=16, keep=8, chunk=chunk, backend="torch"), device="cpu")
+    assert len(records) >= 2 and all(ok for _, ok in records), records
+    assert went_on.is_set()  # rows past the record were written while it was being saved
+    assert records[-1][0] == 8192 // chunk
