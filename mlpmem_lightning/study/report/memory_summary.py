@@ -22,7 +22,7 @@ PAPER_GAIN = -0.08  # GPT2-large on WikiText-103: 10.42 -> 9.58 test perplexity 
 
 def valid_table(df: pd.DataFrame) -> list[str]:
     """Valid and test perplexity of every row, with the λ (and T) they ran at: what the choice on valid saw."""
-    lines = ["| arch | memory | params | λ | T | valid ppl | test ppl |", "|---|---|---|---|---|---|---|"]
+    lines = ["| arch | memory | memory params | λ | T | valid ppl | test ppl |", "|---|---|---|---|---|---|---|"]
     keys = ["arch", "memory_size"]
     df = df.assign(memory_size=df["memory_size"].fillna("").astype(str))
     by = {split: df[df["split"] == split].set_index(keys) for split in ("valid", "test")}
@@ -39,7 +39,20 @@ def times_table(times: pd.DataFrame) -> list[str]:
     lines = ["| stage | seconds | exit |", "|---|---|---|"]
     lines += [f"| {r.stage} | {r.seconds:.1f} | {int(r.exit)} |" for r in times.itertuples()]
     done = times[times["exit"] == 0]
-    return lines + [f"| total (finished stages) | {done['seconds'].sum():.1f} | |"]
+    return lines + [f"| total (attempts that finished) | {done['seconds'].sum():.1f} | |"]
+
+
+def span_line(df: pd.DataFrame) -> list[str]:
+    """The memories' span in non-embedding parameters (the ratios x0.25 … x2 are of those; the fit's axis counts
+    the memory's vocabulary head as well, a constant that narrows the span)."""
+    test = df[df["split"] == "test"]
+    base = test.loc[test["arch"] == "decoder", "params_non_embedding"]
+    memory = test.loc[test["arch"] == "mlp_memory", "params_non_embedding"]
+    if base.empty or memory.empty:
+        return []
+    own = memory - float(base.iloc[0])
+    return [f"Memory non-embedding parameters {int(own.min()):,} … {int(own.max()):,}: a {own.max() / own.min():.1f}x "
+            "span (the fit's axis, `params_memory`, includes each memory's vocabulary head)."]
 
 
 def gain_lines(result: dict) -> list[str]:
@@ -60,7 +73,8 @@ def write_summary(results: Path, times: Path | None, out: Path, bootstrap: int =
     result = memory_scaling(df, split="test", bootstrap=bootstrap)
     plot_memory_scaling(result, out / "memory_scaling.png")
     lines = [f"# Memory-size scaling on {result['base']}", "", "## Perplexity (λ, T chosen on valid)", "",
-             *valid_table(df), "", "## Fit (test)", "", *summary_lines(result), "", *gain_lines(result)]
+             *valid_table(df), "", "## Fit (test)", "", *summary_lines(result), "", *span_line(df), "",
+             *gain_lines(result)]
     if times is not None and times.is_file():
         lines += ["", "## Seconds per stage", "", *times_table(pd.read_csv(times))]
     path = out / "summary.md"
