@@ -54,7 +54,8 @@ finish() {  # pack what should come back (no checkpoints, arrays or model weight
   pkill -P $$ 2>/dev/null; sleep 1
   local out=$(cd $OUT && pwd)
   (cd $W && tar czf $out/smollm2.tgz --exclude='*.ckpt' --exclude='*.npy' --exclude='*.safetensors' \
-    --exclude='*.faiss' --exclude=tokens --exclude=.locks --exclude='*.lock' --exclude='*.gguf' . 2>/dev/null)
+    --exclude='*.faiss' --exclude=tokens --exclude=.locks --exclude='*.lock' --exclude='*.gguf' \
+    --exclude=./smollm2/tokenizer.json . 2>/dev/null)
   for f in times.csv results.csv summary.md memory_scaling.png; do [ -e $W/$f ] && cp $W/$f $OUT/; done
   ls -la $OUT; exit "${1:-0}"
 }
@@ -68,7 +69,9 @@ stage() {  # stage NAME CMD…: once (done/NAME); seconds to times.csv; out of t
   local dt=$(( ($(date +%s%N) - t0) / 10000000 ))
   echo "$name,$(( dt / 100 )).$(printf %02d $(( dt % 100 ))),$rc,$(date -u +%FT%TZ)" >> $W/times.csv
   echo "$name end: exit $rc after $(( dt / 100 )) s"; grep -v "^\s*$" $W/logs/$name.log | tail -4 | cut -c1-300
-  if [ $rc -eq 0 ]; then touch $W/done/$name; else finish $rc; fi
+  [ $rc -eq 0 ] && { touch $W/done/$name; return 0; }
+  [ $(left) -le 0 ] && { echo "$name cut by the time limit: call again (it reruns)"; finish; }
+  finish $rc
 }
 metric() { $PY -c "import pandas as pd, sys; d = pd.read_csv(sys.argv[1]); print(d[sys.argv[2]].dropna().iloc[-1])" "$@"; }
 
@@ -108,8 +111,9 @@ summarize() {  # collect the runs that finished and write summary.md (cheap: red
   for size in $SIZES; do [ -e $W/done/test_$size ] && runs="$runs $W/memory-$size"; done
   rm -f $W/done/collect $W/done/report
   stage collect $MLPMEM collect $runs --out $W/results.csv --study smollm2-memory
+  # 300 resamples here (the committed summary.md: rerun with the default 1000 on results.csv and times.csv)
   stage report $PY -m mlpmem_lightning.study.report.memory_summary --results $W/results.csv --times $W/times.csv \
-    --out $W
+    --out $W --bootstrap ${SMOL_BOOTSTRAP:-300}
 }
 set -- $SIZES
 for size in "${@:1:4}"; do memory $size; done
