@@ -38,7 +38,9 @@ if [ -n "${SMOL_TINY:-}" ]; then
   VAL="--trainer.val_check_interval 1.0 --trainer.limit_val_batches 1"
   TEMPS="[0.25,1.0,4.0,16.0,64.0,256.0]"; SEARCH="--model.index ivfflat --model.backend clustered --model.nlist $NLIST --model.nprobe $NPROBE"
 else
-  SEQ=512 BATCH=64 EVAL_BATCH=64 DS_BATCH=64 K=1024 KEEP=128 NPROBE=16 NLIST=4096 MEM_TOKENS=11800000 WORKERS=4
+  # evaluation batches of 128 x 512 = 65k queries (the sweeps' 256 x 256): each list's probe set is gathered once
+  # per batch by the clustered search, so fewer, larger batches; logits 65k x 49152 fit the H200 easily
+  SEQ=512 BATCH=64 EVAL_BATCH=128 DS_BATCH=64 K=1024 KEEP=128 NPROBE=16 NLIST=4096 MEM_TOKENS=11800000 WORKERS=4
   VAL="--trainer.val_check_interval 0.5 --trainer.limit_val_batches 0.25"
   # the default 1/8 … 1024: squared key distances on the dry run's datastore were 13 (nearest) to 30 (32nd)
   TEMPS="[0.125,0.25,0.5,1.0,2.0,4.0,8.0,16.0,32.0,64.0,128.0,256.0,512.0,1024.0]"
