@@ -21,7 +21,7 @@
 #     = 6 x (55M + 81M + 135M + 241M + 42M) x 11.8M = 3.9e16 at ~200 TFLOP/s, + validation + start-up   ~ 340 s
 #   memory validate + test (5 x 2 processes, ~20 s start-up each), base alone (2 processes)             ~ 240 s
 #   set-up (wheels, join + sha256, import-decoder ~15 s)                                               ~ 40 s
-#   total ~ 910 s: calls 3 and 4. A stage cut by the time limit reruns next call (fits resume from last.ckpt).
+#   collect + summaries ~ 40 s; total ~ 950 s: calls 3 and 4. A stage cut by the time limit reruns next call (fits resume from last.ckpt).
 set -u
 if [ "${ACCEL:-gpu}" = gpu ]; then source scripts/gpu_setup.sh; TRAINER=gpu PY=python3; else
   PY=${PY:-python3}; export MLPMEM="$PY -m mlpmem_lightning.cli" OUT=${OUT:-runs/smollm2-out}; mkdir -p "$OUT"
