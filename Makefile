@@ -39,7 +39,7 @@ clean:
 #   python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 GPU_PYTHON   ?= 3.12
 GPU_PLATFORM ?= --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any
-GPU_WHEELS   ?= lightning==2.6.6 lightning-utilities==0.15.3 jsonargparse==4.53.0 docstring-parser typeshed-client datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0 fsspec==2026.9.0 faiss-cpu==1.15.1 optuna==5.0.0 alembic sqlalchemy mako colorlog greenlet
+GPU_WHEELS   ?= lightning==2.6.6 lightning-utilities==0.15.3 jsonargparse==4.53.0 docstring-parser typeshed-client datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0 fsspec==2026.9.0 faiss-cpu==1.15.1 optuna==5.0.0 alembic sqlalchemy mako colorlog greenlet gguf==0.19.0
 wheels:
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
 	  $(GPU_PLATFORM) -d .whl $(GPU_WHEELS)

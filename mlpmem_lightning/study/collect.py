@@ -24,6 +24,7 @@ import yaml
 
 from mlpmem_lightning import __version__
 from mlpmem_lightning.core.errors import UserError
+from mlpmem_lightning.study import collect_pretrained
 from mlpmem_lightning.study.results import write_results
 
 GRID = "ppl_lambda_"
@@ -89,10 +90,28 @@ def run_rows(run: Path, study: str) -> list[dict[str, Any]]:
     arch = _arch(module)
     init = test_cfg["model"].get("init_args") or {}
     scores = _scores(run, arch, test_cfg)  # before the accounting: a λ picked on test is refused first
-    decoder_run = _fit_dir(init["decoder"]) if module != "DecoderLM" else _fit_dir(test_cfg.get("ckpt_path") or run)
+    pretrained = collect_pretrained.base_dir(module, init, test_cfg)  # an imported base: no fit, no rung
+    if pretrained is not None:
+        accounted = collect_pretrained.account(arch.name, pretrained, test_cfg, _run_files(arch.name, run, test_cfg))
+    else:
+        decoder_run = _fit_dir(init["decoder"]) if module != "DecoderLM" else \
+            _fit_dir(test_cfg.get("ckpt_path") or run)
+        accounted = _account(arch.name, decoder_run, run, test_cfg)
     base = {"study": study, "trial": None, "arch": arch.name, "run": str(run), "mlpmem_version": __version__,
-            **_account(arch.name, decoder_run, run, test_cfg)}
+            **accounted}
     return [{**base, **split} for split in scores]
+
+
+def _run_files(arch: str, run: Path, test_cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a run's files say beyond its test config: the datastore it searched or learned from, the kNN-LM's T,
+    and a memory's fit config, tokens and targets manifest (for :mod:`.collect_pretrained`'s accounting)."""
+    if arch == "decoder":
+        return {}
+    if arch == "knn_lm":
+        return {"datastore": Path(test_cfg["model"]["init_args"]["datastore"]),
+                "temperature": _knn_temperature(run, test_cfg)}
+    fit, targets = _config(run / "config.yaml"), _targets_manifest(run)
+    return {"datastore": Path(targets["datastore"]), "fit": fit, "tokens": _tokens(fit), "targets": targets}
 
 
 def _scores(run: Path, arch, test_cfg: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,102 @@
+"""`mlpmem collect` over runs whose decoder is a pretrained directory (`mlpmem import-decoder`), not a fit.
+
+A pretrained base (SmolLM2-135M, issue #17) has no ladder rung and no fit config: its rows are counted from the
+directory's manifest and weights instead. The base alone is a ``mlpmem test --model DecoderLM --model.init_from
+DIR`` run (no checkpoint). ``decoder_size`` is the directory's name (one base per study: what
+:func:`~.analysis.memory_scaling.memory_scaling` groups by). ``flops_train_total`` counts what this study spent
+on top of the base: its pretraining is not known here and counts 0, the datastore pass, the search for the
+targets and the memory's own training (with a base forward per token in online mode) as the sweep counts them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+def is_pretrained(path: str | Path) -> bool:
+    """Whether ``path`` is a transformers model directory (``import-decoder``, ``export-decoder``, any
+    ``save_pretrained``) rather than a fit's run directory or checkpoint."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "config.yaml").is_file()
+
+
+def base_dir(module: str, init: dict[str, Any], test_cfg: dict[str, Any]) -> Path | None:
+    """The pretrained directory a test run evaluates (its ``--model.decoder``, or a DecoderLM's ``init_from`` when
+    no checkpoint was tested), or None when the decoder is a fit."""
+    if module == "DecoderLM":
+        path = init.get("init_from") if not test_cfg.get("ckpt_path") else None
+    else:
+        path = init.get("decoder")
+    return Path(path) if path and is_pretrained(path) else None
+
+
+@lru_cache(maxsize=2)
+def _base(path: str) -> tuple[str, int, int, int, str, Any]:
+    """(fingerprint, total params, non-embedding params, d_model, family, net) of a pretrained directory, loaded
+    once per collect."""
+    from mlpmem_lightning.models.base_memory import base_non_embedding_params
+    from mlpmem_lightning.models.loading import load_decoder
+
+    dec = load_decoder(path)
+    params = sum(p.numel() for p in dec.net.parameters())  # tied head counted once, as transformers counts it
+    return dec.fingerprint, params, base_non_embedding_params(dec.net), dec.net.config.hidden_size, dec.family, dec.net
+
+
+def account(arch: str, base: Path, test_cfg: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """The accounting columns of one run on a pretrained base (those :func:`collect._account` gives a fit's run);
+    ``files``: what :func:`collect._run_files` read from the run (datastore, T, the memory's fit and targets)."""
+    from mlpmem_lightning.data.token_store import TokenStore
+    from mlpmem_lightning.knn.datastore import Datastore
+    from mlpmem_lightning.models.flops import forward_flops_of
+
+    fingerprint, params, non_embedding, _, _, net = _base(str(base))
+    store = TokenStore(test_cfg["data"]["token_store"])
+    out = {"decoder_size": base.name, "memory_size": "", "params_decoder": params, "params_memory": 0, "seed": 0,
+           "token_store_fingerprint": store.fingerprint, "decoder_fingerprint": fingerprint}
+    flops, tokens = 0, 0  # the base's pretraining: not known here, not this study's
+    if arch != "decoder":
+        datastore = Datastore(files["datastore"])
+        rows = len(datastore)
+        flops += rows * forward_flops_of(net, datastore.manifest["seq_len"])
+        out["datastore_rows"] = rows
+    if arch == "knn_lm":
+        out["temperature"] = files["temperature"]
+    if arch == "mlp_memory":
+        memory = _memory(files, str(base), rows)
+        flops += memory.pop("flops")
+        tokens += memory.pop("tokens")
+        non_embedding += memory.pop("non_embedding")
+        out.update(memory)
+    return {**out, "params_total": params + out["params_memory"], "train_tokens": tokens, "flops_train_total": flops,
+            "params_non_embedding": non_embedding, "lr": None, "epochs": tokens / len(store.split("train")),
+            "last10_improvement": None, "converged": None}
+
+
+def _memory(files: dict[str, Any], base: str, rows: int) -> dict[str, Any]:
+    """The memory's size, parameters, tokens and FLOPs (its targets' search and its own training) on the base."""
+    from mlpmem_lightning.knn.targets import default_nlist
+    from mlpmem_lightning.models.base_memory import is_relative, relative_memory_config
+    from mlpmem_lightning.models.families import get_family
+    from mlpmem_lightning.models.flops import forward_flops_of, memory_train_flops, search_flops
+    from mlpmem_lightning.models.memory import (
+        memory_config,
+        memory_flops_per_token,
+        memory_non_embedding_params,
+        memory_params,
+    )
+
+    _, _, _, d_model, family, net = _base(base)
+    fit, targets, tokens = files["fit"], files["targets"], files["tokens"]
+    init, knn = fit["model"]["init_args"], targets["settings"]
+    search = search_flops(rows, rows, d_model, knn["index"], knn.get("nlist") or default_nlist(rows),
+                          knn.get("nprobe", 1))
+    size, block = init.get("size"), init.get("block") or get_family(family).memory_block
+    cfg = relative_memory_config(size, net, block) if is_relative(size) else \
+        memory_config(size, d_model, net.config.vocab_size, block)
+    forward = forward_flops_of(net, fit["data"]["seq_len"]) if init.get("mode", "online") == "online" else 0
+    own = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens, forward)
+    return {"memory_size": size, "params_memory": memory_params(cfg), "tokens": tokens, "flops": search + own,
+            "targets_fingerprint": targets["fingerprint"], "non_embedding": memory_non_embedding_params(cfg),
+            "temperature": targets.get("temperature")}

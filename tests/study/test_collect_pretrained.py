@@ -1,0 +1,121 @@
+"""`mlpmem collect` over runs on a pretrained base (a transformers directory, no fit): the base alone (DecoderLM
+``init_from``, no checkpoint), its kNN-LM and a base-relative memory give the sweep's rows, and the memory-size
+summary reads them. References: transformers in float64 for the base's loss, the saved weights for the
+parameter counts, the runs' own metrics files for λ and T."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mlpmem_lightning.cli.lightning import run_cli
+from mlpmem_lightning.data.token_store import PrepareSettings, TokenStore, prepare
+from tests.helpers import EXP
+from tests.pretrained_helpers import WORDS, save_hf_dir, tiny_tokenizer
+
+pytestmark = pytest.mark.integration
+SEQ = 32
+COMMON = ["--config", str(EXP / "trainer/cpu.yaml"), "--trainer.enable_progress_bar", "false", "--data.seq_len",
+          str(SEQ), "--data.batch_size", "4"]
+
+
+def _last(path, column):
+    df = pd.read_csv(path)
+    return float(df[column].dropna().iloc[-1])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The runs scripts/gpu_smollm2.sh makes, on a tiny random base: base, kNN-LM (T, λ on valid), memory x0.5."""
+    from mlpmem_lightning.knn.datastore import DatastoreSettings, build_datastore
+    from mlpmem_lightning.knn.targets import TargetSettings, build_targets
+
+    root = tmp_path_factory.mktemp("collect-pretrained")
+    base = save_hf_dir(root / "tinybase", "llama", tiny_tokenizer())
+    g = torch.Generator().manual_seed(0)
+    docs = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (40,), generator=g).tolist()) for _ in range(150)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare(PrepareSettings(corpus=str(root / "corpus.jsonl"), tokenizer=str(base)), root / "tokens")
+    common = [*COMMON, "--data.token_store", str(root / "tokens")]
+    for sub in ("validate", "test"):
+        run_cli([sub, *common, "--model", "DecoderLM", "--model.init_from", str(base),
+                 "--trainer.default_root_dir", str(root / "base")])
+    build_datastore(base, root / "tokens", root / "ds", DatastoreSettings(batch_size=8, seq_len=SEQ), device="cpu")
+    knn = [*common, "--model", "KNNLM", "--model.decoder", str(base), "--model.datastore", str(root / "ds"),
+           "--model.k", "8", "--trainer.default_root_dir", str(root / "knnlm")]
+    run_cli(["validate", *knn, "--model.temperatures", "[1.0, 4.0, 16.0]"])
+    t = min((1.0, 4.0, 16.0), key=lambda x: abs(x - _last(root / "knnlm/validate/metrics.csv", "val/temperature")))
+    lam = round(_last(root / "knnlm/validate/metrics.csv", "val/best_lambda"), 2)
+    run_cli(["test", *knn, "--model.temperatures", f"[{t}]", "--model.lambda_", str(lam)])
+    build_targets(root / "ds", root / "tg", TargetSettings(index="flat", k=8, keep=8, temperature=t), device="cpu")
+    mem = [*common, "--model", "MemoryLM", "--model.decoder", str(base), "--model.size", "x0.5", "--model.mode",
+           "offline", "--data.targets", str(root / "tg"), "--trainer.default_root_dir", str(root / "mem")]
+    run_cli(["fit", *mem, "--model.max_tokens", str(3 * 4 * SEQ)])
+    ckpt = str(next((root / "mem").rglob("best.ckpt")))
+    run_cli(["validate", *mem, "--ckpt_path", ckpt])
+    lam = round(_last(root / "mem/validate/metrics.csv", "val/best_lambda"), 2)
+    run_cli(["test", *mem, "--ckpt_path", ckpt, "--model.lambda_", str(lam)])
+    return root, base, ckpt
+
+
+def _reference_nll(base, tokens: np.ndarray) -> float:
+    """Mean next-token NLL over the seq_len cut of the split, with transformers in float64."""
+    from transformers import AutoModelForCausalLM
+
+    net = AutoModelForCausalLM.from_pretrained(base).double().eval()
+    n = (len(tokens) - 1) // SEQ
+    ids = torch.from_numpy(tokens[: n * SEQ + 1].astype(np.int64))
+    x, y = ids[:-1].view(n, SEQ), ids[1:].view(n, SEQ)
+    with torch.no_grad():
+        lp = torch.log_softmax(net(input_ids=x).logits, -1)
+    return float(-lp.gather(-1, y[..., None]).mean())
+
+
+def test_collect_gives_the_rows_of_a_pretrained_base(runs):
+    from transformers import AutoModelForCausalLM
+
+    from mlpmem_lightning.study.collect import collect
+
+    root, base, ckpt = runs
+    df = collect([root / "base", root / "knnlm", root / "mem"], root / "results.csv", study="smollm2-memory")
+    assert set(df["decoder_size"]) == {"tinybase"} and df["decoder_fingerprint"].nunique() == 1
+    test = df[df["split"] == "test"].set_index("arch")
+    store = TokenStore(root / "tokens")
+    assert test.loc["decoder", "loss"] == pytest.approx(_reference_nll(base, store.split("test")), rel=1e-5)
+    n_base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
+    assert (df["params_decoder"] == n_base).all()
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    n_memory = sum(v.numel() for k, v in state.items() if k.startswith("memory."))
+    assert test.loc["mlp_memory", "params_memory"] == n_memory and test.loc["mlp_memory", "memory_size"] == "x0.5"
+    rows = len(np.load(root / "ds" / "keys.npy", mmap_mode="r"))
+    assert test.loc["knn_lm", "datastore_rows"] == rows == test.loc["mlp_memory", "datastore_rows"]
+    knn_t = _last(root / "knnlm/validate/metrics.csv", "val/temperature")
+    assert test.loc["knn_lm", "temperature"] == pytest.approx(knn_t, rel=1e-6)
+    lam = _last(root / "mem/validate/metrics.csv", "val/best_lambda")
+    assert test.loc["mlp_memory", "lambda"] == pytest.approx(lam, abs=1e-6)
+    assert test.loc["mlp_memory", "loss"] == pytest.approx(_last(root / "mem/test/metrics.csv", "test/loss"))
+    assert test.loc["mlp_memory", "train_tokens"] == 3 * 4 * SEQ and test.loc["decoder", "flops_train_total"] == 0
+
+
+def test_memory_summary_reads_the_collected_rows(runs, tmp_path):
+    """summary.md: the table's perplexities are exp of the collected losses; one size gives no fit, so the rows
+    are repeated at four sizes (params scaled) to exercise the fit section."""
+    from mlpmem_lightning.study.report.memory_summary import write_summary
+
+    root = runs[0]
+    df = pd.read_csv(root / "results.csv")
+    mem = df[df["arch"] == "mlp_memory"]
+    sizes = [mem.assign(memory_size=f"x{r}", params_memory=mem["params_memory"] * r * 2,
+                        loss=mem["loss"] + 0.1 / r) for r in (0.25, 0.5, 1, 2)]
+    pd.concat([df[df["arch"] != "mlp_memory"], *sizes]).to_csv(tmp_path / "r.csv", index=False)
+    (tmp_path / "times.csv").write_text("stage,seconds,exit,utc\nimport,1.5,0,x\ntargets,2.5,0,x\n")
+    text = write_summary(tmp_path / "r.csv", tmp_path / "times.csv", tmp_path, bootstrap=20).read_text()
+    base = df[(df["arch"] == "decoder") & (df["split"] == "test")]["loss"].item()
+    assert f"{math.exp(base):.3f}" in text and "α 95% interval" in text
+    assert "| total (attempts that finished) | 4.0 |" in text
+    assert (tmp_path / "memory_scaling.png").stat().st_size > 0
