@@ -2,8 +2,9 @@
 # The scaling study of issue #15 (sweeps/scaling-h200.yaml) on one H200, resumable across calls and leases:
 #   bash scripts/gpu_study.sh SECONDS            # the sweep, 4 workers sharing the GPU
 #   LR_SEARCH=1 bash scripts/gpu_study.sh SECONDS  # first the LR search again (7 processes), then the sweep
-# Carry .whl (make wheels), scripts, and .carry/mixed-english (`mlpmem prepare --corpus mixed-english --vocab-size
-# 16384 --out .carry/mixed-english`, where the registries are reachable); a warm machine keeps runs/ between calls,
+# Carry .whl (make wheels) and .carry/mixed-english (`mlpmem prepare --corpus mixed-english --vocab-size 16384
+# --out .carry/mixed-english`, where the registries are reachable; not all of .carry, which with the SmolLM2 store
+# is over the 64 MiB a call carries); a warm machine keeps runs/ between calls,
 # a fresh one resumes the Optuna storage from .carry/state/ (what an earlier call's study.tgz held). Stops every
 # process after SECONDS (the unfinished trials are failed and re-queued on resume) and packs the tables, storages,
 # logs and convergence summaries (no checkpoints, datastores or targets) into $OUT/study.tgz.
