@@ -40,3 +40,18 @@ def save_hf_dir(path: Path, family: str, tokenizer, vocab_size: int | None = Non
     tiny_model(family, vocab_size or tokenizer.get_vocab_size(), seed).save_pretrained(path)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(path)
     return path
+
+
+def base_with_store(root: Path, name: str = "base", family: str = "llama") -> tuple[Path, Path]:
+    """(a tiny random base in transformers format, its token store): 150 made-up documents tokenized with the
+    base's own tokenizer, as `mlpmem prepare --tokenizer BASE` makes it."""
+    import json
+
+    from mlpmem_lightning.data.token_store import PrepareSettings, prepare
+
+    base = save_hf_dir(root / name, family, tiny_tokenizer())
+    g = torch.Generator().manual_seed(0)
+    docs = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (40,), generator=g).tolist()) for _ in range(150)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare(PrepareSettings(corpus=str(root / "corpus.jsonl"), tokenizer=str(base)), root / "tokens")
+    return base, root / "tokens"

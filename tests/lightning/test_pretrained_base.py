@@ -4,17 +4,15 @@ targets as a teacher's for another decoder of the same tokenizer (MemoryLM ``tea
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from mlpmem_lightning.cli.lightning import run_cli
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.data.token_store import PrepareSettings, TokenStore, prepare
+from mlpmem_lightning.data.token_store import TokenStore
 from mlpmem_lightning.data.tokenizer import tokenizer_fingerprint
 from tests.helpers import EXP
-from tests.pretrained_helpers import WORDS, save_hf_dir, tiny_model, tiny_tokenizer
+from tests.pretrained_helpers import base_with_store, save_hf_dir, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.integration
 TRAINER = ["--config", str(EXP / "trainer/cpu.yaml"), "--trainer.enable_progress_bar", "false"]
@@ -23,13 +21,7 @@ TRAINER = ["--config", str(EXP / "trainer/cpu.yaml"), "--trainer.enable_progress
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """(base directory, its token store): 150 made-up documents tokenized with the base's tokenizer."""
-    root = tmp_path_factory.mktemp("pretrained")
-    base = save_hf_dir(root / "base", "llama", tiny_tokenizer())
-    g = torch.Generator().manual_seed(0)
-    docs = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (40,), generator=g).tolist()) for _ in range(150)]
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    prepare(PrepareSettings(corpus=str(root / "corpus.jsonl"), tokenizer=str(base)), root / "tokens")
-    return base, root / "tokens"
+    return base_with_store(tmp_path_factory.mktemp("pretrained"))
 
 
 def test_token_store_carries_the_base_tokenizer(base):

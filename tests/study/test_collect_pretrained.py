@@ -5,7 +5,6 @@ parameter counts, the runs' own metrics files for λ and T."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -14,9 +13,9 @@ import pytest
 import torch
 
 from mlpmem_lightning.cli.lightning import run_cli
-from mlpmem_lightning.data.token_store import PrepareSettings, TokenStore, prepare
+from mlpmem_lightning.data.token_store import TokenStore
 from tests.helpers import EXP
-from tests.pretrained_helpers import WORDS, save_hf_dir, tiny_tokenizer
+from tests.pretrained_helpers import base_with_store
 
 pytestmark = pytest.mark.integration
 SEQ = 32
@@ -36,11 +35,7 @@ def runs(tmp_path_factory):
     from mlpmem_lightning.knn.targets import TargetSettings, build_targets
 
     root = tmp_path_factory.mktemp("collect-pretrained")
-    base = save_hf_dir(root / "tinybase", "llama", tiny_tokenizer())
-    g = torch.Generator().manual_seed(0)
-    docs = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (40,), generator=g).tolist()) for _ in range(150)]
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    prepare(PrepareSettings(corpus=str(root / "corpus.jsonl"), tokenizer=str(base)), root / "tokens")
+    base, _ = base_with_store(root, "tinybase")
     common = [*COMMON, "--data.token_store", str(root / "tokens")]
     for sub in ("validate", "test"):
         run_cli([sub, *common, "--model", "DecoderLM", "--model.init_from", str(base),
