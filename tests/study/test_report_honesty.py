@@ -159,3 +159,12 @@ def test_an_older_table_falls_back_to_total_parameters_and_says_so(tmp_path):
     assert "no `params_non_embedding` (fits and plots use total parameters only)" in md
     assert "This table holds the grid for valid only." in md
     assert set(json.loads((out / "fits.json").read_text())["decoder"]) == {"params_total", "flops_train_total"}
+
+
+def test_a_decoder_only_table_is_not_said_to_lack_the_knn_temperature():
+    """T belongs to kNN-LM and memory rows: a decoder frontier alone lacks nothing; kNN rows without T do."""
+    decoders = pd.DataFrame([row("decoder", "s1", 1e7, 0, "test", 5.0, temperature=np.nan)])
+    assert "temperature" not in an.missing_optional(decoders)
+    knn = pd.concat([decoders, pd.DataFrame([row("knn_lm", "s1", 1e7, 0, "test", 4.9, temperature=np.nan)])])
+    assert "temperature" in an.missing_optional(knn)
+    assert "temperature" in an.missing_optional(decoders.drop(columns="temperature"))
