@@ -27,14 +27,14 @@ from tqdm.auto import tqdm
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.distributed import pick_device
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.core.writer import ArtifactWriter
+from mlpmem_lightning.core.writer import ArtifactWriter, BackgroundSaves
 from mlpmem_lightning.data.token_store import TokenStore
 from mlpmem_lightning.data.windows import window_count, window_starts
 from mlpmem_lightning.models.decoder import context_length, ffn_inputs
 from mlpmem_lightning.models.loading import load_decoder
 
 KIND = "datastore"
-SAVE_ROWS = 1 << 20  # rows between progress records (flush + fsync)
+SAVE_ROWS = 1 << 20  # rows between progress records (flushed behind the next batches: BackgroundSaves)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,8 @@ def _fill(net, tokens: np.ndarray, keys: np.ndarray, writer: ArtifactWriter, s: 
     L, B = s.seq_len, s.batch_size
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16")
     saved = done
-    with tqdm(total=hi - lo, initial=done - lo, desc=f"datastore rank {writer.rank}", unit="win") as bar:
+    with BackgroundSaves(writer, (keys,)) as saves, \
+            tqdm(total=hi - lo, initial=done - lo, desc=f"datastore rank {writer.rank}", unit="win") as bar:
         for start in range(done, hi, B):
             stop = min(start + B, hi)
             x = torch.from_numpy(tokens[window_starts(start, stop, L)].astype(np.int64)).to(device)
@@ -134,8 +135,9 @@ def _fill(net, tokens: np.ndarray, keys: np.ndarray, writer: ArtifactWriter, s: 
                 raise UserError(f"the decoder produced NaN/inf hidden states in windows {start}-{stop}: "
                                 "the checkpoint is broken; retrain or pick another checkpoint")
             keys[start * L:stop * L] = h.reshape(-1, h.shape[-1]).cpu().numpy().astype(np.float16)
-            if (stop - saved) * L >= SAVE_ROWS or stop == hi:  # an fsync per batch would dominate on a GPU
-                writer.save_progress({"done": stop}, (keys,))
+            if stop == hi:
+                saves.last({"done": stop})
+            elif (stop - saved) * L >= SAVE_ROWS and saves.start({"done": stop}):  # flushed behind the next batches
                 saved = stop
             bar.update(stop - start)
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.distributed import pick_device
 from mlpmem_lightning.core.errors import UserError
-from mlpmem_lightning.core.writer import ArtifactWriter
+from mlpmem_lightning.core.writer import ArtifactWriter, BackgroundSaves
 from mlpmem_lightning.knn.datastore import Datastore
 from mlpmem_lightning.knn.distributions import aggregate_tokens, drop_self, neighbour_weights
 from mlpmem_lightning.knn.index import build_index
@@ -42,7 +42,7 @@ __all__ = ["KIND", "KNNTargets", "TargetSettings", "build_targets", "default_nli
 log = logging.getLogger(__name__)
 KIND = "knn_targets"
 GROUP_ROWS = 1 << 16  # rows aggregated and written together (units are grouped up to it)
-SAVE_ROWS = 1 << 20  # rows between progress records (flush + fsync) ...
+SAVE_ROWS = 1 << 20  # rows between progress records (flushed behind the search: BackgroundSaves) ...
 SAVE_SECONDS = 60.0  # ... or seconds, whichever comes first
 
 
@@ -151,7 +151,7 @@ def _fill(searcher: Searcher, values: torch.Tensor, s: TargetSettings, ids: np.n
 
     Units are searched one at a time but aggregated and written in groups of about ``GROUP_ROWS``
     rows (rows are independent, so grouping changes no byte). A group's host-side write overlaps the next
-    group's search, and a progress record's flush overlaps the searches after it (``_Saves``).
+    group's search, and a progress record's flush overlaps the searches after it (``BackgroundSaves``).
     """
     sizes = searcher.units(s.chunk)
     bounds = np.linspace(0, len(sizes), writer.world_size + 1).astype(int)
@@ -165,7 +165,7 @@ def _fill(searcher: Searcher, values: torch.Tensor, s: TargetSettings, ids: np.n
         ids[where], probs[where] = tok, p
 
     desc = "targets" if writer.world_size == 1 else f"targets rank {writer.rank}"
-    with ThreadPoolExecutor(1) as pool, _Saves(writer, (ids, probs)) as saves, \
+    with ThreadPoolExecutor(1) as pool, BackgroundSaves(writer, (ids, probs)) as saves, \
             tqdm(total=int(sizes[lo:hi].sum()), initial=int(sizes[lo:first].sum()), desc=desc, unit="row") as bar:
         for unit, rows, dist, nbr in searcher.self_search(s.k + 1, first, hi, s.chunk):
             group.append((rows, dist, nbr))
@@ -183,47 +183,12 @@ def _fill(searcher: Searcher, values: torch.Tensor, s: TargetSettings, ids: np.n
                 writing.result()
                 saves.last({**state, "done": unit + 1})
             elif (since_save >= SAVE_ROWS or time.monotonic() - saved_at >= SAVE_SECONDS) \
-                    and saves.start({**state, "done": unit + 1}, writing):
+                    and saves.start({**state, "done": unit + 1}, after=writing):
                 since_save, saved_at = 0, time.monotonic()
             bar.update(pending)
             group, pending = [], 0
     if first >= hi:  # nothing left (or an empty share): still leave a record for the manifest
         writer.save_progress({**state, "done": hi}, (ids, probs))
-
-
-class _Saves:
-    """Progress records flushed on their own thread, so that the search goes on while the disk syncs.
-
-    A record's flush (``msync`` of the memory maps) waits for the disk to take every row written since the last
-    one: on the H200's disk, with two targets runs at once, 8-10 s per million rows, during which the GPU used to
-    sit idle (2/3 of a 12M-row run). A record still never runs ahead of the bytes: it is written after the write
-    of its last group has finished and the flush that follows it has returned. While one is being saved a new one
-    is skipped (the next covers it); the last is saved in the foreground, after any still under way.
-    """
-
-    def __init__(self, writer: ArtifactWriter, arrays: tuple[np.ndarray, ...]):
-        self.writer, self.arrays, self.pool, self.saving = writer, arrays, ThreadPoolExecutor(1), None
-
-    def start(self, state: dict, written) -> bool:
-        """Save ``state`` in the background once ``written`` (the future of its last write) is done; False when a
-        save is still under way (nothing is started)."""
-        if self.saving is not None and not self.saving.done():
-            return False
-        if self.saving is not None:
-            self.saving.result()  # a failed flush (a full disk) fails the run here
-        self.saving = self.pool.submit(lambda: (written.result(), self.writer.save_progress(state, self.arrays)))
-        return True
-
-    def last(self, state: dict) -> None:
-        if self.saving is not None:
-            self.saving.result()
-        self.writer.save_progress(state, self.arrays)
-
-    def __enter__(self) -> _Saves:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.pool.shutdown(wait=True)
 
 
 def mass_curve(datastore: str | Path, settings: TargetSettings, rows: int = 4096, seed: int = 0,

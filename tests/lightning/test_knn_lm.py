@@ -37,6 +37,38 @@ def test_datastore_rows_follow_the_alignment(datastore, small_decoder, small_sto
     assert m["seq_len"] == SEQ and m["d"] == 64 and m["token_store_fingerprint"] == TokenStore(small_store).fingerprint
 
 
+def test_datastore_progress_is_saved_behind_the_forward_and_never_ahead_of_the_keys(datastore, small_decoder,
+                                                                                  small_store, tmp_path, monkeypatch):
+    """Its progress records are flushed on their own thread (``BackgroundSaves``, as the targets'): the forward goes
+    on while a record is saved, and every window a record counts already has its final keys."""
+    import threading
+
+    import mlpmem_lightning.knn.datastore as m
+    from mlpmem_lightning.core.writer import ArtifactWriter
+
+    monkeypatch.setattr(m, "SAVE_ROWS", 16 * SEQ)
+    final, out = Datastore(datastore).keys, tmp_path / "ds"
+    save, records, went_on = ArtifactWriter.save_progress, [], threading.Event()
+
+    def checked_save(self, state, arrays=()):
+        keys = np.load(out / "keys.npy", mmap_mode="r")
+        rows = state["done"] * SEQ
+        records.append(bool(np.array_equal(keys[:rows], final[:rows])))
+        if len(records) == 1:  # does the forward go on while the first record is being saved?
+            for _ in range(400):
+                if np.any(keys[rows:] != 0):
+                    went_on.set()
+                    break
+                threading.Event().wait(0.025)
+        save(self, state, arrays)
+
+    monkeypatch.setattr(ArtifactWriter, "save_progress", checked_save)
+    build_datastore(small_decoder, small_store, out, DatastoreSettings(batch_size=16), device="cpu")
+    assert len(records) >= 2 and all(records), records
+    assert went_on.is_set()
+    assert np.array_equal(np.load(out / "keys.npy"), final)
+
+
 def test_killed_datastore_resumes_byte_identical(datastore, small_decoder, small_store, tmp_path):
     code = ("from mlpmem_lightning.knn.datastore import *; import mlpmem_lightning.knn.datastore as m; "
             "m.SAVE_ROWS = 512; "
