@@ -53,7 +53,8 @@ def account(arch: str, base: Path, test_cfg: dict[str, Any], files: dict[str, An
 
     fingerprint, params, non_embedding, _, _, net = _base(str(base))
     store = TokenStore(test_cfg["data"]["token_store"])
-    out = {"decoder_size": base.name, "memory_size": "", "params_decoder": params, "params_memory": 0, "seed": 0,
+    out = {"decoder_size": base.name, "memory_size": "", "params_decoder": params, "params_memory": 0,
+           "seed": int(test_cfg.get("seed_everything") or 0),
            "token_store_fingerprint": store.fingerprint, "decoder_fingerprint": fingerprint}
     flops, tokens = 0, 0  # the base's pretraining: not known here, not this study's
     if arch != "decoder":
