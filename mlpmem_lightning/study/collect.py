@@ -74,9 +74,13 @@ def _tokens(fit: dict[str, Any]) -> int:
     return math.ceil(budget / step) * step if budget else int(fit["trainer"]["max_steps"]) * step
 
 
-def _arch(module: str):
+def _arch(module: str, run: Path):
+    """The architecture a run is: by its LightningModule, and a MemoryLM trained at α = 0 without targets is the
+    CE-only control (``mlp_memory_ce``), which the sweep runs beside the memory and charges no search."""
     from mlpmem_lightning.study import architectures
 
+    if module == "MemoryLM" and _is_ce_only(run):
+        return architectures.get("mlp_memory_ce")
     for arch in architectures.registered():
         if arch.module == module:
             return arch
@@ -87,7 +91,7 @@ def run_rows(run: Path, study: str) -> list[dict[str, Any]]:
     """The results rows of one hand-made run (valid when it was validated, and test)."""
     test_cfg = _config(run / "test" / "config.yaml")
     module = test_cfg["model"]["class_path"].rsplit(".", 1)[-1]
-    arch = _arch(module)
+    arch = _arch(module, run)
     init = test_cfg["model"].get("init_args") or {}
     scores = _scores(run, arch, test_cfg)  # before the accounting: a λ picked on test is refused first
     pretrained = collect_pretrained.base_dir(module, init, test_cfg)  # an imported base: no fit, no rung
@@ -110,7 +114,10 @@ def _run_files(arch: str, run: Path, test_cfg: dict[str, Any]) -> dict[str, Any]
     if arch == "knn_lm":
         return {"datastore": Path(test_cfg["model"]["init_args"]["datastore"]),
                 "temperature": _knn_temperature(run, test_cfg)}
-    fit, targets = _config(run / "config.yaml"), _targets_manifest(run)
+    fit = _config(run / "config.yaml")
+    if arch == "mlp_memory_ce":  # no targets, no datastore
+        return {"fit": fit, "tokens": _tokens(fit), "targets": None}
+    targets = _targets_manifest(run)
     return {"datastore": Path(targets["datastore"]), "fit": fit, "tokens": _tokens(fit), "targets": targets}
 
 
@@ -168,7 +175,7 @@ def _account(arch: str, decoder_run: Path, run: Path, test_cfg: dict[str, Any]) 
     out = {"decoder_size": size, "memory_size": "", "params_decoder": params, "params_memory": 0,
            "seed": int(fit.get("seed_everything") or 0), "token_store_fingerprint": store.fingerprint,
            "decoder_fingerprint": decoder.fingerprint}
-    if arch != "decoder":
+    if arch in ("knn_lm", "mlp_memory"):
         datastore = Path(test_cfg["model"]["init_args"]["datastore"]) if arch == "knn_lm" else \
             Path(_targets_manifest(run)["datastore"])
         rows = len(Datastore(datastore))
@@ -177,8 +184,8 @@ def _account(arch: str, decoder_run: Path, run: Path, test_cfg: dict[str, Any]) 
     non_embedding = non_embedding_params(rung, decoder.family)
     if arch == "knn_lm":
         out["temperature"] = _knn_temperature(run, test_cfg)
-    if arch == "mlp_memory":
-        memory = _memory(run, rung, vocab, decoder.family, rows)
+    if arch in ("mlp_memory", "mlp_memory_ce"):
+        memory = _memory(run, rung, vocab, decoder.family, rows if arch == "mlp_memory" else None)
         flops += memory.pop("flops")
         tokens += memory.pop("tokens")
         non_embedding += memory.pop("non_embedding")
@@ -200,6 +207,12 @@ def _knn_temperature(run: Path, test_cfg: dict[str, Any]) -> float | None:
     return None if given[0] is None else float(given[0])
 
 
+def _is_ce_only(run: Path) -> bool:
+    fit = _config(run / "config.yaml") if (run / "config.yaml").is_file() else {}
+    init = (fit.get("model") or {}).get("init_args") or {}
+    return float(init.get("alpha", 0.5)) == 0.0 and not (fit.get("data") or {}).get("targets")
+
+
 def _targets_manifest(run: Path) -> dict[str, Any]:
     import json
 
@@ -207,8 +220,9 @@ def _targets_manifest(run: Path) -> dict[str, Any]:
     return {**json.loads((Path(targets) / "manifest.json").read_text()), "path": targets}
 
 
-def _memory(run: Path, rung, vocab: int, family: str, rows: int) -> dict[str, Any]:
-    """The memory fit's size, parameters, tokens and FLOPs (the search for its targets, its own training)."""
+def _memory(run: Path, rung, vocab: int, family: str, rows: int | None) -> dict[str, Any]:
+    """The memory fit's size, parameters, tokens and FLOPs (the search for its targets over ``rows`` datastore rows,
+    its own training); ``rows`` None: the CE-only control, which has no targets and searched nothing."""
     from mlpmem_lightning.knn.targets import default_nlist
     from mlpmem_lightning.models.families import get_family
     from mlpmem_lightning.models.flops import memory_train_flops, search_flops
@@ -221,19 +235,20 @@ def _memory(run: Path, rung, vocab: int, family: str, rows: int) -> dict[str, An
     )
 
     fit = _config(run / "config.yaml")
-    init, targets = fit["model"]["init_args"], _targets_manifest(run)
-    knn = targets["settings"]
+    init, targets = fit["model"]["init_args"], _targets_manifest(run) if rows is not None else {}
+    knn = targets.get("settings", {})
     search = search_flops(rows, rows, rung.d_model, knn["index"], knn.get("nlist") or default_nlist(rows),
-                          knn.get("nprobe", 1))
+                          knn.get("nprobe", 1)) if rows is not None else 0
     size = init.get("size") or matched_memory(rung.name).name  # MemoryLM's default when --model.size is left out
     cfg = memory_config(size, rung.d_model, vocab, init.get("block") or get_family(family).memory_block)
     tokens = _tokens(fit)
     forward = forward_flops_per_token(rung, vocab, fit["data"]["seq_len"], family) if init.get("mode") == "online" \
         else 0
     own = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens, forward)
-    return {"memory_size": size, "params_memory": memory_params(cfg), "tokens": tokens,
-            "flops": search + own, "targets_fingerprint": targets["fingerprint"],
-            "non_embedding": memory_non_embedding_params(cfg), "temperature": targets.get("temperature")}
+    return {"memory_size": size, "params_memory": memory_params(cfg), "tokens": tokens, "flops": search + own,
+            "non_embedding": memory_non_embedding_params(cfg),
+            **({"targets_fingerprint": targets["fingerprint"], "temperature": targets.get("temperature")}
+               if targets else {})}
 
 
 def collect(paths: Iterable[str | Path], out: str | Path, study: str = "collected") -> pd.DataFrame:

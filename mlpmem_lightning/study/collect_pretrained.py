@@ -56,15 +56,15 @@ def account(arch: str, base: Path, test_cfg: dict[str, Any], files: dict[str, An
     out = {"decoder_size": base.name, "memory_size": "", "params_decoder": params, "params_memory": 0,
            "seed": int(test_cfg.get("seed_everything") or 0),
            "token_store_fingerprint": store.fingerprint, "decoder_fingerprint": fingerprint}
-    flops, tokens = 0, 0  # the base's pretraining: not known here, not this study's
-    if arch != "decoder":
+    flops, tokens, rows = 0, 0, None  # the base's pretraining: not known here, not this study's
+    if arch in ("knn_lm", "mlp_memory"):
         datastore = Datastore(files["datastore"])
         rows = len(datastore)
         flops += rows * forward_flops_of(net, datastore.manifest["seq_len"])
         out["datastore_rows"] = rows
     if arch == "knn_lm":
         out["temperature"] = files["temperature"]
-    if arch == "mlp_memory":
+    if arch in ("mlp_memory", "mlp_memory_ce"):
         memory = _memory(files, str(base), rows)
         flops += memory.pop("flops")
         tokens += memory.pop("tokens")
@@ -75,8 +75,9 @@ def account(arch: str, base: Path, test_cfg: dict[str, Any], files: dict[str, An
             "last10_improvement": None, "converged": None}
 
 
-def _memory(files: dict[str, Any], base: str, rows: int) -> dict[str, Any]:
-    """The memory's size, parameters, tokens and FLOPs (its targets' search and its own training) on the base."""
+def _memory(files: dict[str, Any], base: str, rows: int | None) -> dict[str, Any]:
+    """The memory's size, parameters, tokens and FLOPs (its targets' search over ``rows`` datastore rows and its own
+    training) on the base; the CE-only control (no targets, ``rows`` None) searched nothing."""
     from mlpmem_lightning.knn.targets import default_nlist
     from mlpmem_lightning.models.base_memory import is_relative, relative_memory_config
     from mlpmem_lightning.models.families import get_family
@@ -90,14 +91,18 @@ def _memory(files: dict[str, Any], base: str, rows: int) -> dict[str, Any]:
 
     _, _, _, d_model, family, net = _base(base)
     fit, targets, tokens = files["fit"], files["targets"], files["tokens"]
-    init, knn = fit["model"]["init_args"], targets["settings"]
-    search = search_flops(rows, rows, d_model, knn["index"], knn.get("nlist") or default_nlist(rows),
-                          knn.get("nprobe", 1))
+    init = fit["model"]["init_args"]
+    search = 0
+    if targets is not None:
+        knn = targets["settings"]
+        search = search_flops(rows, rows, d_model, knn["index"], knn.get("nlist") or default_nlist(rows),
+                              knn.get("nprobe", 1))
     size, block = init.get("size"), init.get("block") or get_family(family).memory_block
     cfg = relative_memory_config(size, net, block) if is_relative(size) else \
         memory_config(size, d_model, net.config.vocab_size, block)
     forward = forward_flops_of(net, fit["data"]["seq_len"]) if init.get("mode", "online") == "online" else 0
     own = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens, forward)
     return {"memory_size": size, "params_memory": memory_params(cfg), "tokens": tokens, "flops": search + own,
-            "targets_fingerprint": targets["fingerprint"], "non_embedding": memory_non_embedding_params(cfg),
-            "temperature": targets.get("temperature")}
+            "non_embedding": memory_non_embedding_params(cfg),
+            **({"targets_fingerprint": targets["fingerprint"], "temperature": targets.get("temperature")}
+               if targets is not None else {})}

@@ -69,12 +69,15 @@ def test_runs_are_found_under_folders(tmp_path):
 
 @pytest.mark.slow
 def test_collect_rebuilds_the_sweeps_rows_from_its_run_directories(tmp_path):
+    """Every architecture, the CE-only control included (a MemoryLM at α = 0 without targets: collect must call it
+    mlp_memory_ce and charge it no datastore or search, as the sweep does)."""
     from mlpmem_lightning.cli import main
     from mlpmem_lightning.study.sweep import run_sweep
     from tests.study.test_sweep import TINY
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({**TINY, "decoder_sizes": ["200k"], "out": str(tmp_path / "out")}))
+    spec.write_text(yaml.safe_dump({**TINY, "decoder_sizes": ["200k"], "control_sizes": ["200k"],
+                                    "out": str(tmp_path / "out")}))
     swept = pd.read_csv(run_sweep(spec))
     main(["collect", str(tmp_path / "out"), "--out", str(tmp_path / "collected.csv")])
     got = pd.read_csv(tmp_path / "collected.csv")
@@ -82,6 +85,7 @@ def test_collect_rebuilds_the_sweeps_rows_from_its_run_directories(tmp_path):
     keys = ["arch", "split"]
     swept, got = swept.set_index(keys).sort_index(), got.set_index(keys).sort_index()
     assert list(got.index) == list(swept.index)
+    assert "mlp_memory_ce" in set(got.index.get_level_values("arch"))
     for col in [c for c in NUMERIC if c != "seed"] + [c for c in swept.columns if c.startswith("ppl_lambda_")]:
         pd.testing.assert_series_equal(got[col].astype(float), swept[col].astype(float), rtol=1e-6, check_names=False)
     for col in ("params_non_embedding", "lr", "epochs", "temperature", "last10_improvement"):  # the #15 columns

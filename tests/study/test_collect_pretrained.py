@@ -114,3 +114,28 @@ def test_memory_summary_reads_the_collected_rows(runs, tmp_path):
     assert f"{math.exp(base):.3f}" in text and "α 95% interval" in text
     assert "| total (attempts that finished) | 4.0 |" in text
     assert (tmp_path / "memory_scaling.png").stat().st_size > 0
+
+
+def test_a_ce_only_control_on_the_base_is_counted_without_a_search(runs):
+    """A memory trained at α = 0 without targets (the CE-only control) is ``mlp_memory_ce``: the same memory
+    parameters as its checkpoint holds, no datastore, and FLOPs of its own training only (the x0.5 memory with
+    targets of the same size and tokens costs that plus the datastore pass and the search)."""
+    from mlpmem_lightning.study.collect import collect
+
+    root, base, _ = runs
+    ce = [*COMMON, "--data.token_store", str(root / "tokens"), "--model", "MemoryLM", "--model.decoder", str(base),
+          "--model.size", "x0.5", "--model.mode", "online", "--model.alpha", "0.0",
+          "--trainer.default_root_dir", str(root / "ce")]
+    run_cli(["fit", *ce, "--model.max_tokens", str(3 * 4 * SEQ)])
+    ckpt = str(next((root / "ce").rglob("best.ckpt")))
+    run_cli(["validate", *ce, "--ckpt_path", ckpt])
+    run_cli(["test", *ce, "--ckpt_path", ckpt, "--model.lambda_",
+             str(round(_last(root / "ce/validate/metrics.csv", "val/best_lambda"), 2))])
+    df = collect([root / "ce", root / "mem"], root / "ce.csv", study="smollm2-memory")
+    test = df[df["split"] == "test"].set_index("arch")
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert test.loc["mlp_memory_ce", "params_memory"] == sum(v.numel() for k, v in state.items()
+                                                            if k.startswith("memory."))
+    control = test.loc["mlp_memory_ce"]
+    assert pd.isna(control.get("datastore_rows")) and pd.isna(control["temperature"])
+    assert 0 < test.loc["mlp_memory_ce", "flops_train_total"] < test.loc["mlp_memory", "flops_train_total"]
