@@ -223,32 +223,22 @@ def _targets_manifest(run: Path) -> dict[str, Any]:
 def _memory(run: Path, rung, vocab: int, family: str, rows: int | None) -> dict[str, Any]:
     """The memory fit's size, parameters, tokens and FLOPs (the search for its targets over ``rows`` datastore rows,
     its own training); ``rows`` None: the CE-only control, which has no targets and searched nothing."""
-    from mlpmem_lightning.knn.targets import default_nlist
     from mlpmem_lightning.models.families import get_family
-    from mlpmem_lightning.models.flops import memory_train_flops, search_flops
+    from mlpmem_lightning.models.flops import memory_train_flops
     from mlpmem_lightning.models.ladder import forward_flops_per_token, matched_memory
-    from mlpmem_lightning.models.memory import (
-        memory_config,
-        memory_flops_per_token,
-        memory_non_embedding_params,
-        memory_params,
-    )
+    from mlpmem_lightning.models.memory import memory_config, memory_flops_per_token
+    from mlpmem_lightning.study.columns import memory_columns
 
     fit = _config(run / "config.yaml")
-    init, targets = fit["model"]["init_args"], _targets_manifest(run) if rows is not None else {}
-    knn = targets.get("settings", {})
-    search = search_flops(rows, rows, rung.d_model, knn["index"], knn.get("nlist") or default_nlist(rows),
-                          knn.get("nprobe", 1)) if rows is not None else 0
+    init = fit["model"]["init_args"]
     size = init.get("size") or matched_memory(rung.name).name  # MemoryLM's default when --model.size is left out
     cfg = memory_config(size, rung.d_model, vocab, init.get("block") or get_family(family).memory_block)
     tokens = _tokens(fit)
     forward = forward_flops_per_token(rung, vocab, fit["data"]["seq_len"], family) if init.get("mode") == "online" \
         else 0
     own = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens, forward)
-    return {"memory_size": size, "params_memory": memory_params(cfg), "tokens": tokens, "flops": search + own,
-            "non_embedding": memory_non_embedding_params(cfg),
-            **({"targets_fingerprint": targets["fingerprint"], "temperature": targets.get("temperature")}
-               if targets else {})}
+    targets = _targets_manifest(run) if rows is not None else None
+    return memory_columns(size, cfg, tokens, own, targets, rows, rung.d_model)
 
 
 def collect(paths: Iterable[str | Path], out: str | Path, study: str = "collected") -> pd.DataFrame:

@@ -78,31 +78,18 @@ def account(arch: str, base: Path, test_cfg: dict[str, Any], files: dict[str, An
 def _memory(files: dict[str, Any], base: str, rows: int | None) -> dict[str, Any]:
     """The memory's size, parameters, tokens and FLOPs (its targets' search over ``rows`` datastore rows and its own
     training) on the base; the CE-only control (no targets, ``rows`` None) searched nothing."""
-    from mlpmem_lightning.knn.targets import default_nlist
     from mlpmem_lightning.models.base_memory import is_relative, relative_memory_config
     from mlpmem_lightning.models.families import get_family
-    from mlpmem_lightning.models.flops import forward_flops_of, memory_train_flops, search_flops
-    from mlpmem_lightning.models.memory import (
-        memory_config,
-        memory_flops_per_token,
-        memory_non_embedding_params,
-        memory_params,
-    )
+    from mlpmem_lightning.models.flops import forward_flops_of, memory_train_flops
+    from mlpmem_lightning.models.memory import memory_config, memory_flops_per_token
+    from mlpmem_lightning.study.columns import memory_columns
 
     _, _, _, d_model, family, net = _base(base)
-    fit, targets, tokens = files["fit"], files["targets"], files["tokens"]
+    fit, tokens = files["fit"], files["tokens"]
     init = fit["model"]["init_args"]
-    search = 0
-    if targets is not None:
-        knn = targets["settings"]
-        search = search_flops(rows, rows, d_model, knn["index"], knn.get("nlist") or default_nlist(rows),
-                              knn.get("nprobe", 1))
     size, block = init.get("size"), init.get("block") or get_family(family).memory_block
     cfg = relative_memory_config(size, net, block) if is_relative(size) else \
         memory_config(size, d_model, net.config.vocab_size, block)
     forward = forward_flops_of(net, fit["data"]["seq_len"]) if init.get("mode", "online") == "online" else 0
     own = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens, forward)
-    return {"memory_size": size, "params_memory": memory_params(cfg), "tokens": tokens, "flops": search + own,
-            "non_embedding": memory_non_embedding_params(cfg),
-            **({"targets_fingerprint": targets["fingerprint"], "temperature": targets.get("temperature")}
-               if targets is not None else {})}
+    return memory_columns(size, cfg, tokens, own, files["targets"], rows, d_model)

@@ -36,3 +36,23 @@ def row_columns(stages: Stages, memory_non_embedding: int, train_tokens: int) ->
 
     return {"params_non_embedding": non_embedding_params(stages.rung, stages.family) + memory_non_embedding,
             "lr": decoder_lr(stages), "epochs": train_tokens / train_split_tokens(stages)}
+
+
+def memory_columns(size: str, cfg, tokens: int, own_flops: int, targets: dict[str, Any] | None, rows: int | None,
+                   d_model: int) -> dict[str, Any]:
+    """A memory run's accounting as ``mlpmem collect`` writes it, on a fit or on a pretrained base: size, parameters,
+    tokens, and FLOPs of its own training plus the search for its targets over ``rows`` datastore rows (none for
+    the CE-only control, which has no targets), with the targets' fingerprint and T."""
+    from mlpmem_lightning.knn.targets import default_nlist
+    from mlpmem_lightning.models.flops import search_flops
+    from mlpmem_lightning.models.memory import memory_non_embedding_params, memory_params
+
+    search = 0
+    if targets is not None:
+        knn = targets["settings"]
+        search = search_flops(rows, rows, d_model, knn["index"], knn.get("nlist") or default_nlist(rows),
+                              knn.get("nprobe", 1))
+    return {"memory_size": size, "params_memory": memory_params(cfg), "tokens": tokens, "flops": search + own_flops,
+            "non_embedding": memory_non_embedding_params(cfg),
+            **({"targets_fingerprint": targets["fingerprint"], "temperature": targets.get("temperature")}
+               if targets is not None else {})}
