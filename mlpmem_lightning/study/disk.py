@@ -27,10 +27,21 @@ def allocated(*paths: Path) -> int:
     return sum(f.stat().st_blocks * 512 for p in paths if p.exists() for f in p.rglob("*") if f.is_file())
 
 
-def check_room(where: Path, need: int, what: str) -> None:
-    """Refuse, in one line, to start writing ``need`` bytes under ``where`` when its file system has less free."""
-    where = next((p for p in [where, *where.parents] if p.exists()), Path("."))
-    free = shutil.disk_usage(where).free
-    if need > free:
-        raise UserError(f"{what} need {need / GB:.1f} GB and {where} has {free / GB:.1f} GB free: free some space, "
-                        "or set the spec's stores_at_once lower (fewer trials hold a datastore at once)")
+def existing(where: Path) -> Path:
+    """``where`` or its nearest existing parent (the file system a directory not yet made will be on)."""
+    return next((p for p in [where, *where.parents] if p.exists()), Path("."))
+
+
+def free_bytes(where: Path) -> int:
+    return shutil.disk_usage(existing(where)).free
+
+
+def check_room(where: Path, need: int, what: str, reserved: int = 0) -> None:
+    """Refuse, in one line, to start writing ``need`` bytes under ``where`` when its file system has less free than
+    that plus ``reserved`` (what other trials' stores, already started, will still write)."""
+    free = free_bytes(where)
+    if need + reserved > free:
+        others = f" besides the {reserved / GB:.1f} GB other trials' stores will still write" if reserved else ""
+        raise UserError(f"{what} need {need / GB:.1f} GB{others} and {existing(where)} has {free / GB:.1f} GB free: "
+                        "free some space, or set the spec's stores_at_once lower (fewer trials hold a datastore at "
+                        "once)")

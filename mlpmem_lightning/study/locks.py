@@ -15,6 +15,7 @@ dies, and they hold across processes of one host or of a file system with workin
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -151,6 +152,35 @@ class Slots:
                 on_wait()
                 waited = True
             time.sleep(self.POLL)
+
+    def claim(self, dirs: list[Path], need: int) -> None:
+        """Write into the held slot which stores this trial writes and their whole size (read by :meth:`others`)."""
+        if self.fd is not None:
+            note = json.dumps({"dirs": [str(d) for d in dirs], "need": need}).encode()
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, note, 0)
+
+    def others(self) -> list[dict]:
+        """The notes of the slots other trials hold now (a slot that can be locked is free, and is let go at once)."""
+        notes = []
+        for i in range(self.n or 0):
+            path = self.dir / f"store-slot-{i}"
+            if not path.exists():
+                continue
+            fd = os.open(path, os.O_RDWR)
+            try:
+                if self.fd is not None and os.fstat(fd).st_ino == os.fstat(self.fd).st_ino:
+                    continue  # this trial's own slot
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    continue  # free: nobody holds it
+                except BlockingIOError:
+                    pass
+                raw = os.pread(fd, 1 << 16, 0)
+                notes.append(json.loads(raw) if raw else {"dirs": [], "need": 0})
+            finally:
+                os.close(fd)
+        return notes
 
     def release(self) -> None:
         if self.fd is not None:

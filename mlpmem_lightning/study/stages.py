@@ -272,15 +272,49 @@ class Stages:
 
     def make_room(self, with_targets: bool) -> None:
         """Take a store slot (``stores_at_once``), then check that the disk holds what this trial's datastore (and
-        targets) still need: a full disk is refused before the write, not found half-way through it."""
+        targets) still need besides what the other slots' stores will still write: a full disk is refused before
+        the write, not found half-way through it. With ``cleanup: true`` the stores of interrupted trials (no
+        slot, no user, no writer) are deleted first if the room is short: a resumed study re-queues its
+        interrupted trials after the points never started, so their half-written stores (26 GB on the H200)
+        would otherwise sit beside the new ones until the disk filled."""
         from mlpmem_lightning.study import disk
 
         self.slot.acquire(lambda: log.info("%s waits for a store slot (stores_at_once: %d)", self.tag,
                                            self.spec.stores_at_once))
         need = disk.store_bytes(len(self.store.split("train")), self.rung.d_model,
                                 self.spec.knn_settings.keep if with_targets else None)
-        disk.check_room(self.out, need - disk.allocated(self.datastore_dir, self.targets_dir),
-                        f"the datastore{' and targets' if with_targets else ''} of {self.tag}")
+        mine = [self.datastore_dir, self.targets_dir]
+        self.slot.claim(mine, need)
+        others = self.slot.others()
+        reserved = sum(max(0, o["need"] - disk.allocated(*map(Path, o["dirs"]))) for o in others)
+        missing = need - disk.allocated(*mine)
+        if self.spec.cleanup and disk.free_bytes(self.out) < missing + reserved:
+            protected = {*mine, *(Path(d) for o in others for d in o["dirs"])}
+            self.reclaim(missing + reserved, protected)
+        disk.check_room(self.out, missing, f"the datastore{' and targets' if with_targets else ''} of {self.tag}",
+                        reserved)
+
+    def reclaim(self, need: int, protected: set[Path]) -> None:
+        """Delete other trials' datastores and targets that nobody writes or uses, oldest first, until ``need``
+        bytes are free: they are rebuilt from their decoder's checkpoint if their trial runs again."""
+        from mlpmem_lightning.core.artifacts import artifact_lock
+        from mlpmem_lightning.core.errors import UserError
+        from mlpmem_lightning.study import disk
+
+        stale = [p for sub in ("targets", "datastores") if (self.out / sub).is_dir()
+                 for p in (self.out / sub).iterdir() if p.is_dir() and p not in protected]
+        for path in sorted(stale, key=lambda p: p.stat().st_mtime if p.exists() else 0.0):
+            if disk.free_bytes(self.out) >= need:
+                return
+            try:
+                with artifact_lock(locks.lock_dir(self.out, path)), self.users.sole(path) as alone:
+                    if alone and path.exists():
+                        size = disk.allocated(path)
+                        shutil.rmtree(path)
+                        log.info("%s: deleted %s (%.1f GB), the store of an interrupted trial, to make room "
+                                 "(cleanup: true)", self.tag, path, size / disk.GB)
+            except UserError:  # another worker is writing it
+                continue
 
     def release(self) -> None:
         """Let go of the artifacts this trial used and of its store slot (at the trial's end, however it ends)."""
