@@ -168,6 +168,9 @@ def test_conclusions_follow_the_numbers(report_dir):
         best = {float(means.loc[size].idxmin()[len("ppl_lambda_"):]) for size in means.index}
         assert len(best) == 1  # one best λ across sizes in this table
         assert f"{label}: best λ on valid (seed-mean curves) is {best.pop():.2f} across 5 sizes." in md
+    dec = df[(df["split"] == "test") & (df["arch"] == "decoder")]
+    means = dec.groupby("decoder_size")["loss"].mean()[dec.sort_values("params_non_embedding")["decoder_size"].unique()]
+    assert f"Decoder-only test loss falls at {int((means.diff().dropna() < 0).sum())} of 4 size steps;" in md
 
 
 def test_thin_architecture_is_skipped_with_a_note(tmp_path):
@@ -190,6 +193,8 @@ def test_decoder_only_results_get_a_report(tmp_path):
     assert all((tmp_path / "out" / name).is_file() for name in FILES)
     assert set(json.loads((tmp_path / "out" / "fits.json").read_text())) == {"decoder"}
     assert "Only decoder-only could be fitted" in md and "Fits on fewer than 5 sizes" in md
+    assert "falls at 2 of 2 size steps (one seed per size: the seed noise is not measured)" in md
+    assert md.count("| not measured |") == 2
 
 
 def test_missing_file_is_a_user_error(tmp_path):

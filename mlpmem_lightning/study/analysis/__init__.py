@@ -47,12 +47,14 @@ from mlpmem_lightning.study.analysis.frontier import (
     isoflop_groups,
 )
 from mlpmem_lightning.study.analysis.lambdas import LAMBDA_PREFIX, best_lambdas, lambda_curves
+from mlpmem_lightning.study.analysis.ordering import NOISE_MULTIPLE, pooled_seed_sd, size_means, size_steps
 from mlpmem_lightning.study.analysis.tables import FIXED_LAMBDAS, OPTIONAL, lambda_column, missing_optional, run_table
 
 __all__ = ["ALPHA_BOUNDS", "COMPARISONS", "FIXED_LAMBDAS", "HUBER_DELTA", "IDENTITY", "ISOFLOP_DECADES",
-           "LAMBDA_PREFIX", "MIN_SIZES_FOR_CLAIMS", "OPTIONAL", "PARAM_AXES", "X_AXES", "FitSet", "alpha_identified",
-           "band", "best_lambdas", "claims_allowed", "clean", "compared", "comparison_axes", "compute_frontier",
-           "decoder_cells", "difference_interval", "exponent_differences", "fit_all", "fit_points", "fit_power_law",
-           "fits_json", "fits_table", "frontier_loss", "imitation_gaps", "isoflop_groups", "lambda_column",
-           "lambda_curves", "matched_comparison", "missing_optional", "param_axis", "points", "predict",
-           "predict_samples", "run_table", "seed_means", "start_grid"]
+           "LAMBDA_PREFIX", "MIN_SIZES_FOR_CLAIMS", "NOISE_MULTIPLE", "OPTIONAL", "PARAM_AXES", "X_AXES", "FitSet",
+           "alpha_identified", "band", "best_lambdas", "claims_allowed", "clean", "compared", "comparison_axes",
+           "compute_frontier", "decoder_cells", "difference_interval", "exponent_differences", "fit_all",
+           "fit_points", "fit_power_law", "fits_json", "fits_table", "frontier_loss", "imitation_gaps",
+           "isoflop_groups", "lambda_column", "lambda_curves", "matched_comparison", "missing_optional",
+           "param_axis", "points", "predict", "pooled_seed_sd", "predict_samples", "run_table", "seed_means",
+           "size_means", "size_steps", "start_grid"]

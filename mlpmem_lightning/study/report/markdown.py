@@ -16,7 +16,15 @@ from mlpmem_lightning.study import architectures
 from mlpmem_lightning.study.architectures import Architecture, style
 from mlpmem_lightning.study.report.conclusions import conclusions
 from mlpmem_lightning.study.report.plots import AXIS_LABELS, LAMBDA_PLOT, PLOTS, fmt_x, gap_plot_name
-from mlpmem_lightning.study.report.sections import data_notes, frontier_section, isoflop_section, methods, runs_section
+from mlpmem_lightning.study.report.sections import (
+    data_notes,
+    frontier_section,
+    isoflop_section,
+    methods,
+    ordering_conclusion,
+    ordering_section,
+    runs_section,
+)
 from mlpmem_lightning.study.report.text import FEW_SIZES, imitators, md_table
 from mlpmem_lightning.study.report.text import base_label as _base
 from mlpmem_lightning.study.report.text import ci as _ci
@@ -35,8 +43,10 @@ def render_markdown(df: pd.DataFrame, fits: dict, source: Path, split: str, boot
         f"Source: `{source}`. Fits and comparisons use the **{split}** split; λ was chosen on valid. "
         f"Loss is mean cross-entropy in nats/token; Δ < 0 means lower (better) than {_base()}.",
         "## What was run", what_was_run(df, raw_rows) + (f"\n\n{data_notes(df)}" if data_notes(df) else ""),
-        "## Conclusions", "\n".join(f"- {c}" for c in conclusions(fits, matched, gap, best, axes)),
+        "## Conclusions", "\n".join(f"- {c}" for c in [ordering_conclusion(df, split),
+                                                          *conclusions(fits, matched, gap, best, axes)] if c),
         "## Perplexity of every run", runs_section(df),
+        f"## {_base()[:1].upper() + _base()[1:]} ordered by size", ordering_section(df, split),
         "## Power-law fits", fits_section(fits, bootstrap, axes),
         "## Matched parameters", matched_section(matched, "parameters", axes["parameters"]),
         "## Matched compute", matched_section(matched, "compute", axes["compute"]),

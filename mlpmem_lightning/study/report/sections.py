@@ -94,6 +94,40 @@ def frontier_section(df: pd.DataFrame, matched: pd.DataFrame, split: str) -> str
             + md_table(["architecture", "decoder", "memory", "FLOPs", "loss", "frontier loss", "Δ", "seeds"], body))
 
 
+def ordering_section(df: pd.DataFrame, split: str) -> str:
+    """Each step to the next larger decoder-only size against twice its seed noise (:mod:`..analysis.ordering`)."""
+    steps = an.size_steps(df, split)
+    if steps.empty:
+        return f"*Fewer than two {base_label()} sizes: no size steps.*"
+    axis = an.param_axis(df)
+    sd, dof = steps["seed_sd"].iloc[0], int(steps["dof"].iloc[0])
+    noise = (f"The seed noise σ = {sd:.4f} nats/token is the pooled standard deviation of the seeds within a size "
+             f"({dof} degrees of freedom); a step's noise is σ·√(1/n_a + 1/n_b), that of the difference of two "
+             f"seed means, and a step is resolved when the loss falls by more than {an.NOISE_MULTIPLE:g}× that."
+             if dof else "No size has two seeds: the seed noise is not measured, and no step is called resolved.")
+    head = (f"{_capital(base_label())} {split} loss, mean over seeds, each size at its largest token budget, against "
+            f"{AXIS_LABELS[axis]}. {noise}")
+    rows = [[r["from"], r["to"], f"{r['drop']:+.4f}", "—" if not r["dof"] else f"{an.NOISE_MULTIPLE * r['noise']:.4f}",
+             {None: "not measured", True: "yes", False: "no"}[r["resolved"]]] for r in steps.to_dict("records")]
+    return head + "\n\n" + md_table(["from", "to", "loss falls by", f"{an.NOISE_MULTIPLE:g}× noise", "resolved"], rows)
+
+
+def ordering_conclusion(df: pd.DataFrame, split: str) -> str | None:
+    steps = an.size_steps(df, split)
+    if steps.empty:
+        return None
+    falls = int((steps["drop"] > 0).sum())
+    line = f"{_capital(base_label())} {split} loss falls at {falls} of {len(steps)} size steps"
+    if not steps["dof"].iloc[0]:
+        return line + " (one seed per size: the seed noise is not measured)."
+    return (line + f"; {int(steps['resolved'].sum())} of them by more than {an.NOISE_MULTIPLE:g}× the seed noise "
+            f"(σ = {steps['seed_sd'].iloc[0]:.4f}).")
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def isoflop_section(df: pd.DataFrame, split: str) -> str:
     axis = an.param_axis(df)
     groups = an.isoflop_groups(df, split, axis)
