@@ -21,13 +21,19 @@ if [ -n "${LR_SEARCH:-}" ] && [ ! -e $O/lr.done ]; then
   timeout $(left) $MLPMEM lr-search --config sweeps/scaling-h200-lr.yaml --workers 7 >> $O/lr-search.log 2>&1 && touch $O/lr.done
   echo "lr-search end $(date +%T)"; grep -v "^\[I" $O/lr-search.log | tail -10 | cut -c1-300
 fi
+# the stores in memory where /dev/shm can hold 3 of the largest (the machine's disk wrote ~85 MB/s: 300 s per
+# trial's targets); else on the disk under $O
+STORES=()
+if [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 55000000000 ] 2>/dev/null; then
+  STORES=(--set store_dir=/dev/shm/mlpmem-stores); fi
+df -h /dev/shm . | tail -2; echo "stores: ${STORES[*]:-on the disk}"
 if [ $(left) -gt 40 ]; then
   echo "sweep start $(date +%T)"
-  timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers 4 >> $O/sweep.log 2>&1
+  timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers 4 "${STORES[@]}" >> $O/sweep.log 2>&1
   echo "sweep end $(date +%T)"; tail -5 $O/sweep.log | cut -c1-300
 fi
 pkill -f mlpmem_lightning.cli; sleep 2
-df -h . | tail -1; du -sh $O/datastores $O/targets 2>/dev/null
+df -h . /dev/shm | tail -2; du -sh $O/datastores $O/targets /dev/shm/mlpmem-stores/* 2>/dev/null
 grep -h "^trial" $O/scaling-h200/workers/*.log 2>/dev/null | cut -c1-400 | tail -20
 tar czf $OUT/study.tgz --exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="$O/datastores" \
   --exclude="$O/targets" --exclude=.locks $O

@@ -171,11 +171,11 @@ class Stages:
 
     @property
     def datastore_dir(self) -> Path:
-        return self.out / "datastores" / f"{self.tag}-{self.datastore_key}"
+        return self.spec.stores_dir / "datastores" / f"{self.tag}-{self.datastore_key}"
 
     @property
     def targets_dir(self) -> Path:
-        return self.out / "targets" / f"{self.tag}-{self.targets_key}"
+        return self.spec.stores_dir / "targets" / f"{self.tag}-{self.targets_key}"
 
     def exclusive(self, path: Path):
         """Hold ``path`` for this worker, waiting while another worker of the study writes it (:mod:`.locks`)."""
@@ -288,11 +288,11 @@ class Stages:
         others = self.slot.others()
         reserved = sum(max(0, o["need"] - disk.allocated(*map(Path, o["dirs"]))) for o in others)
         missing = need - disk.allocated(*mine)
-        if self.spec.cleanup and disk.free_bytes(self.out) < missing + reserved:
+        if self.spec.cleanup and disk.free_bytes(self.spec.stores_dir) < missing + reserved:
             protected = {*mine, *(Path(d) for o in others for d in o["dirs"])}
             self.reclaim(missing + reserved, protected)
-        disk.check_room(self.out, missing, f"the datastore{' and targets' if with_targets else ''} of {self.tag}",
-                        reserved)
+        what = f"the datastore{' and targets' if with_targets else ''} of {self.tag}"
+        disk.check_room(self.spec.stores_dir, missing, what, reserved)
 
     def reclaim(self, need: int, protected: set[Path]) -> None:
         """Delete other trials' datastores and targets that nobody writes or uses, oldest first, until ``need``
@@ -301,10 +301,11 @@ class Stages:
         from mlpmem_lightning.core.errors import UserError
         from mlpmem_lightning.study import disk
 
-        stale = [p for sub in ("targets", "datastores") if (self.out / sub).is_dir()
-                 for p in (self.out / sub).iterdir() if p.is_dir() and p not in protected]
+        root = self.spec.stores_dir
+        stale = [p for sub in ("targets", "datastores") if (root / sub).is_dir()
+                 for p in (root / sub).iterdir() if p.is_dir() and p not in protected]
         for path in sorted(stale, key=lambda p: p.stat().st_mtime if p.exists() else 0.0):
-            if disk.free_bytes(self.out) >= need:
+            if disk.free_bytes(root) >= need:
                 return
             try:
                 with artifact_lock(locks.lock_dir(self.out, path)), self.users.sole(path) as alone:

@@ -146,3 +146,21 @@ def test_what_another_slot_will_still_write_is_reserved_and_its_stores_are_kept(
     finally:
         other.release()
         trial.release()
+
+
+def test_store_dir_puts_the_stores_and_their_disk_checks_elsewhere(tmp_path, small_store, monkeypatch):
+    """``store_dir`` (e.g. /dev/shm where the disk is slow): the stores go there, and so do the room check and the
+    reclaiming of interrupted trials' stores; the decoder and the locks stay under ``out``."""
+    shm = tmp_path / "shm"
+    trial = _trial(tmp_path, small_store, store_dir=str(shm))
+    assert trial.datastore_dir.parent == shm / "datastores" and trial.targets_dir.parent == shm / "targets"
+    assert trial.decoder_run.is_relative_to(trial.out) and not trial.decoder_run.is_relative_to(shm)
+    stale = _store(shm / "targets" / "n0.1m-seed0-aaaaaaaa", 4, age=300)
+    asked = []
+    monkeypatch.setattr(disk, "free_bytes", lambda where: asked.append(where) or _need(trial) - 1 + 2**20
+                        - disk.allocated(shm))  # short of room while `stale` is there
+    try:
+        trial.make_room(with_targets=True)
+        assert not stale.exists() and set(asked) == {shm}
+    finally:
+        trial.release()
