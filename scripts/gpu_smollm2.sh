@@ -48,6 +48,12 @@ else
 fi
 SIZES=${SMOL_SIZES:-x0.25 x0.5 x1 x2 x0.125}  # x0.125 last: a fifth size (16x span) if time allows
 DEC=$W/smollm2 TOK=$W/tokens
+# the datastore (13.6 GB) and targets (9.1 GB) in memory where /dev/shm holds them: the H200 machine's disk wrote
+# ~85 MB/s (analysis/results/scaling-h200/README.md), 270 s for these two; a warm machine keeps /dev/shm between calls
+S=$W
+if [ -z "${SMOL_TINY:-}" ] && [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 30000000000 ] 2>/dev/null; then
+  S=/dev/shm/smollm2-memory; mkdir -p $S; fi
+echo "datastore and targets under $S"
 COMMON="--data.token_store $TOK --data.seq_len $SEQ --data.batch_size $BATCH --data.eval_batch_size $EVAL_BATCH
   --data.num_workers $WORKERS --trainer.enable_progress_bar false --seed_everything 0"
 EVAL="--config experiments/trainer/$TRAINER.yaml $COMMON"
@@ -83,9 +89,9 @@ if [ ! -e $GGUF ]; then stage join bash scripts/gguf_parts.sh join $GGUF; fi
 stage import $MLPMEM import-decoder --from $GGUF --out $DEC
 stage base_validate $MLPMEM validate $EVAL --model DecoderLM --model.init_from $DEC --trainer.default_root_dir $W/base
 stage base_test $MLPMEM test $EVAL --model DecoderLM --model.init_from $DEC --trainer.default_root_dir $W/base
-stage datastore $MLPMEM datastore --decoder $DEC --data $TOK --out $W/datastore --seq-len $SEQ --batch-size $DS_BATCH \
+stage datastore $MLPMEM datastore --decoder $DEC --data $TOK --out $S/datastore --seq-len $SEQ --batch-size $DS_BATCH \
   --precision $([ $TRAINER = gpu ] && echo bf16 || echo 32)
-KNN="--model KNNLM --model.decoder $DEC --model.datastore $W/datastore --model.k $K $SEARCH"
+KNN="--model KNNLM --model.decoder $DEC --model.datastore $S/datastore --model.k $K $SEARCH"
 stage knnlm_validate $MLPMEM validate $EVAL $KNN --model.temperatures "$TEMPS" --trainer.default_root_dir $W/knnlm
 # T and λ of the kNN-LM on valid (grid points: val/* are logged in float32); the targets use the same T
 T=$($PY -c "import sys; g = eval(sys.argv[2]); t = float(sys.argv[1]); print(min(g, key=lambda x: abs(x - t)))" \
@@ -94,13 +100,13 @@ LAM=$($PY -c "import sys; print(round(float(sys.argv[1]), 2))" "$(metric $W/knnl
 echo "kNN-LM on valid: T=$T λ=$LAM"
 case "$TEMPS" in "[$T,"*|*",$T]") echo "WARNING: T=$T is at an end of the grid $TEMPS: widen it (knnlm_validate)";; esac
 stage knnlm_test $MLPMEM test $EVAL $KNN --model.temperatures "[$T]" --model.lambda_ $LAM --trainer.default_root_dir $W/knnlm
-stage targets $MLPMEM targets --datastore $W/datastore --out $W/targets --index ivfflat --backend clustered --k $K --keep $KEEP \
+stage targets $MLPMEM targets --datastore $S/datastore --out $S/targets --index ivfflat --backend clustered --k $K --keep $KEEP \
   --temperature $T --nprobe $NPROBE --nlist $NLIST
 memory() {  # memory SIZE: fit, validate (λ), test at λ
   local size=$1 run=$W/memory-$1 lam
   # offline keys (the datastore's, no base forward per step), eager: at these widths the step is GEMM-bound
   local mem="--model MemoryLM --model.decoder $DEC --model.size $size --model.mode offline --model.dropout 0.1
-    --model.init_head_from_decoder false --data.targets $W/targets"
+    --model.init_head_from_decoder false --data.targets $S/targets"
   stage fit_$size $MLPMEM fit --config experiments/trainer/$TRAINER.yaml $COMMON $mem --model.max_tokens $MEM_TOKENS \
     $VAL --trainer.default_root_dir $run
   stage validate_$size $MLPMEM validate $EVAL $mem --ckpt_path $run/checkpoints/best.ckpt --trainer.default_root_dir $run
