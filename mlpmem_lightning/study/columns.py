@@ -14,9 +14,12 @@ if TYPE_CHECKING:
     from mlpmem_lightning.study.stages import Stages
 
 
-def decoder_lr(stages: Stages) -> float:
-    """The decoder's peak learning rate: the one its fit was given (spec or shipped rung config), else the rung's."""
-    return peak_lr(stages.decoder_model.get("init_args", {}), stages.rung)
+def decoder_lr(stages: Stages) -> float | None:
+    """The decoder's peak learning rate: the one its fit was given (spec or shipped rung config), else the rung's;
+    None for a pretrained base, which this study did not train."""
+    if stages.source.pretrained:
+        return None
+    return stages.source.lr(stages.decoder_model.get("init_args", {}))
 
 
 def peak_lr(init_args: dict[str, Any], rung) -> float:
@@ -32,9 +35,7 @@ def train_split_tokens(stages: Stages) -> int:
 def row_columns(stages: Stages, memory_non_embedding: int, train_tokens: int) -> dict[str, Any]:
     """``params_non_embedding`` (the decoder's, plus the memory's), ``lr`` (the decoder's) and ``epochs``
     (``train_tokens`` over the train split's tokens: every pass the row's models made, decoder and memory)."""
-    from mlpmem_lightning.models.ladder import non_embedding_params
-
-    return {"params_non_embedding": non_embedding_params(stages.rung, stages.family) + memory_non_embedding,
+    return {"params_non_embedding": stages.source.non_embedding(stages.family) + memory_non_embedding,
             "lr": decoder_lr(stages), "epochs": train_tokens / train_split_tokens(stages)}
 
 

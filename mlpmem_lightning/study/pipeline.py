@@ -25,11 +25,33 @@ if TYPE_CHECKING:  # importing lightning (torch) is for the stages that run, not
 
 
 def prepare_tokens(spec: SweepSpec) -> Path:
-    """Build (or reuse) the study's token store; a worker waits while another worker of ``out`` builds it."""
+    """Build (or reuse) the study's token store; a worker waits while another worker of ``out`` builds it. On a
+    pretrained base the corpus is tokenized with the base's own tokenizer unless ``prepare`` names one."""
     store = Path(spec.token_store or spec.out_dir / "tokens")
+    settings = {**({"tokenizer": spec.base} if spec.base else {}), **spec.prepare}
     with locks.waiting_for(spec.out_dir, store):
-        prepare(PrepareSettings(corpus=spec.corpus, **spec.prepare), store)
+        if not (spec.base and _base_store(store, spec)):
+            prepare(PrepareSettings(corpus=spec.corpus, **settings), store)
     return store
+
+
+def _base_store(store: Path, spec: SweepSpec) -> bool:
+    """Whether ``store`` is a finished store of the spec's corpus in the base's tokenizer, however that tokenizer
+    was reached: ``prepare`` records the tokenizer's path among its settings, and the same tokenizer imported to
+    another directory (SmolLM2's, carried to the GPU machine) would otherwise make the study refuse the store."""
+    from mlpmem_lightning.core.artifacts import is_complete
+    from mlpmem_lightning.data.token_store import TokenStore
+    from mlpmem_lightning.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    if not is_complete(store):
+        return False
+    ts = TokenStore(store)
+    recorded = ts.manifest.get("settings", {})
+    asked = {"corpus": spec.corpus, **{k: v for k, v in spec.prepare.items() if k != "tokenizer"}}
+    if any(recorded.get(k) != v for k, v in asked.items()):
+        return False  # prepare names the difference
+    ts.check_tokenizer(tokenizer_fingerprint(load_tokenizer(spec.base)), spec.base)  # one line if it differs
+    return True
 
 
 def select(spec: SweepSpec) -> list[Architecture]:

@@ -31,7 +31,10 @@ class SweepSpec:
     """A sweep specification (the YAML's keys; unknown keys are refused)."""
 
     study: str
-    decoder_sizes: list[str]
+    decoder_sizes: list[str] | None = None  # ladder rungs (required unless base)
+    # a pretrained decoder directory (`mlpmem import-decoder`) every trial uses instead of training a rung; its
+    # name is the rows' decoder_size, and memory_sizes are relative to it (x0.25, x0.5 …; "matched": x1)
+    base: str | None = None
     memory_sizes: list[str] | str = "matched"  # "matched": the memory rung matched to each decoder
     seeds: list[int] = field(default_factory=lambda: [0])
     extra_points: list[dict[str, Any]] = field(default_factory=list)  # more (decoder_size, memory_size, seed)
@@ -62,6 +65,8 @@ class SweepSpec:
     knn_eval_index: str | None = None  # index for kNN-LM evaluation (default: knn.index)
     temperatures: list[float] | None = None  # kNN-LM's T grid, chosen with λ on valid (default 1/8, 1/4, ..., 1024)
     targets_temperature_scale: float | None = 0.1  # targets' T = scale x median neighbour distance (knn/temperature.py)
+    # "rule": the targets' T from targets_temperature_scale; "knn_lm": the T the kNN-LM chose on valid (with λ)
+    targets_temperature: str = "rule"
     lambda_: float | None = None  # YAML key "lambda": fix λ instead of choosing it on valid
     prune: bool = False
     num_workers: int = 0  # DataLoader workers per fit/evaluation
@@ -71,6 +76,10 @@ class SweepSpec:
     stores_at_once: int | None = None  # at most this many trials hold a datastore + targets at once (disk; locks.Slots)
     store_dir: str | None = None  # where datastores and targets go (default: out); e.g. /dev/shm where the disk is slow
     heartbeat: int = 60  # seconds between a running trial's heartbeats (RDB storages); stale after 4 of them
+
+    def __post_init__(self) -> None:
+        if self.base and not self.decoder_sizes:
+            self.decoder_sizes = [Path(self.base).name]
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -99,7 +108,8 @@ class SweepSpec:
         if unknown:
             raise UserError(f"{path}: unknown keys {', '.join(unknown)}; valid keys: "
                             f"{', '.join(sorted(known - {'lambda_'}) + ['lambda'])}")
-        missing = [k for k in ("study", "decoder_sizes") if k not in raw]
+        required = ("study",) if raw.get("base") else ("study", "decoder_sizes")  # a base is the one decoder
+        missing = [k for k in required if k not in raw]
         if missing:
             raise UserError(f"{path}: missing required keys {', '.join(missing)}")
         spec = cls(**raw)
@@ -134,8 +144,11 @@ class SweepSpec:
             from mlpmem_lightning.study.lr_search import check_search_keys
 
             check_search_keys(self.decoder_budgets, self.lr_search)
+        if self.base is not None:
+            self._validate_base()
         for s in [*self.decoder_sizes, *(p.get("decoder_size", "?") for p in self.extra_points)]:
-            get_size(s)
+            if self.base is None:
+                get_size(s)
         studied = {*self.decoder_sizes, *(p.get("decoder_size") for p in self.extra_points)}
         if self.control_sizes is not None and not set(self.control_sizes) <= studied:
             raise UserError(f"control_sizes {sorted(set(self.control_sizes) - studied)} are not decoder sizes of the "
@@ -153,6 +166,9 @@ class SweepSpec:
         if not 0 <= self.alpha <= 1 or (self.lambda_ is not None and not 0 <= self.lambda_ <= 1):
             raise UserError("alpha and lambda must lie in [0, 1]")
         _check_temperatures(self.temperatures, self.targets_temperature_scale)
+        if self.targets_temperature not in ("rule", "knn_lm"):
+            raise UserError(f"targets_temperature {self.targets_temperature!r}: choose rule (the median-distance "
+                            "rule, targets_temperature_scale) or knn_lm (the T the kNN-LM chose on valid)")
         bad = sorted(set(self.knn) - {f.name for f in fields(TargetSettings)})
         if bad:
             raise UserError(f"unknown knn keys {', '.join(bad)}: see `mlpmem targets --help`")
@@ -166,6 +182,25 @@ class SweepSpec:
         if self.trainer not in trainers:
             raise UserError(f"trainer {self.trainer!r}: choose one of {', '.join(trainers)} (experiments/trainer/)")
 
+    def _validate_base(self) -> None:
+        """A study on a pretrained base: the base exists, and nothing asks to train or tune a decoder."""
+        from mlpmem_lightning.study.collect_pretrained import is_pretrained
+
+        if not is_pretrained(self.base):
+            raise UserError(f"base {self.base}: not a transformers model directory (config.json, weights, tokenizer): "
+                            "make one with `mlpmem import-decoder --from MODEL --out DIR`")
+        name = Path(self.base).name
+        trained = [k for k, v in (("decoder_budgets", self.decoder_budgets), ("decoder_lr", self.decoder_lr),
+                                  ("lr_search", self.lr_search)) if v]
+        if trained:
+            raise UserError(f"base {self.base}: {', '.join(trained)} train or tune a decoder, and a base is only "
+                            "loaded: leave them out")
+        sizes = {*(self.decoder_sizes or []), *(p.get("decoder_size", name) for p in self.extra_points),
+                 *(self.control_sizes or [])}
+        if sizes - {name}:
+            raise UserError(f"base {self.base}: decoder sizes {sorted(sizes - {name})} are not the base: leave "
+                            f"decoder_sizes out (the study's one decoder is {name!r})")
+
     @property
     def knn_settings(self) -> TargetSettings:
         """The ``knn:`` keys over the shared defaults: the targets, and the kNN-LM (``knn_eval_index`` aside)."""
@@ -174,7 +209,12 @@ class SweepSpec:
     @property
     def targets_scale(self) -> float | None:
         """The scale of the targets' temperature rule, or None where ``knn: {temperature: T}`` fixes T."""
-        return None if "temperature" in self.knn else self.targets_temperature_scale
+        return None if "temperature" in self.knn or self.targets_from_knn_lm else self.targets_temperature_scale
+
+    @property
+    def targets_from_knn_lm(self) -> bool:
+        """Whether the targets' T is the one the kNN-LM chose on valid (``knn: {temperature: T}`` fixes it instead)."""
+        return self.targets_temperature == "knn_lm" and "temperature" not in self.knn
 
     @property
     def out_dir(self) -> Path:
@@ -196,19 +236,22 @@ class SweepSpec:
 
     def grid(self) -> list[dict[str, Any]]:
         """Every (decoder size, memory size, seed, swept settings…) point of the study."""
-        from mlpmem_lightning.models.ladder import matched_memory
         from mlpmem_lightning.study import axes
+        from mlpmem_lightning.study.decoders import decoder_source
+
+        def matched(dec: str) -> str:
+            return decoder_source(self.base, dec).matched_memory()
 
         points = []
         budgets = [{"decoder_budget": b} for b in self.decoder_budgets] if self.decoder_budgets else [{}]
         for dec, budget, seed in itertools.product(self.decoder_sizes, budgets, self.seeds):
-            mems = [matched_memory(dec).name] if self.memory_sizes == "matched" else self.memory_sizes
+            mems = [matched(dec)] if self.memory_sizes == "matched" else self.memory_sizes
             points += [{"decoder_size": dec, "memory_size": m, "seed": seed, **budget} for m in mems]
         for p in self.extra_points:  # at the largest budget unless the point names one
             budget = {"decoder_budget": float(p.get("decoder_budget", max(self.decoder_budgets)))} \
                 if self.decoder_budgets else {}
             point = {"decoder_size": p["decoder_size"], "memory_size": p.get("memory_size")
-                     or matched_memory(p["decoder_size"]).name, "seed": int(p.get("seed", 0)), **budget}
+                     or matched(p["decoder_size"]), "seed": int(p.get("seed", 0)), **budget}
             if point not in points:
                 points.append(point)
         return [{**p, **combo} for p in points for combo in axes.combos(self)]

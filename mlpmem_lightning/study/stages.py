@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,14 +70,17 @@ class Stages:
 
     def __post_init__(self) -> None:
         from mlpmem_lightning.data.token_store import TokenStore
-        from mlpmem_lightning.models.ladder import get_size
+        from mlpmem_lightning.study.decoders import decoder_source
 
         self.store = TokenStore(self.token_store)
-        self.vocab, self.rung = self.store.vocab_size, get_size(self.decoder_size)
+        # a ladder rung this trial trains, or the spec's pretrained base it only loads (study/decoders.py)
+        self.source = decoder_source(self.spec.base, self.decoder_size)
+        self.vocab = self.store.vocab_size
         self.tag = f"{self.decoder_size}-seed{self.seed}"
         self.times: dict[str, float] = {}  # time_<stage>_s
         self.flops: dict[str, int] = {}  # FLOPs of each shared stage that ran (keys: SHARED)
         self.attrs: dict[str, Any] = {}  # trial attributes: sizes, tokens, rows, FLOPs per stage
+        self.validated: dict[Path, dict[str, float]] = {}  # validate metrics per run directory, run once per trial
         self.users = locks.Users(self.out)  # the datastore and targets this trial uses: cleanup spares others'
         self.slot = locks.Slots(self.out, self.spec.stores_at_once)  # taken before the datastore, kept to the end
 
@@ -114,9 +117,17 @@ class Stages:
         return {**model, "init_args": {**model.get("init_args", {}), "max_tokens": self.decoder_budget_tokens, **lr,
                                        **warmup, **speed}}
 
+    @property
+    def rung(self):
+        """The ladder rung of a trial that trains its decoder (a pretrained base has none: ask ``source``)."""
+        return self.source.rung
+
     @cached_property
     def decoder_budget_tokens(self) -> int:
-        """The decoder's token budget: the trial's ``budget`` x the rule of study/budget.py, else ``decoder_tokens``."""
+        """The decoder's token budget: the trial's ``budget`` x the rule of study/budget.py, else ``decoder_tokens``
+        (0 for a pretrained base: this study trains it on nothing)."""
+        if self.source.pretrained:
+            return 0
         if self.budget is None:
             return self.spec.decoder_tokens
         from mlpmem_lightning.study.budget import budget_tokens
@@ -138,11 +149,15 @@ class Stages:
         architecture's own columns: ``study/columns.py``)."""
         from mlpmem_lightning.lightning.convergence import read_summary
 
+        if self.source.pretrained:
+            return {"last10_improvement": None, "converged": None}
         conv = read_summary(self.decoder_run)
         return {"last10_improvement": conv.get("last10_improvement"), "converged": conv.get("converged")}
 
     @cached_property
     def decoder_key(self) -> str:
+        if self.source.pretrained:  # the base's weights and tokenizer, and the token store it reads
+            return self.key(self.decoder_fingerprint, self.store.fingerprint)
         return self.config_key("fit", self.decoder_model)
 
     @cached_property
@@ -162,12 +177,28 @@ class Stages:
         from dataclasses import asdict
 
         rule = self.spec.targets_scale  # the targets' T rule (knn/temperature.py) is part of what they are
+        if self.spec.targets_from_knn_lm:  # T is a function of the kNN-LM's grid on valid (and a fixed λ)
+            from mlpmem_lightning.study.architectures.knn_lm import temperature_grid
+
+            chosen = {"temperature_from": "knn_lm", "temperatures": temperature_grid(self.spec),
+                      "lambda": self.spec.lambda_, "eval_index": self.spec.knn_eval_index}
+            return self.key(self.datastore_key, asdict(self.spec.knn_settings), chosen)
         return self.key(self.datastore_key, asdict(self.spec.knn_settings), *([{"temperature_scale": rule}] if rule
                                                                                 else []))
 
     @property
     def decoder_run(self) -> Path:
+        """The decoder the later stages load: the fit's run directory, or the pretrained base itself."""
+        if self.source.pretrained:
+            return self.source.path
         return self.out / "decoders" / f"{self.tag}-{self.decoder_key}"
+
+    def decoder_eval(self) -> tuple[dict[str, Any], Path, Path | None]:
+        """How decoder-only is scored: (DecoderLM's init_args, the run directory its logs go to, checkpoint). A
+        pretrained base is evaluated from its directory, with logs under ``out`` (never inside the base)."""
+        if self.source.pretrained:
+            return {"init_from": str(self.source.path)}, self.out / "decoders" / f"{self.tag}-{self.decoder_key}", None
+        return {"size": self.decoder_size}, self.decoder_run, self.decoder_run / "checkpoints" / "best.ckpt"
 
     @property
     def datastore_dir(self) -> Path:
@@ -183,9 +214,7 @@ class Stages:
 
     @property
     def params_decoder(self) -> int:
-        from mlpmem_lightning.models.ladder import total_params
-
-        return total_params(self.rung, self.vocab, self.family)
+        return self.source.params_total(self.vocab, self.family)
 
     def tokens(self, budget: int) -> int:
         """Tokens a fit with this token budget trains on: whole steps of batch_size x seq_len."""
@@ -238,12 +267,31 @@ class Stages:
 
     def run(self, subcommand: str, model: dict[str, Any], root: Path, data: dict[str, Any] | None = None,
             ckpt: Path | None = None) -> dict[str, float]:
-        """Run one stage in-process; its logged metrics. Only fits get the trial's callbacks."""
-        from mlpmem_lightning.cli.lightning import run_cli
+        """Run one stage in-process; its logged metrics. Only fits get the trial's callbacks.
 
+        An evaluation already run with the same config on the same checkpoint returns its recorded metrics: the
+        trials of one decoder (several memory sizes on one base, a control beside a memory) evaluate the decoder
+        and its kNN-LM identically, and on SmolLM2 each repeat of the kNN-LM's passes costs over a minute."""
+        import json
+
+        from mlpmem_lightning.cli.lightning import run_cli
+        from mlpmem_lightning.core.artifacts import atomic_write_text
+
+        record = None
+        if subcommand in ("validate", "test"):
+            done = ckpt.stat() if ckpt is not None else None  # a refitted checkpoint is another evaluation
+            key = self.key(self.config_key(subcommand, model, data), str(ckpt),
+                           [done.st_size, done.st_mtime_ns] if done else None,
+                           self.decoder_fingerprint if self.source.pretrained else None)
+            record = root / f"{subcommand}-metrics-{key}.json"
+            if record.is_file():
+                return json.loads(record.read_text())
         callbacks = self.callbacks if subcommand == "fit" else ()
         cli = run_cli(self.config(subcommand, model, root, data, ckpt), callbacks=callbacks)
-        return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+        metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+        if record is not None:
+            atomic_write_text(record, json.dumps(metrics, indent=1))
+        return metrics
 
     @cached_property
     def trainer_yaml(self) -> dict[str, Any]:
@@ -281,7 +329,7 @@ class Stages:
 
         self.slot.acquire(lambda: log.info("%s waits for a store slot (stores_at_once: %d)", self.tag,
                                            self.spec.stores_at_once))
-        need = disk.store_bytes(len(self.store.split("train")), self.rung.d_model,
+        need = disk.store_bytes(len(self.store.split("train")), self.source.d_model,
                                 self.spec.knn_settings.keep if with_targets else None)
         mine = [self.datastore_dir, self.targets_dir]
         self.slot.claim(mine, need)
@@ -332,20 +380,22 @@ class Stages:
     def _decoder(self) -> None:
         from mlpmem_lightning.models.flops import decoder_train_flops
 
-        self.run("fit", self.decoder_model, self.decoder_run)
-        self.flops["decoder"] = decoder_train_flops(self.rung, self.vocab, self.spec.seq_len, self.decoder_tokens,
-                                                    family=self.family)
+        if self.source.pretrained:  # loaded, not trained: its pretraining is not this study's compute
+            self.store.check_tokenizer(self.decoder.tokenizer_fingerprint, str(self.decoder_run))  # one line if not
+            self.flops["decoder"] = 0
+        else:
+            self.run("fit", self.decoder_model, self.decoder_run)
+            self.flops["decoder"] = decoder_train_flops(self.rung, self.vocab, self.spec.seq_len,
+                                                        self.decoder_tokens, family=self.family)
         self.attrs.update(flops_decoder_train=self.flops["decoder"], params_decoder=self.params_decoder,
                           decoder_tokens=self.decoder_tokens)
 
     def _datastore(self) -> None:
         from mlpmem_lightning.knn.datastore import Datastore, build_datastore
-        from mlpmem_lightning.models.flops import datastore_flops
 
         build_datastore(self.decoder_run, self.token_store, self.datastore_dir, self.datastore_settings)
         self.rows = len(Datastore(self.datastore_dir))
-        self.flops["datastore"] = datastore_flops(self.rung, self.vocab, self.spec.seq_len, self.rows,
-                                                  family=self.family)
+        self.flops["datastore"] = self.rows * self.source.forward_flops(self.vocab, self.spec.seq_len, self.family)
         self.attrs.update(flops_datastore=self.flops["datastore"], datastore_rows=self.rows)
 
     def _targets(self) -> None:
@@ -353,13 +403,30 @@ class Stages:
         from mlpmem_lightning.knn.temperature import targets_settings
         from mlpmem_lightning.models.flops import search_flops
 
-        knn = targets_settings(self.spec.knn_settings, self.spec.targets_scale, self.datastore_dir, self.targets_dir)
+        if self.spec.targets_from_knn_lm:
+            from mlpmem_lightning.study.architectures.knn_lm import chosen_temperature
+
+            knn = replace(self.spec.knn_settings, temperature=self.recorded_temperature() or chosen_temperature(self))
+        else:
+            knn = targets_settings(self.spec.knn_settings, self.spec.targets_scale, self.datastore_dir,
+                                   self.targets_dir)
         manifest = build_targets(self.datastore_dir, self.targets_dir, knn)  # knn carries the backend (knn.backend)
         nlist = knn.nlist or default_nlist(self.rows)
-        self.flops["targets"] = search_flops(self.rows, self.rows, self.rung.d_model, knn.index, nlist, knn.nprobe)
+        self.flops["targets"] = search_flops(self.rows, self.rows, self.source.d_model, knn.index, nlist, knn.nprobe)
         self.targets_fingerprint = manifest["fingerprint"]
         self.attrs.update(flops_search=self.flops["targets"], targets_mass_kept_mean=manifest["mass_kept_mean"],
                           targets_temperature=manifest["temperature"])
+
+    def recorded_temperature(self) -> float | None:
+        """The T of targets already finished (a resumed or second trial: no kNN-LM pass to choose it again)."""
+        from mlpmem_lightning.core.artifacts import read_manifest
+        from mlpmem_lightning.core.errors import UserError
+        from mlpmem_lightning.knn.targets import KIND
+
+        try:
+            return float(read_manifest(self.targets_dir, KIND, ("temperature",), check=False)["temperature"])
+        except UserError:
+            return None
 
     def shared_flops(self, needs: Sequence[str]) -> int:
         """FLOPs of the shared stages ``needs`` is built from: what an architecture spent before its own training."""

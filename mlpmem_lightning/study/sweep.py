@@ -311,7 +311,7 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
     Random/TPE studies sample categoricals, so their size lists are fixed for the study's life (use a new
     ``study`` name); settings with a sampler range are drawn from it.
     """
-    from mlpmem_lightning.models.ladder import matched_memory
+    from mlpmem_lightning.study.decoders import decoder_source
 
     if "point" in trial.user_attrs:
         point = json.loads(trial.user_attrs["point"])
@@ -325,7 +325,7 @@ def suggest_point(trial, spec: SweepSpec) -> dict[str, Any]:
     dec = trial.suggest_categorical("decoder_size", sorted({p["decoder_size"] for p in grid}))
     seed = trial.suggest_categorical("seed", sorted({p["seed"] for p in grid}))
     if spec.memory_sizes == "matched":
-        mem = matched_memory(dec).name
+        mem = decoder_source(spec.base, dec).matched_memory()
     else:
         mem = trial.suggest_categorical("memory_size", sorted({p["memory_size"] for p in grid}))
     point = {"decoder_size": dec, "memory_size": mem, "seed": int(seed)}

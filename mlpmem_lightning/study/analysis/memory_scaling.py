@@ -30,8 +30,9 @@ def memory_scaling(df: pd.DataFrame, split: str = "test", bootstrap: int = 1000,
     memory = rows[rows["arch"] == "mlp_memory"].sort_values(X_AXIS)
     refs = {arch: float(rows.loc[rows["arch"] == arch, "loss"].mean()) for arch in ("decoder", "knn_lm")
             if (rows["arch"] == arch).any()}
-    fit = fit_power_law(memory[X_AXIS].to_numpy(float), memory["loss"].to_numpy(float), bootstrap=bootstrap,
-                        seed=seed)
+    x = memory[X_AXIS].to_numpy(float)
+    fit = fit_power_law(x, memory["loss"].to_numpy(float), bootstrap=bootstrap, seed=seed) \
+        if len(np.unique(x)) >= 3 else None  # E, A and α need 3 sizes: fewer are tabled, not fitted
     sizes = memory.groupby(X_AXIS, as_index=False).agg(memory_size=("memory_size", "first"), loss=("loss", "mean"),
                                                        lam=("lambda", "mean"))
     if "decoder" in refs:  # relative perplexity change against the base, the paper's −8% on GPT2-large
@@ -54,8 +55,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                      f"{np.exp(r.loss):.2f} | {change} |")
     for arch, loss in refs.items():
         lines.append(f"| {arch} (reference) | | | {loss:.4f} | {np.exp(loss):.2f} | |")
+    if fit is None:
+        return lines + ["", f"Not fitted: {result['n_sizes']} memory sizes, and L = E + A·N^(−α) needs 3."]
     lo, hi = fit["alpha_ci"]
     note = "" if result["n_sizes"] >= 5 else " (fewer than 5 sizes: no significance claimed)"
+    if not fit["alpha_identified"]:
+        note += "; α is not identified: its interval reaches the fit's bound"
     lines += ["", f"L(N_mem) = {fit['E']:.4f} + {fit['A']:.3g}·N_mem^(−{fit['alpha']:.3f}); α 95% interval "
                   f"[{lo:.3f}, {hi:.3f}], E interval [{fit['E_ci'][0]:.4f}, {fit['E_ci'][1]:.4f}]{note}."]
     return lines

@@ -15,8 +15,8 @@ from mlpmem_lightning.study.stages import Stages
 
 class DecoderOnly(Architecture):
     def evaluate(self, stages: Stages) -> dict[str, Score]:
-        model = {"class_path": self.module, "init_args": {"size": stages.decoder_size}}
-        run, ckpt = stages.decoder_run, stages.decoder_run / "checkpoints" / "best.ckpt"
+        init, run, ckpt = stages.decoder_eval()  # a fit's best checkpoint, or a pretrained base's directory
+        model = {"class_path": self.module, "init_args": init}
         # logs under <run>/validate and <run>/test, as `mlpmem validate` does; one worker at a time
         with stages.exclusive(run), stages.timed("decoder_eval"):
             valid = stages.run("validate", model, run, ckpt=ckpt)

@@ -19,25 +19,52 @@ from mlpmem_lightning.study.stages import Stages
 
 class KNNLanguageModel(Architecture):
     def evaluate(self, stages: Stages) -> dict[str, Score]:
-        spec, knn = stages.spec, stages.spec.knn_settings
-        search = {f.name: getattr(knn, f.name) for f in fields(KNNSettings)}
-        model = {"class_path": self.module, "init_args": {
-            "decoder": str(stages.decoder_run), "datastore": str(stages.datastore_dir),
-            **search, "index": spec.knn_eval_index or knn.index}}
-        from mlpmem_lightning.lightning.temperature_grid import DEFAULT_TEMPERATURES
-
-        grid = [float(t) for t in (spec.temperatures or DEFAULT_TEMPERATURES)]
-        model["init_args"]["temperatures"] = grid
-        root = stages.out / "knnlm" / f"{stages.tag}-{stages.key(stages.datastore_key, model)}"
+        model, root, grid = knn_lm_run(stages)
         with stages.exclusive(root), stages.timed("knn_lm_eval"):  # trials of one decoder take turns
             return temperature_grid_scores(stages, model, root, grid)
 
 
+def temperature_grid(spec) -> list[float]:
+    """The T grid the kNN-LM chooses from on valid: the spec's ``temperatures``, else 1/8 … 1024."""
+    from mlpmem_lightning.lightning.temperature_grid import DEFAULT_TEMPERATURES
+
+    return [float(t) for t in (spec.temperatures or DEFAULT_TEMPERATURES)]
+
+
+def knn_lm_run(stages: Stages) -> tuple[dict, Path, list[float]]:
+    """The kNN-LM's model config over the trial's decoder and datastore, its run directory and its T grid."""
+    spec, knn = stages.spec, stages.spec.knn_settings
+    search = {f.name: getattr(knn, f.name) for f in fields(KNNSettings)}
+    grid = temperature_grid(spec)
+    model = {"class_path": KNN_LM.module, "init_args": {
+        "decoder": str(stages.decoder_run), "datastore": str(stages.datastore_dir),
+        **search, "index": spec.knn_eval_index or knn.index, "temperatures": grid}}
+    return model, stages.out / "knnlm" / f"{stages.tag}-{stages.key(stages.datastore_key, model)}", grid
+
+
+def chosen_temperature(stages: Stages) -> float:
+    """The T the kNN-LM chooses on valid (``targets_temperature: knn_lm``): its validate pass, run before the targets
+    are built and kept for the kNN-LM's own evaluation in this trial, so it runs once."""
+    model, root, grid = knn_lm_run(stages)
+    with stages.exclusive(root):
+        return _grid_point(grid, _validated(stages, model, root)["val/temperature"])
+
+
+def _validated(stages: Stages, model: dict, root: Path) -> dict[str, float]:
+    if root not in stages.validated:
+        stages.validated[root] = stages.run("validate", model, root)
+    return stages.validated[root]
+
+
+def _grid_point(grid: list[float], logged: float) -> float:
+    """The grid's T nearest a logged one (logged in float32: the grid point is the T test runs at and rows record)."""
+    return min(grid, key=lambda g: abs(g - logged))
+
+
 def temperature_grid_scores(stages: Stages, model: dict, root: Path, grid: list[float]) -> dict[str, Score]:
     """Validate over the (T, λ) grid in one pass, choose both there (λ unless the spec fixes it), test at them."""
-    valid = stages.run("validate", model, root)
-    # logged in float32: the grid point itself is the T test runs at (and the one results.csv records)
-    t = min(grid, key=lambda g: abs(g - valid["val/temperature"]))
+    valid = _validated(stages, model, root)
+    t = _grid_point(grid, valid["val/temperature"])
     lam = stages.spec.lambda_ if stages.spec.lambda_ is not None else round(valid["val/best_lambda"], 6)
     at = {**model, "init_args": {**model["init_args"], "temperatures": [t], "lambda_": lam}}
     test = stages.run("test", at, root)

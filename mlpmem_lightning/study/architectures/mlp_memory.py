@@ -44,27 +44,18 @@ class MLPMemory(Architecture):
         return stages.spec.memory_mode
 
     def fit(self, stages: Stages) -> Own:
-        from mlpmem_lightning.models.base_memory import is_relative, relative_config_for_rung
         from mlpmem_lightning.models.families import get_family
         from mlpmem_lightning.models.flops import memory_train_flops
-        from mlpmem_lightning.models.ladder import forward_flops_per_token
-        from mlpmem_lightning.models.memory import (
-            memory_config,
-            memory_flops_per_token,
-            memory_non_embedding_params,
-            memory_params,
-        )
+        from mlpmem_lightning.models.memory import memory_flops_per_token, memory_non_embedding_params, memory_params
 
         spec = stages.spec
         run = self.run_dir(stages)
         with stages.exclusive(run), stages.timed("memory_fit"):
             stages.run("fit", self.model(stages, max_tokens=spec.memory_tokens), run, self.data(stages))
         block = get_family(stages.family).memory_block  # MemoryLM's default block for this decoder
-        cfg = (relative_config_for_rung(stages.memory_size, stages.rung, stages.family, stages.vocab, block)
-               if is_relative(stages.memory_size) else memory_config(stages.memory_size, stages.rung.d_model,
-                                                                     stages.vocab, block))
+        cfg = stages.source.memory_config(stages.memory_size, stages.vocab, stages.family, block)
         tokens = stages.tokens(spec.memory_tokens)
-        decoder_forward = forward_flops_per_token(stages.rung, stages.vocab, spec.seq_len, stages.family)
+        decoder_forward = stages.source.forward_flops(stages.vocab, spec.seq_len, stages.family)
         flops = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens,
                                    decoder_forward if self.mode(stages) == "online" else 0)
         stages.attrs.update(flops_memory_train=flops, params_memory=memory_params(cfg), memory_tokens=tokens)

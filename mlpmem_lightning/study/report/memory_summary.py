@@ -2,9 +2,12 @@
 alone, its kNN-LM, base + memory at each size, λ and T chosen on valid), the memory-size fit with its interval,
 the relative gain beside the paper's, and the seconds each stage took.
 
-    python -m mlpmem_lightning.study.report.memory_summary --results results.csv --times times.csv --out DIR
+    python -m mlpmem_lightning.study.report.memory_summary --results results.csv [--times times.csv]
+        [--trials trials.csv] --out DIR
 
-The run's own numbers only: every figure is read from ``results.csv`` (``mlpmem collect``) and ``times.csv``.
+The run's own numbers only: every figure is read from ``results.csv`` (the sweep's, or ``mlpmem collect``'s), the
+script's ``times.csv`` (seconds per call of each command) and the sweep's ``trials.csv`` (seconds per stage of each
+trial).
 """
 
 from __future__ import annotations
@@ -42,6 +45,19 @@ def times_table(times: pd.DataFrame) -> list[str]:
     return lines + [f"| total (attempts that finished) | {done['seconds'].sum():.1f} | |"]
 
 
+def trials_table(trials: pd.DataFrame) -> list[str]:
+    """Seconds per stage of each trial of the sweep (a stage another trial had built shows its reuse: near 0)."""
+    stages = [c for c in trials.columns if c.startswith("time_") and c.endswith("_s")]
+    names = [c[len("time_"):-len("_s")] for c in stages]
+    lines = ["| trial | memory | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in trials.sort_values("trial").to_dict("records"):
+        cells = ["" if pd.isna(r[c]) else f"{r[c]:.1f}" for c in stages]
+        lines.append(f"| {r['trial']} | {r.get('memory_size', '')} | " + " | ".join(cells) + " |")
+    total = trials[stages].sum(numeric_only=True).sum()
+    return lines + ["", f"Sum over trials and stages: {total:.1f} s (GPU-seconds when the trials ran one at a time; "
+                        "with several workers they overlap)."]
+
+
 def span_line(df: pd.DataFrame) -> list[str]:
     """The memories' span in non-embedding parameters (the ratios x0.25 … x2 are of those; the fit's axis counts
     the memory's vocabulary head as well, a constant that narrows the span)."""
@@ -66,7 +82,8 @@ def gain_lines(result: dict) -> list[str]:
             "on GPT2-xl's targets, WikiText-103)."]
 
 
-def write_summary(results: Path, times: Path | None, out: Path, bootstrap: int = 1000) -> Path:
+def write_summary(results: Path, times: Path | None, out: Path, bootstrap: int = 1000,
+                  trials: Path | None = None) -> Path:
     from mlpmem_lightning.study.report.memory_scaling import plot_memory_scaling
 
     df = pd.read_csv(results)
@@ -76,7 +93,9 @@ def write_summary(results: Path, times: Path | None, out: Path, bootstrap: int =
              *valid_table(df), "", "## Fit (test)", "", *summary_lines(result), "", *span_line(df), "",
              *gain_lines(result)]
     if times is not None and times.is_file():
-        lines += ["", "## Seconds per stage", "", *times_table(pd.read_csv(times))]
+        lines += ["", "## Seconds per command", "", *times_table(pd.read_csv(times))]
+    if trials is not None and trials.is_file():
+        lines += ["", "## Seconds per stage of each trial", "", *trials_table(pd.read_csv(trials))]
     path = out / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -85,11 +104,12 @@ def write_summary(results: Path, times: Path | None, out: Path, bootstrap: int =
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, required=True)
-    ap.add_argument("--times", type=Path)
+    ap.add_argument("--times", type=Path, help="the script's times.csv: stage,seconds,exit,utc")
+    ap.add_argument("--trials", type=Path, help="the sweep's trials.csv: time_<stage>_s per trial")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
-    print(write_summary(args.results, args.times, args.out, args.bootstrap).read_text())
+    print(write_summary(args.results, args.times, args.out, args.bootstrap, args.trials).read_text())
 
 
 if __name__ == "__main__":
