@@ -40,8 +40,8 @@ if [ -n "${SMOL_TINY:-}" ]; then
   TEMPS="[0.25,1.0,4.0,16.0,64.0,256.0]"
 fi
 DEC=$W/smollm2 TOK=$W/tokens
-# the datastore (13.6 GB) and targets (9.1 GB) in memory where /dev/shm holds them: the H200 machine's disk wrote
-# ~85 MB/s (analysis/results/scaling-h200/README.md), 270 s for these two; a warm machine keeps /dev/shm between calls
+# the datastore (13.6 GB) and targets (9.1 GB) in memory where /dev/shm holds them (128 GB on the H200 machine): the
+# disk's 64 GiB stays free and disk writes leave the stages' time; a warm machine keeps /dev/shm between calls
 S=$W
 if [ -z "${SMOL_TINY:-}" ] && [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 30000000000 ] 2>/dev/null; then
   S=/dev/shm/smollm2-memory; mkdir -p $S; fi

@@ -149,7 +149,7 @@ def test_what_another_slot_will_still_write_is_reserved_and_its_stores_are_kept(
 
 
 def test_store_dir_puts_the_stores_and_their_disk_checks_elsewhere(tmp_path, small_store, monkeypatch):
-    """``store_dir`` (e.g. /dev/shm where the disk is slow): the stores go there, and so do the room check and the
+    """``store_dir`` (e.g. /dev/shm): the stores go there, and so do the room check and the
     reclaiming of interrupted trials' stores; the decoder and the locks stay under ``out``."""
     shm = tmp_path / "shm"
     trial = _trial(tmp_path, small_store, store_dir=str(shm))
