@@ -80,7 +80,6 @@ class Stages:
         self.times: dict[str, float] = {}  # time_<stage>_s
         self.flops: dict[str, int] = {}  # FLOPs of each shared stage that ran (keys: SHARED)
         self.attrs: dict[str, Any] = {}  # trial attributes: sizes, tokens, rows, FLOPs per stage
-        self.validated: dict[Path, dict[str, float]] = {}  # validate metrics per run directory, run once per trial
         self.users = locks.Users(self.out)  # the datastore and targets this trial uses: cleanup spares others'
         self.slot = locks.Slots(self.out, self.spec.stores_at_once)  # taken before the datastore, kept to the end
 

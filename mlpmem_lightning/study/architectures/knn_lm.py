@@ -44,16 +44,10 @@ def knn_lm_run(stages: Stages) -> tuple[dict, Path, list[float]]:
 
 def chosen_temperature(stages: Stages) -> float:
     """The T the kNN-LM chooses on valid (``targets_temperature: knn_lm``): its validate pass, run before the targets
-    are built and kept for the kNN-LM's own evaluation in this trial, so it runs once."""
+    are built; the kNN-LM's own evaluation reuses its recorded metrics (``Stages.run``), so it runs once."""
     model, root, grid = knn_lm_run(stages)
     with stages.exclusive(root):
-        return _grid_point(grid, _validated(stages, model, root)["val/temperature"])
-
-
-def _validated(stages: Stages, model: dict, root: Path) -> dict[str, float]:
-    if root not in stages.validated:
-        stages.validated[root] = stages.run("validate", model, root)
-    return stages.validated[root]
+        return _grid_point(grid, stages.run("validate", model, root)["val/temperature"])
 
 
 def _grid_point(grid: list[float], logged: float) -> float:
@@ -63,7 +57,7 @@ def _grid_point(grid: list[float], logged: float) -> float:
 
 def temperature_grid_scores(stages: Stages, model: dict, root: Path, grid: list[float]) -> dict[str, Score]:
     """Validate over the (T, λ) grid in one pass, choose both there (λ unless the spec fixes it), test at them."""
-    valid = _validated(stages, model, root)
+    valid = stages.run("validate", model, root)
     t = _grid_point(grid, valid["val/temperature"])
     lam = stages.spec.lambda_ if stages.spec.lambda_ is not None else round(valid["val/best_lambda"], 6)
     at = {**model, "init_args": {**model["init_args"], "temperatures": [t], "lambda_": lam}}
