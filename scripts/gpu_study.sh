@@ -29,7 +29,7 @@ if [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 55000000000 ]
 df -h /dev/shm . | tail -2; echo "stores: ${STORES[*]:-on the disk}"
 if [ $(left) -gt 40 ]; then
   echo "sweep start $(date +%T)"
-  timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers 4 "${STORES[@]}" >> $O/sweep.log 2>&1
+  timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers 4 ${STORES[@]+"${STORES[@]}"} >> $O/sweep.log 2>&1
   echo "sweep end $(date +%T)"; tail -5 $O/sweep.log | cut -c1-300
 fi
 pkill -f mlpmem_lightning.cli; sleep 2
