@@ -163,7 +163,7 @@ def _account(arch: str, decoder_run: Path, run: Path, test_cfg: dict[str, Any]) 
     from mlpmem_lightning.models.flops import datastore_flops, decoder_train_flops
     from mlpmem_lightning.models.ladder import get_size, non_embedding_params, total_params
     from mlpmem_lightning.models.loading import load_decoder
-    from mlpmem_lightning.study.columns import peak_lr
+    from mlpmem_lightning.study.decoders import peak_lr
 
     fit = _config(decoder_run / "config.yaml")
     size, seq_len = fit["model"]["init_args"]["size"], fit["data"]["seq_len"]

@@ -14,12 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-
-def is_pretrained(path: str | Path) -> bool:
-    """Whether ``path`` is a transformers model directory (``import-decoder``, ``export-decoder``, any
-    ``save_pretrained``) rather than a fit's run directory or checkpoint."""
-    path = Path(path)
-    return path.is_dir() and (path / "config.json").is_file() and not (path / "config.yaml").is_file()
+from mlpmem_lightning.study.decoders import is_pretrained
 
 
 def base_dir(module: str, init: dict[str, Any], test_cfg: dict[str, Any]) -> Path | None:

@@ -22,12 +22,6 @@ def decoder_lr(stages: Stages) -> float | None:
     return stages.source.lr(stages.decoder_model.get("init_args", {}))
 
 
-def peak_lr(init_args: dict[str, Any], rung) -> float:
-    """A decoder fit's peak LR from its model ``init_args`` (a sweep's, or a hand-made run's config.yaml)."""
-    lr = init_args.get("lr")
-    return float(lr) if lr is not None else float(rung.lr)
-
-
 def train_split_tokens(stages: Stages) -> int:
     return int(len(stages.store.split("train")))
 

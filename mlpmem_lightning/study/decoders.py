@@ -64,8 +64,6 @@ class LadderDecoder:
         return matched_memory(self.name).name
 
     def lr(self, init_args: dict[str, Any]) -> float:
-        from mlpmem_lightning.study.columns import peak_lr
-
         return peak_lr(init_args, self.rung)
 
 
@@ -116,6 +114,19 @@ class PretrainedBase:
 
     def lr(self, init_args: dict[str, Any]) -> float | None:
         return None  # not trained here
+
+
+def peak_lr(init_args: dict[str, Any], rung) -> float:
+    """A decoder fit's peak LR from its model ``init_args`` (a sweep's, or a hand-made run's config.yaml)."""
+    lr = init_args.get("lr")
+    return float(lr) if lr is not None else float(rung.lr)
+
+
+def is_pretrained(path: str | Path) -> bool:
+    """Whether ``path`` is a transformers model directory (``import-decoder``, ``export-decoder``, any
+    ``save_pretrained``) rather than a fit's run directory or checkpoint."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "config.yaml").is_file()
 
 
 def decoder_source(base: str | None, decoder_size: str) -> LadderDecoder | PretrainedBase:

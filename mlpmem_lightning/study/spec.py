@@ -184,7 +184,7 @@ class SweepSpec:
 
     def _validate_base(self) -> None:
         """A study on a pretrained base: the base exists, and nothing asks to train or tune a decoder."""
-        from mlpmem_lightning.study.collect_pretrained import is_pretrained
+        from mlpmem_lightning.study.decoders import is_pretrained
 
         if not is_pretrained(self.base):
             raise UserError(f"base {self.base}: not a transformers model directory (config.json, weights, tokenizer): "

@@ -177,7 +177,7 @@ class Stages:
 
         rule = self.spec.targets_scale  # the targets' T rule (knn/temperature.py) is part of what they are
         if self.spec.targets_from_knn_lm:  # T is a function of the kNN-LM's grid on valid (and a fixed λ)
-            from mlpmem_lightning.study.architectures.knn_lm import temperature_grid
+            from mlpmem_lightning.study.knn_eval import temperature_grid
 
             chosen = {"temperature_from": "knn_lm", "temperatures": temperature_grid(self.spec),
                       "lambda": self.spec.lambda_, "eval_index": self.spec.knn_eval_index}
@@ -318,51 +318,11 @@ class Stages:
                     self.users.hold(dirs[stage])
 
     def make_room(self, with_targets: bool) -> None:
-        """Take a store slot (``stores_at_once``), then check that the disk holds what this trial's datastore (and
-        targets) still need besides what the other slots' stores will still write: a full disk is refused before
-        the write, not found half-way through it. With ``cleanup: true`` the stores of interrupted trials (no
-        slot, no user, no writer) are deleted first if the room is short: a resumed study re-queues its
-        interrupted trials after the points never started, so their half-written stores (26 GB on the H200)
-        would otherwise sit beside the new ones until the disk filled."""
-        from mlpmem_lightning.study import disk
+        """Take a store slot and check the room for this trial's datastore (and targets) first
+        (:func:`.store_room.make_room`)."""
+        from mlpmem_lightning.study.store_room import make_room
 
-        self.slot.acquire(lambda: log.info("%s waits for a store slot (stores_at_once: %d)", self.tag,
-                                           self.spec.stores_at_once))
-        need = disk.store_bytes(len(self.store.split("train")), self.source.d_model,
-                                self.spec.knn_settings.keep if with_targets else None)
-        mine = [self.datastore_dir, self.targets_dir]
-        self.slot.claim(mine, need)
-        others = self.slot.others()
-        reserved = sum(max(0, o["need"] - disk.allocated(*map(Path, o["dirs"]))) for o in others)
-        missing = need - disk.allocated(*mine)
-        if self.spec.cleanup and disk.free_bytes(self.spec.stores_dir) < missing + reserved:
-            protected = {*mine, *(Path(d) for o in others for d in o["dirs"])}
-            self.reclaim(missing + reserved, protected)
-        what = f"the datastore{' and targets' if with_targets else ''} of {self.tag}"
-        disk.check_room(self.spec.stores_dir, missing, what, reserved)
-
-    def reclaim(self, need: int, protected: set[Path]) -> None:
-        """Delete other trials' datastores and targets that nobody writes or uses, oldest first, until ``need``
-        bytes are free: they are rebuilt from their decoder's checkpoint if their trial runs again."""
-        from mlpmem_lightning.core.artifacts import artifact_lock
-        from mlpmem_lightning.core.errors import UserError
-        from mlpmem_lightning.study import disk
-
-        root = self.spec.stores_dir
-        stale = [p for sub in ("targets", "datastores") if (root / sub).is_dir()
-                 for p in (root / sub).iterdir() if p.is_dir() and p not in protected]
-        for path in sorted(stale, key=lambda p: p.stat().st_mtime if p.exists() else 0.0):
-            if disk.free_bytes(root) >= need:
-                return
-            try:
-                with artifact_lock(locks.lock_dir(self.out, path)), self.users.sole(path) as alone:
-                    if alone and path.exists():
-                        size = disk.allocated(path)
-                        shutil.rmtree(path)
-                        log.info("%s: deleted %s (%.1f GB), the store of an interrupted trial, to make room "
-                                 "(cleanup: true)", self.tag, path, size / disk.GB)
-            except UserError:  # another worker is writing it
-                continue
+        make_room(self, with_targets)
 
     def release(self) -> None:
         """Let go of the artifacts this trial used and of its store slot (at the trial's end, however it ends)."""
@@ -403,7 +363,7 @@ class Stages:
         from mlpmem_lightning.models.flops import search_flops
 
         if self.spec.targets_from_knn_lm:
-            from mlpmem_lightning.study.architectures.knn_lm import chosen_temperature
+            from mlpmem_lightning.study.knn_eval import chosen_temperature
 
             knn = replace(self.spec.knn_settings, temperature=self.recorded_temperature() or chosen_temperature(self))
         else:

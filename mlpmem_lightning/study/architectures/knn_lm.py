@@ -9,11 +9,10 @@ chosen (T, λ), and both rows record T.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
-from mlpmem_lightning.knn.settings import KNNSettings
 from mlpmem_lightning.study.architectures.base import Architecture, Score
+from mlpmem_lightning.study.knn_eval import MODULE, grid_point, knn_lm_run
 from mlpmem_lightning.study.stages import Stages
 
 
@@ -24,41 +23,10 @@ class KNNLanguageModel(Architecture):
             return temperature_grid_scores(stages, model, root, grid)
 
 
-def temperature_grid(spec) -> list[float]:
-    """The T grid the kNN-LM chooses from on valid: the spec's ``temperatures``, else 1/8 … 1024."""
-    from mlpmem_lightning.lightning.temperature_grid import DEFAULT_TEMPERATURES
-
-    return [float(t) for t in (spec.temperatures or DEFAULT_TEMPERATURES)]
-
-
-def knn_lm_run(stages: Stages) -> tuple[dict, Path, list[float]]:
-    """The kNN-LM's model config over the trial's decoder and datastore, its run directory and its T grid."""
-    spec, knn = stages.spec, stages.spec.knn_settings
-    search = {f.name: getattr(knn, f.name) for f in fields(KNNSettings)}
-    grid = temperature_grid(spec)
-    model = {"class_path": KNN_LM.module, "init_args": {
-        "decoder": str(stages.decoder_run), "datastore": str(stages.datastore_dir),
-        **search, "index": spec.knn_eval_index or knn.index, "temperatures": grid}}
-    return model, stages.out / "knnlm" / f"{stages.tag}-{stages.key(stages.datastore_key, model)}", grid
-
-
-def chosen_temperature(stages: Stages) -> float:
-    """The T the kNN-LM chooses on valid (``targets_temperature: knn_lm``): its validate pass, run before the targets
-    are built; the kNN-LM's own evaluation reuses its recorded metrics (``Stages.run``), so it runs once."""
-    model, root, grid = knn_lm_run(stages)
-    with stages.exclusive(root):
-        return _grid_point(grid, stages.run("validate", model, root)["val/temperature"])
-
-
-def _grid_point(grid: list[float], logged: float) -> float:
-    """The grid's T nearest a logged one (logged in float32: the grid point is the T test runs at and rows record)."""
-    return min(grid, key=lambda g: abs(g - logged))
-
-
 def temperature_grid_scores(stages: Stages, model: dict, root: Path, grid: list[float]) -> dict[str, Score]:
     """Validate over the (T, λ) grid in one pass, choose both there (λ unless the spec fixes it), test at them."""
     valid = stages.run("validate", model, root)
-    t = _grid_point(grid, valid["val/temperature"])
+    t = grid_point(grid, valid["val/temperature"])
     lam = stages.spec.lambda_ if stages.spec.lambda_ is not None else round(valid["val/best_lambda"], 6)
     at = {**model, "init_args": {**model["init_args"], "temperatures": [t], "lambda_": lam}}
     test = stages.run("test", at, root)
@@ -70,5 +38,5 @@ def temperature_grid_scores(stages: Stages, model: dict, root: Path, grid: list[
                           {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("test/ppl_lambda_")}, t)}
 
 
-KNN_LM = KNNLanguageModel(name="knn_lm", label="kNN-LM", colour="tab:orange", marker="s", module="KNNLM",
+KNN_LM = KNNLanguageModel(name="knn_lm", label="kNN-LM", colour="tab:orange", marker="s", module=MODULE,
                           needs=("datastore",), weighs="kNN distribution", short="knn")
