@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mlpmem_lightning.study.decoders import is_pretrained
+from mlpmem_lightning.study.decoders import PretrainedBase, is_pretrained
 
 
 def base_dir(module: str, init: dict[str, Any], test_cfg: dict[str, Any]) -> Path | None:
@@ -28,15 +28,9 @@ def base_dir(module: str, init: dict[str, Any], test_cfg: dict[str, Any]) -> Pat
 
 
 @lru_cache(maxsize=2)
-def _base(path: str) -> tuple[str, int, int, int, str, Any]:
-    """(fingerprint, total params, non-embedding params, d_model, family, net) of a pretrained directory, loaded
-    once per collect."""
-    from mlpmem_lightning.models.base_memory import base_non_embedding_params
-    from mlpmem_lightning.models.loading import load_decoder
-
-    dec = load_decoder(path)
-    params = sum(p.numel() for p in dec.net.parameters())  # tied head counted once, as transformers counts it
-    return dec.fingerprint, params, base_non_embedding_params(dec.net), dec.net.config.hidden_size, dec.family, dec.net
+def _base(path: str) -> PretrainedBase:
+    """The base, counted as a sweep on it counts it (:class:`.decoders.PretrainedBase`), loaded once per collect."""
+    return PretrainedBase(Path(path))
 
 
 def account(arch: str, base: Path, test_cfg: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
@@ -44,18 +38,19 @@ def account(arch: str, base: Path, test_cfg: dict[str, Any], files: dict[str, An
     ``files``: what :func:`collect._run_files` read from the run (datastore, T, the memory's fit and targets)."""
     from mlpmem_lightning.data.token_store import TokenStore
     from mlpmem_lightning.knn.datastore import Datastore
-    from mlpmem_lightning.models.flops import forward_flops_of
 
-    fingerprint, params, non_embedding, _, _, net = _base(str(base))
+    source = _base(str(base))
+    family = source.loaded.family
+    params, non_embedding = source.params_total(source.vocab, family), source.non_embedding(family)
     store = TokenStore(test_cfg["data"]["token_store"])
     out = {"decoder_size": base.name, "memory_size": "", "params_decoder": params, "params_memory": 0,
            "seed": int(test_cfg.get("seed_everything") or 0),
-           "token_store_fingerprint": store.fingerprint, "decoder_fingerprint": fingerprint}
+           "token_store_fingerprint": store.fingerprint, "decoder_fingerprint": source.loaded.fingerprint}
     flops, tokens, rows = 0, 0, None  # the base's pretraining: not known here, not this study's
     if arch in ("knn_lm", "mlp_memory"):
         datastore = Datastore(files["datastore"])
         rows = len(datastore)
-        flops += rows * forward_flops_of(net, datastore.manifest["seq_len"])
+        flops += rows * source.forward_flops(source.vocab, datastore.manifest["seq_len"], family)
         out["datastore_rows"] = rows
     if arch == "knn_lm":
         out["temperature"] = files["temperature"]
@@ -73,18 +68,18 @@ def account(arch: str, base: Path, test_cfg: dict[str, Any], files: dict[str, An
 def _memory(files: dict[str, Any], base: str, rows: int | None) -> dict[str, Any]:
     """The memory's size, parameters, tokens and FLOPs (its targets' search over ``rows`` datastore rows and its own
     training) on the base; the CE-only control (no targets, ``rows`` None) searched nothing."""
-    from mlpmem_lightning.models.base_memory import is_relative, relative_memory_config
     from mlpmem_lightning.models.families import get_family
-    from mlpmem_lightning.models.flops import forward_flops_of, memory_train_flops
-    from mlpmem_lightning.models.memory import memory_config, memory_flops_per_token
+    from mlpmem_lightning.models.flops import memory_train_flops
+    from mlpmem_lightning.models.memory import memory_flops_per_token
     from mlpmem_lightning.study.columns import memory_columns
 
-    _, _, _, d_model, family, net = _base(base)
+    source = _base(base)
+    family = source.loaded.family
     fit, tokens = files["fit"], files["tokens"]
     init = fit["model"]["init_args"]
     size, block = init.get("size"), init.get("block") or get_family(family).memory_block
-    cfg = relative_memory_config(size, net, block) if is_relative(size) else \
-        memory_config(size, d_model, net.config.vocab_size, block)
-    forward = forward_flops_of(net, fit["data"]["seq_len"]) if init.get("mode", "online") == "online" else 0
+    cfg = source.memory_config(size, source.vocab, family, block)
+    forward = source.forward_flops(source.vocab, fit["data"]["seq_len"], family) \
+        if init.get("mode", "online") == "online" else 0
     own = memory_train_flops(memory_flops_per_token(cfg, train=True), tokens, forward)
-    return memory_columns(size, cfg, tokens, own, files["targets"], rows, d_model)
+    return memory_columns(size, cfg, tokens, own, files["targets"], rows, source.d_model)

@@ -79,14 +79,24 @@ class PretrainedBase:
         return self.path.name
 
     @cached_property
-    def _net(self):
+    def loaded(self):
+        """The base as every stage loads it (``models.loading.LoadedDecoder``): loaded once per trial or collect."""
         from mlpmem_lightning.models.loading import load_decoder
 
-        return load_decoder(self.path).net
+        return load_decoder(self.path)
+
+    @property
+    def _net(self):
+        return self.loaded.net
 
     @property
     def d_model(self) -> int:
         return int(self._net.config.hidden_size)
+
+    @property
+    def vocab(self) -> int:
+        """Its own vocabulary (a sweep passes the token store's, which the tokenizer check makes the same)."""
+        return int(self._net.config.vocab_size)
 
     def params_total(self, vocab: int, family: str) -> int:
         return sum(p.numel() for p in self._net.parameters())  # a tied head once, as transformers counts it

@@ -186,17 +186,20 @@ class Stages:
                                                                                 else []))
 
     @property
+    def decoder_dir(self) -> Path:
+        """``decoders/<size>-seed<s>-<hash8>``: the fit's run directory, or where a base's evaluation logs go."""
+        return self.out / "decoders" / f"{self.tag}-{self.decoder_key}"
+
+    @property
     def decoder_run(self) -> Path:
         """The decoder the later stages load: the fit's run directory, or the pretrained base itself."""
-        if self.source.pretrained:
-            return self.source.path
-        return self.out / "decoders" / f"{self.tag}-{self.decoder_key}"
+        return self.source.path if self.source.pretrained else self.decoder_dir
 
     def decoder_eval(self) -> tuple[dict[str, Any], Path, Path | None]:
         """How decoder-only is scored: (DecoderLM's init_args, the run directory its logs go to, checkpoint). A
         pretrained base is evaluated from its directory, with logs under ``out`` (never inside the base)."""
         if self.source.pretrained:
-            return {"init_from": str(self.source.path)}, self.out / "decoders" / f"{self.tag}-{self.decoder_key}", None
+            return {"init_from": str(self.source.path)}, self.decoder_dir, None
         return {"size": self.decoder_size}, self.decoder_run, self.decoder_run / "checkpoints" / "best.ckpt"
 
     @property
@@ -226,10 +229,10 @@ class Stages:
 
     @cached_property
     def decoder(self):
-        """The trained decoder as the later stages load it (its fingerprint and family)."""
+        """The decoder as the later stages load it (its fingerprint and family); a base's is its source's own."""
         from mlpmem_lightning.models.loading import load_decoder
 
-        return load_decoder(self.decoder_run)
+        return self.source.loaded if self.source.pretrained else load_decoder(self.decoder_run)
 
     @property
     def decoder_fingerprint(self) -> str:
