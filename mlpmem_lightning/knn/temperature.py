@@ -58,6 +58,18 @@ def scaled_temperature(datastore: str | Path, settings: TargetSettings, scale: f
     return scale * median
 
 
+def recorded_temperature(out: str | Path) -> float | None:
+    """The T of targets already finished in ``out``, from the manifest alone (no hashing of the arrays:
+    build_targets checks them when it reuses them); None when they are not built yet, or unfinished."""
+    from mlpmem_lightning.core.artifacts import read_manifest
+    from mlpmem_lightning.knn.targets import KIND
+
+    try:
+        return float(read_manifest(out, KIND, ("temperature",), check=False)["temperature"])
+    except UserError:
+        return None
+
+
 def targets_settings(settings: TargetSettings, scale: float | None, datastore: str | Path, out: str | Path
                      ) -> TargetSettings:
     """The settings the targets are built with: ``settings`` as given (``scale`` None), or with T from the rule.
@@ -67,11 +79,6 @@ def targets_settings(settings: TargetSettings, scale: float | None, datastore: s
     """
     if scale is None:
         return settings
-    from mlpmem_lightning.core.artifacts import read_manifest
-    from mlpmem_lightning.knn.targets import KIND
-
-    try:  # the manifest alone (no hashing of the arrays: build_targets checks them when it reuses them)
-        return replace(settings, temperature=float(read_manifest(out, KIND, ("temperature",), check=False)
-                                                   ["temperature"]))
-    except UserError:  # not built yet (or unfinished): measure
-        return replace(settings, temperature=scaled_temperature(datastore, settings, scale))
+    recorded = recorded_temperature(out)
+    return replace(settings, temperature=recorded if recorded is not None else
+                   scaled_temperature(datastore, settings, scale))

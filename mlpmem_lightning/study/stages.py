@@ -366,9 +366,13 @@ class Stages:
         from mlpmem_lightning.models.flops import search_flops
 
         if self.spec.targets_from_knn_lm:
+            from mlpmem_lightning.knn.temperature import recorded_temperature
             from mlpmem_lightning.study.knn_eval import chosen_temperature
 
-            knn = replace(self.spec.knn_settings, temperature=self.recorded_temperature() or chosen_temperature(self))
+            # finished targets (a resumed or second trial) give their T: no kNN-LM pass to choose it again
+            recorded = recorded_temperature(self.targets_dir)
+            knn = replace(self.spec.knn_settings,
+                          temperature=recorded if recorded is not None else chosen_temperature(self))
         else:
             knn = targets_settings(self.spec.knn_settings, self.spec.targets_scale, self.datastore_dir,
                                    self.targets_dir)
@@ -378,17 +382,6 @@ class Stages:
         self.targets_fingerprint = manifest["fingerprint"]
         self.attrs.update(flops_search=self.flops["targets"], targets_mass_kept_mean=manifest["mass_kept_mean"],
                           targets_temperature=manifest["temperature"])
-
-    def recorded_temperature(self) -> float | None:
-        """The T of targets already finished (a resumed or second trial: no kNN-LM pass to choose it again)."""
-        from mlpmem_lightning.core.artifacts import read_manifest
-        from mlpmem_lightning.core.errors import UserError
-        from mlpmem_lightning.knn.targets import KIND
-
-        try:
-            return float(read_manifest(self.targets_dir, KIND, ("temperature",), check=False)["temperature"])
-        except UserError:
-            return None
 
     def shared_flops(self, needs: Sequence[str]) -> int:
         """FLOPs of the shared stages ``needs`` is built from: what an architecture spent before its own training."""
