@@ -25,7 +25,7 @@ from mlpmem_lightning.study.report.sections import (
     ordering_section,
     runs_section,
 )
-from mlpmem_lightning.study.report.text import FEW_SIZES, imitators, md_table
+from mlpmem_lightning.study.report.text import FEW_SIZES, capital, imitators, md_table
 from mlpmem_lightning.study.report.text import base_label as _base
 from mlpmem_lightning.study.report.text import ci as _ci
 from mlpmem_lightning.study.report.text import delta as _delta
@@ -46,7 +46,7 @@ def render_markdown(df: pd.DataFrame, fits: dict, source: Path, split: str, boot
         "## Conclusions", "\n".join(f"- {c}" for c in [ordering_conclusion(df, split),
                                                           *conclusions(fits, matched, gap, best, axes)] if c),
         "## Perplexity of every run", runs_section(df),
-        f"## {_base()[:1].upper() + _base()[1:]} ordered by size", ordering_section(df, split),
+        f"## {capital(_base())} ordered by size", ordering_section(df, split),
         "## Power-law fits", fits_section(fits, bootstrap, axes),
         "## Matched parameters", matched_section(matched, "parameters", axes["parameters"]),
         "## Matched compute", matched_section(matched, "compute", axes["compute"]),
@@ -55,7 +55,7 @@ def render_markdown(df: pd.DataFrame, fits: dict, source: Path, split: str, boot
     ]
     for arch in imitators():
         label, ref = arch.label, style(arch.imitates).label
-        parts += [f"## {label[:1].upper() + label[1:]} vs {ref}", gap_section(gap[gap["arch"] == arch.name], arch)]
+        parts += [f"## {capital(label)} vs {ref}", gap_section(gap[gap["arch"] == arch.name], arch)]
     parts += ["## Interpolation weight λ", lambda_section(best), "## Methods", methods()]
     return "\n\n".join(parts) + "\n"
 
@@ -203,7 +203,7 @@ def gap_section(gap: pd.DataFrame, arch: Architecture) -> str:
         return f"*No {a} and {r} runs on the same decoder.*\n\n![gap]({plot})"
     rows = [[g.study, g.decoder_size, g.memory_size or "—", g.seed, fmt_x(g.params_total, "params_total"),
              f"{g.loss:.4f}", f"{g.reference_loss:.4f}", f"{g.gap:+.4f}"] for g in gap.itertuples()]
-    return (f"{a[:1].upper() + a[1:]} is trained to imitate the {r} on its own decoder; the gap says how much of the "
+    return (f"{capital(a)} is trained to imitate the {r} on its own decoder; the gap says how much of the "
             f"{r} it recovers (negative: {a} is better).\n\n"
             + md_table(["study", "decoder", "memory", "seed", "parameters (total)", f"{a} loss", f"{r} loss", "gap"],
                        rows) + f"\n\n![{a} minus {r}]({plot})")

@@ -11,7 +11,7 @@ import pandas as pd
 
 from mlpmem_lightning.study import analysis as an
 from mlpmem_lightning.study.report.plots import AXIS_LABELS, ISOFLOP_PLOT, fmt_x, look
-from mlpmem_lightning.study.report.text import base_label, g, md_table
+from mlpmem_lightning.study.report.text import base_label, capital, g, md_table
 
 OPTIONAL_WHY = {
     "params_non_embedding": "fits and plots use total parameters only",
@@ -105,7 +105,7 @@ def ordering_section(df: pd.DataFrame, split: str) -> str:
              f"({dof} degrees of freedom); a step's noise is σ·√(1/n_a + 1/n_b), that of the difference of two "
              f"seed means, and a step is resolved when the loss falls by more than {an.NOISE_MULTIPLE:g}× that."
              if dof else "No size has two seeds: the seed noise is not measured, and no step is called resolved.")
-    head = (f"{_capital(base_label())} {split} loss, mean over seeds, each size at its largest token budget, against "
+    head = (f"{capital(base_label())} {split} loss, mean over seeds, each size at its largest token budget, against "
             f"{AXIS_LABELS[axis]}. {noise}")
     rows = [[r["from"], r["to"], f"{r['drop']:+.4f}", "—" if not r["dof"] else f"{an.NOISE_MULTIPLE * r['noise']:.4f}",
              {None: "not measured", True: "yes", False: "no"}[r["resolved"]]] for r in steps.to_dict("records")]
@@ -117,15 +117,11 @@ def ordering_conclusion(df: pd.DataFrame, split: str) -> str | None:
     if steps.empty:
         return None
     falls = int((steps["drop"] > 0).sum())
-    line = f"{_capital(base_label())} {split} loss falls at {falls} of {len(steps)} size steps"
+    line = f"{capital(base_label())} {split} loss falls at {falls} of {len(steps)} size steps"
     if not steps["dof"].iloc[0]:
         return line + " (one seed per size: the seed noise is not measured)."
     return (line + f"; {int(steps['resolved'].sum())} of them by more than {an.NOISE_MULTIPLE:g}× the seed noise "
             f"(σ = {steps['seed_sd'].iloc[0]:.4f}).")
-
-
-def _capital(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 def isoflop_section(df: pd.DataFrame, split: str) -> str:

@@ -46,3 +46,8 @@ def span(values: pd.Series, spec: str) -> str:
     """"a to b", or just "a" when all values agree at the printed precision."""
     lo, hi = format(values.min(), spec), format(values.max(), spec)
     return lo if lo == hi else f"{lo} to {hi}"
+
+
+def capital(text: str) -> str:
+    """``text`` with its first letter upper-cased (labels such as "decoder-only" or "kNN-LM" open sentences)."""
+    return text[:1].upper() + text[1:]
