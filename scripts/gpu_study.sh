@@ -7,7 +7,8 @@
 # is over the 64 MiB a call carries); a warm machine keeps runs/ between calls,
 # a fresh one resumes the Optuna storage from .carry/state/ (what an earlier call's study.tgz held). Stops every
 # process after SECONDS (the unfinished trials are failed and re-queued on resume) and packs the tables, storages,
-# logs and convergence summaries (no checkpoints, datastores or targets) into $OUT/study.tgz.
+# logs and convergence summaries (no checkpoints, datastores or targets) into $OUT/study.tgz, every 60 s and at the end.
+# After each call: scripts/study_state.sh /work/.device/N/study.tgz (the next call may find a fresh machine).
 set -u
 source scripts/gpu_setup.sh
 END=$(( $(date +%s) + ${1:-540} ))
@@ -27,6 +28,13 @@ STORES=()
 if [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 55000000000 ] 2>/dev/null; then
   STORES=(--set store_dir=/dev/shm/mlpmem-stores); fi
 df -h /dev/shm . | tail -2; echo "stores: ${STORES[*]:-on the disk}"
+PACK=(--exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="$O/datastores" --exclude="$O/targets"
+  --exclude=.locks $O)
+# the live storage may be mid-write while tar reads it: each periodic pack also holds optuna-snapshot.db, a copy
+# by sqlite's backup API; the final pack, after every process has stopped, marks itself with packed-at-end
+PACK_BEFORE="python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))' \
+  $O/optuna.db $O/optuna-snapshot.db 2>/dev/null"; rm -f $O/packed-at-end
+pack_every 60 study.tgz "${PACK[@]}"  # a call killed at its limit still returns the last minute's tables and storage
 if [ $(left) -gt 40 ]; then
   echo "sweep start $(date +%T)"
   timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers 4 ${STORES[@]+"${STORES[@]}"} >> $O/sweep.log 2>&1
@@ -35,6 +43,5 @@ fi
 pkill -f mlpmem_lightning.cli; sleep 2
 df -h . /dev/shm | tail -2; du -sh $O/datastores $O/targets /dev/shm/mlpmem-stores/* 2>/dev/null
 grep -h "^trial" $O/scaling-h200/workers/*.log 2>/dev/null | cut -c1-400 | tail -20
-tar czf $OUT/study.tgz --exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="$O/datastores" \
-  --exclude="$O/targets" --exclude=.locks $O
+pack_stop; touch $O/packed-at-end; pack_once study.tgz "${PACK[@]}"
 ls -la $OUT
