@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "study_state.sh"
-O = "runs/sweeps/scaling-h200"
+STUDY = "runs/sweeps/scaling-h200"
 
 
 def _db(path: Path, states: list[str]) -> None:
@@ -27,13 +27,13 @@ def _states(path: Path) -> list[str]:
 
 def _pack(tmp: Path, at_end: bool, snapshot: bool = True) -> Path:
     src = tmp / "src"
-    (src / O / "scaling-h200").mkdir(parents=True)
-    _db(src / O / "optuna.db", ["COMPLETE", "COMPLETE"])  # the live storage
+    (src / STUDY / "scaling-h200").mkdir(parents=True)
+    _db(src / STUDY / "optuna.db", ["COMPLETE", "COMPLETE"])  # the live storage
     if snapshot:
-        _db(src / O / "optuna-snapshot.db", ["COMPLETE"])  # the copy taken before the pack
-    (src / O / "scaling-h200" / "results.csv").write_text("trial\n0\n")
+        _db(src / STUDY / "optuna-snapshot.db", ["COMPLETE"])  # the copy taken before the pack
+    (src / STUDY / "scaling-h200" / "results.csv").write_text("trial\n0\n")
     if at_end:
-        (src / O / "packed-at-end").touch()
+        (src / STUDY / "packed-at-end").touch()
     tgz = tmp / "study.tgz"
     with tarfile.open(tgz, "w:gz") as tar:
         tar.add(src / "runs", arcname="runs")

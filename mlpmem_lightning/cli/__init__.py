@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ from mlpmem_lightning.cli.argtypes import Parser
 from mlpmem_lightning.cli.command import Command
 from mlpmem_lightning.cli.help_cache import asks_for_help, cached_help
 from mlpmem_lightning.core.errors import EXIT_USER_ERROR, UserError
+from mlpmem_lightning.study.workers import LOG_TIME_ENV
 
 LIGHTNING_COMMANDS = {"fit": "train a model", "validate": "evaluate on valid", "test": "evaluate on test"}
 COMMANDS: dict[str, Command] = {c.name: c for c in (*stages.COMMANDS, *pretrained.COMMANDS, *study.COMMANDS,
@@ -61,10 +63,12 @@ def _run_lightning(argv: list[str]) -> None:
 
 
 def _setup_logging() -> None:
-    """Our stages log progress at INFO; Lightning keeps its own handler, so no root handler."""
+    """Our stages log progress at INFO; Lightning keeps its own handler, so no root handler. Sweep workers
+    (``MLPMEM_LOG_TIME``, study/workers.py) stamp each line with the time."""
     if not log.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        stamped = os.environ.get(LOG_TIME_ENV)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s" if stamped else "%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False

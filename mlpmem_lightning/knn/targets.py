@@ -97,13 +97,28 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
         for name, dtype in (("ids.npy", np.int32), ("probs.npy", np.float16)):
             artifacts.allocate_npy(out / name, dtype, (len(ds), settings.keep)).flush()
 
+    phases = {"start": time.monotonic()}
     with writer.open(allocate):
         ids, probs = (np.load(out / name, mmap_mode="r+") for name in ("ids.npy", "probs.npy"))
         searcher = open_searcher(ds, replace(settings, backend=backend.name), dev)
         values = torch.from_numpy(np.asarray(ds.values, dtype=np.int64)).to(dev)
+        phases["searcher"] = time.monotonic()
         _fill(searcher, values, settings, ids, probs, writer)
-        return writer.finish(lambda: _fields(ds, settings, backend, searcher, writer, identity),
-                             files=("ids.npy", "probs.npy"))
+        phases["search"] = time.monotonic()
+        manifest = writer.finish(lambda: _fields(ds, settings, backend, searcher, writer, identity),
+                                 files=("ids.npy", "probs.npy"))
+        phases["finish"] = time.monotonic()
+        _log_phases(out, phases)
+        return manifest
+
+
+def _log_phases(out: Path, phases: dict[str, float]) -> None:
+    """One line of where a targets run's time went (the study's stage time is their sum, with the T rule before):
+    output allocated and searcher built (centroids, keys to the device), the search loop, the manifest (the ids'
+    hash) and the wait for the other ranks."""
+    names, stamps = list(phases), list(phases.values())
+    spans = (f"{n} {b - a:.1f} s" for n, a, b in zip(names[1:], stamps, stamps[1:]))
+    log.info("targets %s: %s", out.name, ", ".join(spans))
 
 
 def _fields(ds: Datastore, s: TargetSettings, backend: Backend, searcher: Searcher, writer: ArtifactWriter,

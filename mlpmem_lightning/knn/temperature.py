@@ -9,6 +9,8 @@ rows, searched as the targets themselves are: the same settings, the same index.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +28,7 @@ SAMPLE_ROWS = 4096  # rows whose neighbours give the median: its spread over see
 # weight (a 10% spread in distance is a factor e), so the targets are peaked on the nearest neighbours without
 # being one-hot; T = 16 at d = 64 instead gave ~1013 of 1024 neighbours nearly equal weight (issue #15).
 DEFAULT_SCALE = 0.1
+log = logging.getLogger(__name__)
 
 
 def median_neighbour_distance(datastore: str | Path, settings: TargetSettings, rows: int = SAMPLE_ROWS,
@@ -34,6 +37,7 @@ def median_neighbour_distance(datastore: str | Path, settings: TargetSettings, r
     from mlpmem_lightning.knn.search import open_searcher, resolve_backend
     from mlpmem_lightning.knn.targets import ensure_index
 
+    start = time.monotonic()
     ds, dev = Datastore(datastore), pick_device(device)
     backend = resolve_backend(settings.index, settings.backend, dev)
     if backend.faiss_index:
@@ -44,7 +48,10 @@ def median_neighbour_distance(datastore: str | Path, settings: TargetSettings, r
     k = min(settings.k, len(ds) - 1)
     dist, ids = drop_self(*searcher.search(queries, k + 1), torch.from_numpy(sample).to(dev))
     found = dist[ids >= 0].double()
-    return float(found.median()) if len(found) else float("nan")
+    median = float(found.median()) if len(found) else float("nan")
+    log.info("temperature rule: median neighbour distance %.4g over %d rows in %.1f s (searcher built and searched)",
+             median, len(sample), time.monotonic() - start)
+    return median
 
 
 def scaled_temperature(datastore: str | Path, settings: TargetSettings, scale: float = DEFAULT_SCALE) -> float:

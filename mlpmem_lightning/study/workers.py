@@ -5,6 +5,11 @@ storage (Optuna) and its artifact directories, which are locked: a worker that n
 targets another one is building waits for it (``study/locks.py``). On a GPU each worker may allocate at most
 1/N of the device's memory (``torch.cuda.set_per_process_memory_fraction``), so one large trial cannot starve
 the others. Processes rather than threads: each has its own CUDA context, compiled graphs and Python.
+
+Each worker also gets its share of the CPU cores (``OMP_NUM_THREADS``, unless the user set it): faiss's k-means and
+torch's CPU ops otherwise start one thread per core in every worker, and N workers' spinning OpenMP pools on the
+same cores slow each other down. Workers log with timestamps (``MLPMEM_LOG_TIME``), so a stage's phases can be
+timed from the logs afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +23,15 @@ from pathlib import Path
 from mlpmem_lightning.core.errors import UserError
 
 FRACTION_ENV = "MLPMEM_GPU_MEMORY_FRACTION"
+LOG_TIME_ENV = "MLPMEM_LOG_TIME"
+
+
+def worker_env(workers: int) -> dict[str, str]:
+    """The environment of one of ``workers`` processes: its GPU memory fraction, its share of the cores (kept
+    where the user set ``OMP_NUM_THREADS``) and timestamped logs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"OMP_NUM_THREADS": str(max(1, cores // workers)), **os.environ,
+            FRACTION_ENV: f"{1.0 / workers:.6f}", LOG_TIME_ENV: "1"}
 
 
 def limit_gpu_memory() -> None:
@@ -33,14 +47,15 @@ def limit_gpu_memory() -> None:
 
 def run_processes(commands: list[list[str]], workers: int, logs: Path, prefix: str) -> None:
     """Run ``mlpmem COMMAND…`` for each of ``commands``, ``workers`` at a time, each with 1/``workers`` of the GPU's
-    memory and its log in ``logs/<prefix><i>.log``. A pool of subprocesses rather than concurrent.futures' process
-    pool: each task is a whole CLI run with its own CUDA context and log, as a user would start it by hand.
+    memory and of the cores (:func:`worker_env`) and its log in ``logs/<prefix><i>.log``. A pool of subprocesses
+    rather than concurrent.futures' process pool: each task is a whole CLI run with its own CUDA context and log, as
+    a user would start it by hand.
 
     Raises the one-line error naming the logs of the tasks that failed, once all have ended."""
     from concurrent.futures import ThreadPoolExecutor
 
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, FRACTION_ENV: f"{1.0 / workers:.6f}"}
+    env = worker_env(workers)
 
     def one(i: int) -> int:
         with (logs / f"{prefix}{i}.log").open("ab") as log:
@@ -64,7 +79,7 @@ def run_workers(spec_path: Path, workers: int, logs: Path, flags: list[str] = ()
 
     Returns the log paths. Raises the one-line error naming the logs of the workers that failed."""
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, FRACTION_ENV: f"{1.0 / workers:.6f}"}
+    env = worker_env(workers)
     procs, paths = [], []
     for i in range(workers):
         path = logs / f"worker{i}.log"

@@ -197,3 +197,22 @@ def test_progress_is_saved_behind_the_search_and_never_ahead_of_the_bytes(tmp_pa
     assert len(records) >= 2 and all(ok for _, ok in records), records
     assert went_on.is_set()  # rows past the record were written while it was being saved
     assert records[-1][0] == 8192 // chunk
+
+
+def test_a_targets_run_logs_where_its_time_went(tmp_path, caplog):
+    """One line names each phase (searcher, search loop, manifest) with its seconds, which together are the run."""
+    import logging
+    import re
+    import time
+
+    rng = np.random.default_rng(0)
+    ds = make_datastore(tmp_path / "ds", rng.normal(size=(200, 8)), rng.integers(0, 30, size=200))
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="mlpmem_lightning"):
+        build_targets(ds, tmp_path / "t", TargetSettings(k=16, keep=8, chunk=64, backend="torch"), device="cpu")
+    wall = time.monotonic() - start
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("targets t:")]
+    assert len(lines) == 1
+    spans = dict(re.findall(r"(\w+) ([\d.]+) s", lines[0]))
+    assert list(spans) == ["searcher", "search", "finish"]
+    assert sum(map(float, spans.values())) <= wall + 0.15  # each span rounded to 0.1 s

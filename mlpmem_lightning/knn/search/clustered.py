@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,10 @@ def train_centroids(keys: np.ndarray, nlist: int, seed: int = 0, per_list: int =
     sample = np.ascontiguousarray(np.asarray(keys[rows], dtype=np.float32))
     km = faiss.Kmeans(sample.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=per_list,
                       min_points_per_centroid=1, verbose=False)
+    start = time.monotonic()
     km.train(sample)
+    log.info("k-means: %d centroids from %d keys of width %d in %.1f s on %d CPU threads", nlist, len(sample),
+             sample.shape[1], time.monotonic() - start, faiss.omp_get_max_threads())
     return km.centroids.copy()
 
 
