@@ -26,7 +26,9 @@ fi
 # 300 s on the disk, stalling 10-25 s at a time, cause not identified); else on the disk under $O
 STORES=()
 if [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 55000000000 ] 2>/dev/null; then
-  STORES=(--set store_dir=/dev/shm/mlpmem-stores); fi
+  STORES=(--set store_dir=/dev/shm/mlpmem-stores --set stores_at_once=4); fi
+# 4 slots there, one per worker: 4 of the largest stores are 68 GB of the 128, and a trial that waits for a slot
+# rarely finishes within a call (each call may start on a fresh machine: only finished trials carry over)
 df -h /dev/shm . | tail -2; echo "stores: ${STORES[*]:-on the disk}"
 PACK=(--exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="$O/datastores" --exclude="$O/targets"
   --exclude=.locks $O)
