@@ -1,6 +1,6 @@
 #!/bin/bash
 # The scaling study of issue #15 (sweeps/scaling-h200.yaml) on one H200, resumable across calls and leases:
-#   bash scripts/gpu_study.sh SECONDS            # the sweep, 4 workers sharing the GPU
+#   bash scripts/gpu_study.sh SECONDS            # the sweep, WORKERS (default 3) processes sharing the GPU
 #   LR_SEARCH=1 bash scripts/gpu_study.sh SECONDS  # first the LR search again (7 processes), then the sweep
 # Carry .whl (make wheels) and .carry/mixed-english (`mlpmem prepare --corpus mixed-english --vocab-size 16384
 # --out .carry/mixed-english`, where the registries are reachable; not all of .carry, which with the SmolLM2 store
@@ -12,6 +12,7 @@
 set -u
 source scripts/gpu_setup.sh
 END=$(( $(date +%s) + ${1:-540} ))
+WORKERS=${WORKERS:-3}
 left() { echo $(( END - $(date +%s) )); }
 O=runs/sweeps/scaling-h200
 mkdir -p $O/scaling-h200-lr
@@ -26,9 +27,11 @@ fi
 # 300 s on the disk, stalling 10-25 s at a time, cause not identified); else on the disk under $O
 STORES=()
 if [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 55000000000 ] 2>/dev/null; then
-  STORES=(--set store_dir=/dev/shm/mlpmem-stores --set stores_at_once=4); fi
-# 4 slots there, one per worker: 4 of the largest stores are 68 GB of the 128, and a trial that waits for a slot
-# rarely finishes within a call (each call may start on a fresh machine: only finished trials carry over)
+  STORES=(--set store_dir=/dev/shm/mlpmem-stores --set stores_at_once=$WORKERS); fi
+# one slot per worker there (4 of the largest stores are 68 GB of the 128): a trial that waits for a slot rarely
+# finishes within a call, and each call may start on a fresh machine, where only finished trials carry over
+# (the machine goes back 30 s after a call). For the same reason 3 workers, not 4: the 4 of the first session's
+# calls took 400 s per small trial, and a trial that does not finish within the call is lost.
 df -h /dev/shm . | tail -2; echo "stores: ${STORES[*]:-on the disk}"
 PACK=(--exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="$O/datastores" --exclude="$O/targets"
   --exclude=.locks $O)
@@ -39,7 +42,7 @@ PACK_BEFORE="python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).backu
 pack_every 60 study.tgz "${PACK[@]}"  # a call killed at its limit still returns the last minute's tables and storage
 if [ $(left) -gt 40 ]; then
   echo "sweep start $(date +%T)"
-  timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers 4 ${STORES[@]+"${STORES[@]}"} >> $O/sweep.log 2>&1
+  timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers $WORKERS ${STORES[@]+"${STORES[@]}"} >> $O/sweep.log 2>&1
   echo "sweep end $(date +%T)"; tail -5 $O/sweep.log | cut -c1-300
 fi
 pkill -f mlpmem_lightning.cli; sleep 2
