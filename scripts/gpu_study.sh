@@ -30,8 +30,8 @@ if [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 55000000000 ]
   STORES=(--set store_dir=/dev/shm/mlpmem-stores --set stores_at_once=$WORKERS); fi
 # one slot per worker there (4 of the largest stores are 68 GB of the 128): a trial that waits for a slot rarely
 # finishes within a call, and each call may start on a fresh machine, where only finished trials carry over
-# (the machine goes back 30 s after a call). For the same reason 3 workers, not 4: the 4 of the first session's
-# calls took 400 s per small trial, and a trial that does not finish within the call is lost.
+# (the machine goes back 30 s after a call). For the same reason 3 workers, not 4: with 4 workers, 2026-12-02,
+# a trial of the smallest rungs took 330-410 s, and a trial that does not finish within its call is lost.
 df -h /dev/shm . | tail -2; echo "stores: ${STORES[*]:-on the disk}"
 PACK=(--exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="$O/datastores" --exclude="$O/targets"
   --exclude=.locks $O)
