@@ -23,8 +23,8 @@ if [ -n "${LR_SEARCH:-}" ] && [ ! -e $O/lr.done ]; then
   timeout $(left) $MLPMEM lr-search --config sweeps/scaling-h200-lr.yaml --workers 7 >> $O/lr-search.log 2>&1 && touch $O/lr.done
   echo "lr-search end $(date +%T)"; grep -v "^\[I" $O/lr-search.log | tail -10 | cut -c1-300
 fi
-# the stores in memory where /dev/shm can hold 3 of the largest (128 GB on the H200 machine; a trial's targets took
-# 300 s on the disk, stalling 10-25 s at a time, cause not identified); else on the disk under $O
+# the stores in memory where /dev/shm can hold them (128 GB on the H200 machine): on the disk a targets search loop
+# took 300 s, stalling 10-25 s at a time on the memory map's write-back; on /dev/shm 57-71 s; else on the disk under $O
 STORES=()
 if [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 55000000000 ] 2>/dev/null; then
   STORES=(--set store_dir=/dev/shm/mlpmem-stores --set stores_at_once=$WORKERS); fi
