@@ -197,6 +197,29 @@ def test_decoder_only_results_get_a_report(tmp_path):
     assert md.count("| not measured |") == 2
 
 
+def test_two_studies_are_ordered_each_with_its_own_seed_noise(tmp_path):
+    """A study with two seeds per size and one with one seed: each gets its own σ (float64 pooled sd, computed
+    here) and its own conclusion, never the other's."""
+    df = pd.read_csv(DATA)
+    dec = df[df["arch"] == "decoder"]
+    single = dec[dec["seed"] == 0].assign(study="one-seed")
+    pd.concat([dec, single]).to_csv(tmp_path / "r.csv", index=False)
+    md = write_report(tmp_path / "r.csv", tmp_path / "out", bootstrap=5).read_text()
+    test = dec[dec["split"] == "test"]
+    by_size = test.groupby("decoder_size")["loss"]
+    dof = int((by_size.size() - 1).sum())
+    sigma = math.sqrt(float(((by_size.size() - 1) * by_size.var(ddof=1)).sum()) / dof)
+    order = test.sort_values("params_non_embedding")["decoder_size"].unique()
+    means = by_size.mean()[order]
+    falls = int((means.diff().dropna() < 0).sum())
+    assert f"`synthetic`: σ = {sigma:.4f} nats/token ({dof} degrees of freedom)." in md
+    assert "`one-seed`: no size has two seeds" in md
+    assert "Decoder-only test loss in `one-seed` falls at" in md and "(one seed per size" in md
+    assert f"Decoder-only test loss in `synthetic` falls at {falls} of 4 size steps;" in md
+    assert f"(σ = {sigma:.4f})" in md
+    assert "| study | from | to |" in md
+
+
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         write_report(tmp_path / "nope.csv", tmp_path / "out")

@@ -95,33 +95,54 @@ def frontier_section(df: pd.DataFrame, matched: pd.DataFrame, split: str) -> str
 
 
 def ordering_section(df: pd.DataFrame, split: str) -> str:
-    """Each step to the next larger decoder-only size against twice its seed noise (:mod:`..analysis.ordering`)."""
+    """Each step to the next larger decoder-only size against twice its seed noise (:mod:`..analysis.ordering`).
+    Several studies are ordered each on its own, with its own seed noise."""
     steps = an.size_steps(df, split)
     if steps.empty:
         return f"*Fewer than two {base_label()} sizes: no size steps.*"
     axis = an.param_axis(df)
-    sd, dof = steps["seed_sd"].iloc[0], int(steps["dof"].iloc[0])
-    noise = (f"The seed noise σ = {sd:.4f} nats/token is the pooled standard deviation of the seeds within a size "
-             f"({dof} degrees of freedom); a step's noise is σ·√(1/n_a + 1/n_b), that of the difference of two "
-             f"seed means, and a step is resolved when the loss falls by more than {an.NOISE_MULTIPLE:g}× that."
-             if dof else "No size has two seeds: the seed noise is not measured, and no step is called resolved.")
+    multi = steps["study"].nunique() > 1
     head = (f"{capital(base_label())} {split} loss, mean over seeds, each size at its largest token budget, against "
-            f"{AXIS_LABELS[axis]}. {noise}")
-    rows = [[r["from"], r["to"], f"{r['drop']:+.4f}", "—" if not r["dof"] else f"{an.NOISE_MULTIPLE * r['noise']:.4f}",
+            f"{AXIS_LABELS[axis]}. The seed noise σ is the pooled standard deviation of the seeds within a size"
+            f"{' of one study' if multi else ''}; a step's noise is σ·√(1/n_a + 1/n_b), that of the difference of "
+            f"two seed means, and a step is resolved when the loss falls by more than {an.NOISE_MULTIPLE:g}× that. "
+            + " ".join(_noise_sentence(study, first, multi) for study, first in _first_step_per_study(steps)))
+    rows = [([r["study"]] if multi else []) +
+            [r["from"], r["to"], f"{r['drop']:+.4f}", "—" if not r["dof"] else f"{an.NOISE_MULTIPLE * r['noise']:.4f}",
              {None: "not measured", True: "yes", False: "no"}[r["resolved"]]] for r in steps.to_dict("records")]
-    return head + "\n\n" + md_table(["from", "to", "loss falls by", f"{an.NOISE_MULTIPLE:g}× noise", "resolved"], rows)
+    cols = (["study"] if multi else []) + ["from", "to", "loss falls by", f"{an.NOISE_MULTIPLE:g}× noise", "resolved"]
+    return head + "\n\n" + md_table(cols, rows)
+
+
+def _first_step_per_study(steps: pd.DataFrame) -> list[tuple[str, dict]]:
+    """(study, its first step's record): σ and its degrees of freedom are the same on every step of a study."""
+    return [(study, group.iloc[0].to_dict()) for study, group in steps.groupby("study", sort=True)]
+
+
+def _noise_sentence(study: str, step: dict, multi: bool) -> str:
+    where = f"`{study}`: " if multi else ""
+    if not step["dof"]:
+        return f"{where}no size has two seeds, so the seed noise is not measured and no step is called resolved."
+    return f"{where}σ = {step['seed_sd']:.4f} nats/token ({int(step['dof'])} degrees of freedom)."
 
 
 def ordering_conclusion(df: pd.DataFrame, split: str) -> str | None:
+    """One sentence per study: how many size steps the loss falls at, and how many are resolved."""
     steps = an.size_steps(df, split)
     if steps.empty:
         return None
-    falls = int((steps["drop"] > 0).sum())
-    line = f"{capital(base_label())} {split} loss falls at {falls} of {len(steps)} size steps"
-    if not steps["dof"].iloc[0]:
-        return line + " (one seed per size: the seed noise is not measured)."
-    return (line + f"; {int(steps['resolved'].sum())} of them by more than {an.NOISE_MULTIPLE:g}× the seed noise "
-            f"(σ = {steps['seed_sd'].iloc[0]:.4f}).")
+    multi = steps["study"].nunique() > 1
+    parts = []
+    for study, group in steps.groupby("study", sort=True):
+        where = f" in `{study}`" if multi else ""
+        line = (f"{capital(base_label())} {split} loss{where} falls at {int((group['drop'] > 0).sum())} of "
+                f"{len(group)} size steps")
+        if not group["dof"].iloc[0]:
+            parts.append(line + " (one seed per size: the seed noise is not measured).")
+        else:
+            parts.append(line + f"; {int(group['resolved'].sum())} of them by more than {an.NOISE_MULTIPLE:g}× the "
+                         f"seed noise (σ = {group['seed_sd'].iloc[0]:.4f}).")
+    return " ".join(parts)
 
 
 def isoflop_section(df: pd.DataFrame, split: str) -> str:
