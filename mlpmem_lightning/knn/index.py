@@ -41,10 +41,14 @@ def key_chunks(keys: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]
     for start in range(0, len(keys), chunk):
         block = np.asarray(keys[start:start + chunk], dtype=np.float32)
         if not np.isfinite(block).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-            raise UserError(f"datastore key row {bad} is NaN/inf (float16 overflow?): rebuild the datastore "
-                            "with a decoder whose hidden states fit float16")
+            raise nonfinite_key(start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]))
         yield start, block
+
+
+def nonfinite_key(row: int) -> UserError:
+    """The one-line error for a NaN/inf key row, wherever it is found (host chunks here, or on the device)."""
+    return UserError(f"datastore key row {row} is NaN/inf (float16 overflow?): rebuild the datastore "
+                     "with a decoder whose hidden states fit float16")
 
 
 def check_settings(kind: str, n: int, d: int, nlist: int, m: int, nbits: int, train_size: int) -> None:

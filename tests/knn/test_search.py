@@ -246,6 +246,19 @@ def test_nan_keys_are_refused(tmp_path):
         TorchIVF(keys.astype(np.float16), np.zeros((2, 8), np.float32))
 
 
+def test_keys_loaded_to_the_device_are_the_stored_float16_and_overflow_is_refused():
+    """load_keys gives the float16 of the stored keys exactly (NumPy's cast as reference), and refuses a float32
+    key that is finite on the host but overflows float16 (the row is named)."""
+    from mlpmem_lightning.knn.search.base import load_keys
+
+    keys = clustered(700, 8, 4, 21).astype(np.float32)
+    got = load_keys(keys, torch.device("cpu"), chunk=128)
+    assert got.dtype == torch.float16 and np.array_equal(got.numpy(), keys.astype(np.float16))
+    keys[517, 2] = 1e6  # finite in float32, inf in float16
+    with pytest.raises(UserError, match="row 517 is NaN/inf"):
+        load_keys(keys, torch.device("cpu"), chunk=128)
+
+
 def test_bad_settings_and_missing_index(tmp_path):
     ds = make_datastore(tmp_path / "ds", clustered(300, 12, 4, 16))
     cases = [
