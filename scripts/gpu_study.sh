@@ -37,7 +37,7 @@ PACK=(--exclude='*.ckpt' --exclude=checkpoints --exclude="$O/tokens" --exclude="
   --exclude=.locks $O)
 # the live storage may be mid-write while tar reads it: each periodic pack also holds optuna-snapshot.db, a copy
 # by sqlite's backup API; the final pack, after every process has stopped, marks itself with packed-at-end
-PACK_BEFORE="python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))' \
+PACK_BEFORE="[ ! -e $O/optuna.db ] || python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))' \
   $O/optuna.db $O/optuna-snapshot.db 2>/dev/null"; rm -f $O/packed-at-end
 pack_every 60 study.tgz "${PACK[@]}"  # a call killed at its limit still returns the last minute's tables and storage
 if [ $(left) -gt 40 ]; then
