@@ -173,6 +173,22 @@ def test_conclusions_follow_the_numbers(report_dir):
     assert f"Decoder-only test loss falls at {int((means.diff().dropna() < 0).sum())} of 4 size steps;" in md
 
 
+def test_own_decoder_gains_follow_the_csv(report_dir):
+    """Each architecture against decoder-only on its own decoder: the perplexity change exp(Δ) - 1 of every pair
+    and the conclusion's range, recomputed here from the CSV with NumPy."""
+    md = (report_dir / "report.md").read_text()
+    df = pd.read_csv(DATA)
+    test = df[df["split"] == "test"].set_index(["arch", "decoder_size", "seed"])["loss"]
+    parts = []
+    for arch, label in (("knn_lm", "kNN-LM"), ("mlp_memory", "decoder+memory")):
+        change = np.expm1((test[arch] - test["decoder"]).to_numpy(dtype=np.float64))
+        assert len(change) == 10  # 5 sizes x 2 seeds, each on its own decoder
+        for value in change:
+            assert f"| {value:+.1%} |" in md
+        parts.append(f"{label} {change.min():+.1%} to {change.max():+.1%} (10 runs)")
+    assert f"On its own decoder, perplexity changes by: {'; '.join(parts)}." in md
+
+
 def test_thin_architecture_is_skipped_with_a_note(tmp_path):
     df = pd.read_csv(DATA)
     keep = ~((df["arch"] == "mlp_memory") & ~df["decoder_size"].isin(["200k", "800k"]))

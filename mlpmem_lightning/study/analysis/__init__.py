@@ -13,6 +13,7 @@ from mlpmem_lightning.study.analysis.comparisons import (
     exponent_differences,
     imitation_gaps,
     matched_comparison,
+    own_decoder_gains,
     param_axis,
     seed_means,
 )
@@ -53,8 +54,8 @@ from mlpmem_lightning.study.analysis.tables import FIXED_LAMBDAS, OPTIONAL, lamb
 __all__ = ["ALPHA_BOUNDS", "COMPARISONS", "FIXED_LAMBDAS", "HUBER_DELTA", "IDENTITY", "ISOFLOP_DECADES",
            "LAMBDA_PREFIX", "MIN_SIZES_FOR_CLAIMS", "NOISE_MULTIPLE", "OPTIONAL", "PARAM_AXES", "X_AXES", "FitSet",
            "alpha_identified", "band", "best_lambdas", "claims_allowed", "clean", "compared", "comparison_axes",
-           "compute_frontier", "decoder_cells", "difference_interval", "exponent_differences", "fit_all",
-           "fit_points", "fit_power_law", "fits_json", "fits_table", "frontier_loss", "imitation_gaps",
-           "isoflop_groups", "lambda_column", "lambda_curves", "matched_comparison", "missing_optional",
-           "param_axis", "points", "predict", "pooled_seed_sd", "predict_samples", "run_table", "seed_means",
+           "compute_frontier", "decoder_cells", "difference_interval", "exponent_differences", "fit_all", "fit_points",
+           "fit_power_law", "fits_json", "fits_table", "frontier_loss", "imitation_gaps", "isoflop_groups",
+           "lambda_column", "lambda_curves", "matched_comparison", "missing_optional", "own_decoder_gains",
+           "param_axis", "points", "pooled_seed_sd", "predict", "predict_samples", "run_table", "seed_means",
            "size_means", "size_steps", "start_grid"]

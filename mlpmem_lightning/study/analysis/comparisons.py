@@ -154,6 +154,36 @@ def exponent_differences(fits: dict, ci: float = 0.95) -> pd.DataFrame:
                                        "identified", "claim"])
 
 
+def _on_same_decoder(df: pd.DataFrame, arch: str, reference: str, split: str) -> pd.DataFrame:
+    """``arch``'s runs joined with ``reference``'s on the same decoder (study, decoder_size, seed), each at its
+    largest token budget (fit_points): with two decoder budgets, one pair per decoder size. ``reference_loss``."""
+    on = ["study", "decoder_size", "seed"]
+    ref = fit_points(df, reference, "params_total", split)[on + ["loss"]].rename(columns={"loss": "reference_loss"})
+    return fit_points(df, arch, "params_total", split).merge(ref, on=on)
+
+
+def own_decoder_gains(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Each mixing architecture against decoder-only on the very decoder it mixes with.
+
+    This is the comparison the paper reports (a base with and without its memory), so it is matched neither in
+    parameters nor in compute; those are :func:`matched_comparison`'s. Pairing on one decoder cancels that decoder's
+    own noise (GPU reruns of one seed differ by as much as seeds do): ``delta`` is the loss change, ``ppl_change``
+    the relative perplexity change exp(delta) - 1 (negative: better).
+    """
+    df = clean(df)
+    base = architectures.baseline().name
+    cols = ["arch", "study", "decoder_size", "memory_size", "seed", "loss", "reference_loss", "delta", "ppl_change"]
+    frames = []
+    for arch in architectures.registered():
+        if arch.baseline:
+            continue
+        pairs = _on_same_decoder(df, arch.name, base, split)
+        delta = pairs["loss"] - pairs["reference_loss"]
+        frames.append(pairs.assign(delta=delta, ppl_change=np.expm1(delta))[cols].sort_values(["decoder_size", "seed"]))
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
 def imitation_gaps(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """Loss of each architecture minus that of the one it imitates (decoder+memory minus kNN-LM), built on the
     same decoder.
@@ -162,17 +192,13 @@ def imitation_gaps(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     is how much of the retriever the memory has learned (negative: the memory is better).
     """
     df = clean(df)
-    on = ["study", "decoder_size", "seed"]
     cols = ["arch", "reference", "study", "decoder_size", "memory_size", "seed", "params_total", "loss",
             "reference_loss", "gap"]
     frames = []
     for arch in architectures.registered():
         if arch.imitates is None:
             continue
-        # each at its largest token budget (fit_points): with two decoder budgets, one pair per decoder size
-        ref = fit_points(df, arch.imitates, "params_total", split)[on + ["loss"]]
-        ref = ref.rename(columns={"loss": "reference_loss"})
-        pairs = fit_points(df, arch.name, "params_total", split).merge(ref, on=on)
+        pairs = _on_same_decoder(df, arch.name, arch.imitates, split)
         frames.append(pairs.assign(reference=arch.imitates, gap=pairs["loss"] - pairs["reference_loss"])[cols]
                       .sort_values(["params_total", "seed"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

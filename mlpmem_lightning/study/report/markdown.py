@@ -23,6 +23,8 @@ from mlpmem_lightning.study.report.sections import (
     methods,
     ordering_conclusion,
     ordering_section,
+    own_decoder_conclusion,
+    own_decoder_section,
     runs_section,
 )
 from mlpmem_lightning.study.report.text import FEW_SIZES, capital, imitators, md_table
@@ -36,14 +38,14 @@ def render_markdown(df: pd.DataFrame, fits: dict, source: Path, split: str, boot
                     raw_rows: int | None = None) -> str:
     """The whole report.md: what was run, conclusions, fits, matched comparisons, gap, λ, plots."""
     matched, axes = an.matched_comparison(df, fits, split), an.comparison_axes(df)
-    gap = an.imitation_gaps(df, split)
+    gap, own = an.imitation_gaps(df, split), an.own_decoder_gains(df, split)
     best = an.best_lambdas(df)
     parts = [
         f"# Scaling report: {', '.join(sorted(df['study'].unique()))}",
         f"Source: `{source}`. Fits and comparisons use the **{split}** split; λ was chosen on valid. "
         f"Loss is mean cross-entropy in nats/token; Δ < 0 means lower (better) than {_base()}.",
         "## What was run", what_was_run(df, raw_rows) + (f"\n\n{data_notes(df)}" if data_notes(df) else ""),
-        "## Conclusions", "\n".join(f"- {c}" for c in [ordering_conclusion(df, split),
+        "## Conclusions", "\n".join(f"- {c}" for c in [ordering_conclusion(df, split), own_decoder_conclusion(own),
                                                           *conclusions(fits, matched, gap, best, axes)] if c),
         "## Perplexity of every run", runs_section(df),
         f"## {capital(_base())} ordered by size", ordering_section(df, split),
@@ -52,6 +54,7 @@ def render_markdown(df: pd.DataFrame, fits: dict, source: Path, split: str, boot
         "## Matched compute", matched_section(matched, "compute", axes["compute"]),
         "### Decoder-only compute frontier", frontier_section(df, matched, split),
         "## IsoFLOP view", isoflop_section(df, split),
+        "## Against its own decoder", own_decoder_section(own, split),
     ]
     for arch in imitators():
         label, ref = arch.label, style(arch.imitates).label

@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mlpmem_lightning.study.analysis.memory_scaling import memory_scaling, summary_lines
-
-PAPER_GAIN = -0.08  # GPT2-large on WikiText-103: 10.42 -> 9.58 test perplexity with a 774M memory (Wei et al.)
+from mlpmem_lightning.study.report.text import PAPER_GAIN
 
 
 def valid_table(df: pd.DataFrame) -> list[str]:
