@@ -1,0 +1,53 @@
+"""The #15 study's report over both of its sweeps: the decoder-only half (decoders/, 2 seeds x 2 budgets per rung)
+and the kNN-LM + memory half (SWEEP_DIR: partial/ while it runs, then the finished sweep's tables).
+
+    python analysis/results/scaling-h200/final_report.py [SWEEP_DIR]     # default: partial/
+
+Writes beside this script: results_all.csv (the two results.csv, one after the other: the report orders each study by
+size with its own seed noise, and pairs every comparison within a study), report/ (`mlpmem report` over it) and
+stage_seconds.md (process-seconds per stage, summed over each sweep's trials.csv, and per trial).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from mlpmem_lightning.study.report import write_report
+
+HERE = Path(__file__).parent
+
+
+def stage_seconds(trials: dict[str, pd.DataFrame]) -> list[str]:
+    """Per sweep: the sum of each stage's seconds over its trials (workers overlap, so this is process time, not
+    wall time), then every trial's seconds per stage."""
+    lines = ["# Seconds per stage", ""]
+    for name, df in trials.items():
+        stages = [c for c in df.columns if c.startswith("time_") and c.endswith("_s")]
+        sums = df[stages].sum()
+        names = [c[len("time_"):-len("_s")] for c in stages]
+        lines += [f"## {name} ({len(df)} trials)", "", "| stage | process-seconds |", "|---|---|",
+                  *[f"| {n} | {v:.0f} |" for n, v in zip(names, sums)], f"| all | {sums.sum():.0f} |", "",
+                  "| trial | decoder | seed | budget | " + " | ".join(names) + " |", "|---" * (4 + len(names)) + "|"]
+        for r in df.sort_values("trial").to_dict("records"):
+            cells = ["" if pd.isna(r[c]) else f"{r[c]:.1f}" for c in stages]
+            lines.append(f"| {r['trial']} | {r['decoder_size']} | {r['seed']} | {r['decoder_budget']:g} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def main(sweep: Path) -> None:
+    tables = {"decoders": HERE / "decoders", "sweep": sweep}
+    results = pd.concat([pd.read_csv(d / "results.csv") for d in tables.values()], ignore_index=True)
+    results.to_csv(HERE / "results_all.csv", index=False)
+    write_report(HERE / "results_all.csv", HERE / "report")
+    trials = {name: pd.read_csv(d / "trials.csv") for name, d in tables.items() if (d / "trials.csv").is_file()}
+    (HERE / "stage_seconds.md").write_text("\n".join(stage_seconds(trials)) + "\n")
+    print(f"{HERE / 'report' / 'report.md'}, {HERE / 'stage_seconds.md'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "partial")
