@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from mlpmem_lightning.study.report import write_report
+from mlpmem_lightning.study.report.memory_summary import trials_table
 
 HERE = Path(__file__).parent
 
@@ -25,17 +26,11 @@ def stage_seconds(trials: dict[str, pd.DataFrame]) -> list[str]:
     wall time), then every trial's seconds per stage."""
     lines = ["# Seconds per stage", ""]
     for name, df in trials.items():
-        stages = [c for c in df.columns if c.startswith("time_") and c.endswith("_s")]
-        sums = df[stages].sum()
-        names = [c[len("time_"):-len("_s")] for c in stages]
+        sums = df[[c for c in df.columns if c.startswith("time_") and c.endswith("_s")]].sum()
         lines += [f"## {name} ({len(df)} trials)", "", "| stage | process-seconds |", "|---|---|",
-                  *[f"| {n} | {v:.0f} |" for n, v in zip(names, sums)], f"| all | {sums.sum():.0f} |", "",
-                  "| trial | decoder | seed | budget | " + " | ".join(names) + " |", "|---" * (4 + len(names)) + "|"]
-        for r in df.sort_values("trial").to_dict("records"):
-            cells = ["" if pd.isna(r[c]) else f"{r[c]:.1f}" for c in stages]
-            lines.append(f"| {r['trial']} | {r['decoder_size']} | {r['seed']} | {r['decoder_budget']:g} | "
-                         + " | ".join(cells) + " |")
-        lines.append("")
+                  *[f"| {c[len('time_'):-len('_s')]} | {v:.0f} |" for c, v in sums.items()],
+                  f"| all | {sums.sum():.0f} |", "",
+                  *trials_table(df, {"decoder": "decoder_size", "seed": "seed", "budget": "decoder_budget"}), ""]
     return lines
 
 

@@ -44,14 +44,16 @@ def times_table(times: pd.DataFrame) -> list[str]:
     return lines + [f"| total (attempts that finished) | {done['seconds'].sum():.1f} | |"]
 
 
-def trials_table(trials: pd.DataFrame) -> list[str]:
-    """Seconds per stage of each trial of the sweep (a stage another trial had built shows its reuse: near 0)."""
+def trials_table(trials: pd.DataFrame, keys: dict[str, str] | None = None) -> list[str]:
+    """Seconds per stage of each trial of the sweep (a stage another trial had built shows its reuse: near 0).
+    ``keys``: the columns that name a trial, by heading (default: its memory size)."""
+    keys = keys or {"memory": "memory_size"}
     stages = [c for c in trials.columns if c.startswith("time_") and c.endswith("_s")]
     names = [c[len("time_"):-len("_s")] for c in stages]
-    lines = ["| trial | memory | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    lines = ["| trial | " + " | ".join([*keys, *names]) + " |", "|---" * (1 + len(keys) + len(names)) + "|"]
     for r in trials.sort_values("trial").to_dict("records"):
-        cells = ["" if pd.isna(r[c]) else f"{r[c]:.1f}" for c in stages]
-        lines.append(f"| {r['trial']} | {r.get('memory_size', '')} | " + " | ".join(cells) + " |")
+        cells = [str(r.get(c, "")) for c in keys.values()] + ["" if pd.isna(r[c]) else f"{r[c]:.1f}" for c in stages]
+        lines.append(f"| {r['trial']} | " + " | ".join(cells) + " |")
     total = trials[stages].sum(numeric_only=True).sum()
     return lines + ["", f"Sum over trials and stages: {total:.1f} s (GPU-seconds when the trials ran one at a time; "
                         "with several workers they overlap)."]
