@@ -236,6 +236,33 @@ def test_two_studies_are_ordered_each_with_its_own_seed_noise(tmp_path):
     assert "| study | from | to |" in md
 
 
+def test_two_studies_name_their_study_in_every_per_run_table(tmp_path):
+    """Two studies of the same sizes: the per-run, frontier and IsoFLOP tables get a study column, and each study's
+    frontier is its own lower envelope (computed here by brute force over its seed-mean cells); one study gets no
+    such column."""
+    df = pd.read_csv(DATA)
+    dec = df[df["arch"] == "decoder"]
+    other = dec.assign(study="other", loss=dec["loss"] + 0.5)
+    pd.concat([df, other]).to_csv(tmp_path / "r.csv", index=False)
+    md = write_report(tmp_path / "r.csv", tmp_path / "out", bootstrap=5).read_text()
+    assert "| study | architecture | decoder |" in md  # the per-run table and "against the frontier"
+    assert "| study | decoder | train tokens | FLOPs | loss | seeds |" in md
+    for study, rows in pd.concat([dec, other]).groupby("study"):
+        cells = rows[rows["split"] == "test"].groupby(["decoder_size", "train_tokens"]).agg(
+            f=("flops_train_total", "mean"), loss=("loss", "mean")).reset_index()
+        on = [r for r in cells.itertuples() if not ((cells["f"] <= r.f) & (cells["loss"] < r.loss)).any()]
+        for r in on:
+            assert f"| {study} | {r.decoder_size} |" in md and f"| {r.loss:.4f} |" in md
+    single = write_report(_write(tmp_path / "one.csv", df), tmp_path / "one", bootstrap=5).read_text()
+    assert "| study |" not in single.split("## Decoder-only ordered by size")[0]
+    assert "| study | decoder | train tokens |" not in single and "| study | level" not in single
+
+
+def _write(path: Path, df: pd.DataFrame) -> Path:
+    df.to_csv(path, index=False)
+    return path
+
+
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         write_report(tmp_path / "nope.csv", tmp_path / "out")

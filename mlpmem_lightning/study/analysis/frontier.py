@@ -86,7 +86,7 @@ def frontier_rows(df: pd.DataFrame, split: str = "test") -> list[dict]:
         if pts.empty:
             continue
         means = pts.groupby(["study", "decoder_size", "memory_size", "train_tokens", FLOPS], as_index=False).agg(
-            loss=("loss", "mean"), n_seeds=("seed", "nunique"))
+            loss=("loss", "mean"), n_seeds=("seed", "nunique")).sort_values(["study", FLOPS])
         for r in means.itertuples(index=False):
             x = float(getattr(r, FLOPS))
             dec, where = frontier_loss(frontier, x, r.study)

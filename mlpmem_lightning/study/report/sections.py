@@ -12,7 +12,7 @@ import pandas as pd
 from mlpmem_lightning.study import analysis as an
 from mlpmem_lightning.study.architectures import style
 from mlpmem_lightning.study.report.plots import AXIS_LABELS, ISOFLOP_PLOT, fmt_x, look
-from mlpmem_lightning.study.report.text import PAPER_GAIN, base_label, capital, g, md_table
+from mlpmem_lightning.study.report.text import PAPER_GAIN, base_label, capital, g, md_table, with_study
 
 OPTIONAL_WHY = {
     "params_non_embedding": "fits and plots use total parameters only",
@@ -55,7 +55,7 @@ def runs_section(df: pd.DataFrame) -> str:
                 "distribution), λ = 0.25 the paper's weight.")
     if not any(c.startswith("test_") for c in fixed):
         lam_note += " This table holds the grid for valid only."
-    return f"{lam_note} Machine-readable: `runs.csv`.\n\n" + md_table(headers, rows)
+    return f"{lam_note} Machine-readable: `runs.csv`.\n\n" + md_table(*with_study(headers, rows, list(t["study"])))
 
 
 def _fixed_header(col: str) -> str:
@@ -76,23 +76,27 @@ def frontier_section(df: pd.DataFrame, matched: pd.DataFrame, split: str) -> str
     front = an.compute_frontier(df, split)
     if front.empty:
         return f"*No {base_label()} runs: no compute frontier.*"
-    cells = an.decoder_cells(df, split)
-    head = (f"The lower envelope of {base_label()} {split} loss against training FLOPs over all {len(cells)} "
+    counts = an.decoder_cells(df, split).groupby("study").size()
+    runs = (f"all {counts.iloc[0]}" if len(counts) == 1
+            else "the runs of its own study (" + ", ".join(f"{n} in `{st}`" for st, n in counts.items()) + ")")
+    head = (f"The lower envelope of {base_label()} {split} loss against training FLOPs over {runs} "
             f"{base_label()} runs (seed means per size and token budget); between its points the loss is "
             "interpolated linearly in log FLOPs.\n\n"
-            + md_table(["decoder", "train tokens", "FLOPs", "loss", "seeds"],
-                       [[r.decoder_size, fmt_x(r.train_tokens, "params_total"), fmt_x(r.flops_train_total,
-                         "flops_train_total"), f"{r.loss:.4f}", int(r.n_seeds)] for r in front.itertuples()]))
+            + md_table(*with_study(["decoder", "train tokens", "FLOPs", "loss", "seeds"],
+                                   [[r.decoder_size, fmt_x(r.train_tokens, "params_total"),
+                                     fmt_x(r.flops_train_total, "flops_train_total"), f"{r.loss:.4f}",
+                                     int(r.n_seeds)] for r in front.itertuples()], list(front["study"]))))
     rows = matched[matched["method"] == "frontier"]
     if rows.empty:
         return head + "\n\n*No other architecture has runs within or beyond the frontier's compute.*"
     body = [[look(r.arch)[0], r.decoder_size, r.memory_size or "—", fmt_x(r.x, "flops_train_total"),
              f"{r.loss:.4f}", f"{r.decoder_loss:.4f}" + (" ‡" if r.extrapolated else ""), f"{r.delta:+.4f}",
              int(r.n_seeds)] for r in rows.itertuples()]
-    return (head + "\n\n### Against the frontier\n\nMeasured losses (mean over seeds) against the frontier at the "
-            "same FLOPs. ‡: more FLOPs than any decoder-only run; the frontier's last loss is shown, an upper "
-            "bound of what a decoder alone would reach there.\n\n"
-            + md_table(["architecture", "decoder", "memory", "FLOPs", "loss", "frontier loss", "Δ", "seeds"], body))
+    headers = ["architecture", "decoder", "memory", "FLOPs", "loss", "frontier loss", "Δ", "seeds"]
+    return (head + "\n\n### Against the frontier\n\nMeasured losses (mean over seeds) against the frontier of "
+            "their own study at the same FLOPs. ‡: more FLOPs than any decoder-only run; the frontier's last loss "
+            "is shown, an upper bound of what a decoder alone would reach there.\n\n"
+            + md_table(*with_study(headers, body, list(rows["study"]))))
 
 
 def ordering_section(df: pd.DataFrame, split: str) -> str:
@@ -155,14 +159,16 @@ def isoflop_section(df: pd.DataFrame, split: str) -> str:
             "that compute.")
     if groups.empty:
         return text + f"\n\n*No compute level holds two {base_label()} sizes.*\n\n![IsoFLOP]({ISOFLOP_PLOT})"
-    rows = []
-    for (_, level), lev in groups.groupby(["study", "level"], sort=False):
+    rows, studies = [], []
+    for (study, level), lev in groups.groupby(["study", "level"], sort=False):
         best = lev.loc[lev["loss"].idxmin()]
+        studies.append(study)
         rows.append([fmt_x(lev["level_flops"].iloc[0], "flops_train_total"), len(lev),
                      ", ".join(f"{d} ({fmt_x(t, 'params_total')} tok)" for d, t in
                                zip(lev["decoder_size"], lev["train_tokens"])),
                      f"{best['decoder_size']} ({best['loss']:.4f})"])
-    return (text + "\n\n" + md_table(["level (≈FLOPs)", "runs", "decoder (train tokens)", "best"], rows)
+    headers = ["level (≈FLOPs)", "runs", "decoder (train tokens)", "best"]
+    return (text + "\n\n" + md_table(*with_study(headers, rows, studies))
             + f"\n\n![IsoFLOP]({ISOFLOP_PLOT})")
 
 

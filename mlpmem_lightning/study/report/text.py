@@ -44,6 +44,14 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def with_study(headers: list[str], rows: list[list], studies: list[str]) -> tuple[list[str], list[list]]:
+    """A leading "study" column when the rows come from more than one study: two studies' runs of one size (a
+    decoder-only half and a memory half, say) are otherwise indistinguishable rows."""
+    if len(set(studies)) < 2:
+        return headers, rows
+    return ["study", *headers], [[s, *row] for s, row in zip(studies, rows)]
+
+
 def span(values: pd.Series, spec: str) -> str:
     """"a to b", or just "a" when all values agree at the printed precision."""
     lo, hi = format(values.min(), spec), format(values.max(), spec)
