@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +304,20 @@ if __name__ == "__main__":
     DATA.parent.mkdir(parents=True, exist_ok=True)
     write_results(synthetic_results().to_dict("records"), DATA)
     print(f"wrote {DATA}")
+
+
+def test_a_figure_saved_twice_has_the_same_pdf_bytes(tmp_path):
+    """A committed report changes only with its results: the PDF carries no creation date."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlpmem_lightning.study.report import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [3, 1, 2])
+    save_figure(fig, tmp_path / "a.png")
+    time.sleep(1.1)  # the PDF's date has a resolution of one second
+    save_figure(fig, tmp_path / "b.png")
+    plt.close(fig)
+    assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()

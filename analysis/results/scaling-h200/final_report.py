@@ -3,13 +3,15 @@ and the kNN-LM + memory half (SWEEP_DIR: partial/ while it runs, then the finish
 
     python analysis/results/scaling-h200/final_report.py [SWEEP_DIR]     # default: partial/
 
-Writes beside this script: results_all.csv (the two results.csv, one after the other: the report orders each study by
+Writes beside this script: results.csv (the two halves' results.csv, one after the other: the report orders each
+study by
 size with its own seed noise, and pairs every comparison within a study), report/ (`mlpmem report` over it) and
 stage_seconds.md (process-seconds per stage, summed over each sweep's trials.csv, and per trial).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -37,8 +39,9 @@ def stage_seconds(trials: dict[str, pd.DataFrame]) -> list[str]:
 def main(sweep: Path) -> None:
     tables = {"decoders": HERE / "decoders", "sweep": sweep}
     results = pd.concat([pd.read_csv(d / "results.csv") for d in tables.values()], ignore_index=True)
-    results.to_csv(HERE / "results_all.csv", index=False)
-    write_report(HERE / "results_all.csv", HERE / "report")
+    out = Path(os.path.relpath(HERE / "results.csv"))  # relative, so that report.md names no one's home directory
+    results.to_csv(out, index=False)
+    write_report(out, HERE / "report")
     trials = {name: pd.read_csv(d / "trials.csv") for name, d in tables.items() if (d / "trials.csv").is_file()}
     (HERE / "stage_seconds.md").write_text("\n".join(stage_seconds(trials)) + "\n")
     print(f"{HERE / 'report' / 'report.md'}, {HERE / 'stage_seconds.md'}")

@@ -81,8 +81,9 @@ def _json_safe(obj):
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """``path`` (PNG, for report.md) and the same name with ``.pdf`` (vector, for a paper), each atomically."""
+    """``path`` (PNG, for report.md) and the same name with ``.pdf`` (vector, for a paper), each atomically. The
+    PDF has no creation date, so the same results give the same bytes and a committed report changes only with them."""
     for target, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
         tmp = tmp_path(target)
-        fig.savefig(tmp, format=fmt, dpi=150)
+        fig.savefig(tmp, format=fmt, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
         fsync_rename(tmp, target)
