@@ -4,9 +4,8 @@ and the kNN-LM + memory half (SWEEP_DIR: partial/ while it runs, then the finish
     python analysis/results/scaling-h200/final_report.py [SWEEP_DIR]     # default: partial/
 
 Writes beside this script: results.csv (the two halves' results.csv, one after the other: the report orders each
-study by
-size with its own seed noise, and pairs every comparison within a study), report/ (`mlpmem report` over it) and
-stage_seconds.md (process-seconds per stage, summed over each sweep's trials.csv, and per trial).
+study by size with its own seed noise, and pairs every comparison within a study), report/ (`mlpmem report` over
+it) and stage_seconds.md (process-seconds per stage, summed over each sweep's trials.csv, and per trial).
 """
 
 from __future__ import annotations
