@@ -91,7 +91,9 @@ def _seed_points(ax, pts: pd.DataFrame, axis: str, colour: str, marker: str) -> 
         err = np.vstack([rows["loss"] - rows["lo"], rows["hi"] - rows["loss"]])
         ax.errorbar(rows[axis], rows["loss"], yerr=err, fmt=marker, color=colour, ms=6, capsize=3, zorder=3,
                     mfc=colour if used else "none", lw=1)
-    for r in means.itertuples(index=False):
+    # one label per size and x: two studies' (or two budgets') points of one size sit at one x on a parameter axis
+    labels = means.sort_values("used", ascending=False).drop_duplicates(["decoder_size", "memory_size", axis])
+    for r in labels.itertuples(index=False):
         ax.annotate(str(r.decoder_size), (getattr(r, axis), r.loss), textcoords="offset points", xytext=(4, 4),
                     fontsize=7, color=colour)
 
