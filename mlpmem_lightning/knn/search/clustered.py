@@ -16,7 +16,8 @@ cancellation), full-precision float32 matmul, clamped at 0. The k results are so
 distance, id); which of several keys tied exactly at the k-th distance is kept is up to ``topk``.
 A query's result depends only on its list, not on which other queries share the call, so a run
 split into pieces (resume, several GPUs) gives the same bytes on the same kind of device. Centroids
-come from a seeded ``faiss.Kmeans`` on a sample of the keys, cached beside the datastore.
+come from a seeded k-means on a sample of the keys (``kmeans.py``: faiss on a CPU, our own torch Lloyd on a GPU,
+which faiss-cpu lacks), cached beside the datastore.
 
 Its self-search units are the IVF lists: a list's queries are its own keys, already grouped on the device.
 """
@@ -26,12 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 
@@ -49,33 +48,16 @@ from mlpmem_lightning.knn.search.base import (
     load_keys,
     smallest,
 )
+from mlpmem_lightning.knn.search.kmeans import NITER, PER_LIST, train_centroids
 from mlpmem_lightning.knn.settings import KNN, KNNSettings
 
 log = logging.getLogger(__name__)
 SCORES = 1 << 28  # float32 elements of one [queries, candidates] score block (1 GiB)
-PER_LIST, NITER = 64, 10  # k-means: sampled keys per list, iterations
 
 
 def default_nlist(n_rows: int) -> int:
     """About 256 keys per list (faiss wants at least 39 per centroid), capped at the paper's 4096."""
     return int(min(4096, max(1, n_rows // 256)))
-
-
-def train_centroids(keys: np.ndarray, nlist: int, seed: int = 0, per_list: int = PER_LIST, niter: int = NITER
-                    ) -> np.ndarray:
-    """Seeded k-means centroids [nlist, d] float32 from ``per_list`` sampled keys per list (deterministic)."""
-    n = len(keys)
-    if not 1 <= nlist <= n:
-        raise ValueError(f"nlist={nlist} must be in [1, {n}] for {n} keys")
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, per_list * nlist), replace=False))
-    sample = np.ascontiguousarray(np.asarray(keys[rows], dtype=np.float32))
-    km = faiss.Kmeans(sample.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=per_list,
-                      min_points_per_centroid=1, verbose=False)
-    start = time.monotonic()
-    km.train(sample)
-    log.info("k-means: %d centroids from %d keys of width %d in %.1f s on %d CPU threads", nlist, len(sample),
-             sample.shape[1], time.monotonic() - start, faiss.omp_get_max_threads())
-    return km.centroids.copy()
 
 
 def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, seed: int = 0,
