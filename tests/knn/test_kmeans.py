@@ -1,5 +1,7 @@
 """The torch k-means (the GPU path of the clustered IVF's centroids), run on the CPU, against a NumPy float64
-Lloyd's algorithm and against faiss."""
+Lloyd's algorithm and against faiss; and the centroid cache keyed by the k-means that made it."""
+
+import json
 
 import numpy as np
 import pytest
@@ -109,3 +111,36 @@ def test_implementation_follows_the_device():
     assert implementation("cpu", "torch") == "torch-cpu" and implementation("cuda", "faiss") == "faiss-cpu"
     with pytest.raises(ValueError, match="k-means backend"):
         implementation("cpu", "sklearn")
+
+
+def test_the_cache_is_keyed_by_the_kmeans_that_made_it(tmp_path, monkeypatch):
+    import mlpmem_lightning.knn.search.clustered as cs
+
+    keys = blobs(600, 8, 4, seed=1).astype(np.float16)
+    calls = []
+
+    def fake(keys, nlist, seed, per_list, niter, device):
+        calls.append(str(device))
+        return np.full((nlist, keys.shape[1]), len(calls), np.float32)
+
+    monkeypatch.setattr(cs, "train_centroids", fake)
+    record = tmp_path / "centroids-4-seed0.json"
+    first = cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cuda")
+    assert calls == ["cuda"] and json.loads(record.read_text())["kmeans"] == "torch-cuda"
+    np.testing.assert_array_equal(cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cuda:1"), first)
+    assert len(calls) == 1  # the same k-means on another GPU: reused
+    assert cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cpu")[0, 0] == 2  # faiss's: retrained
+    assert calls[-1] == "cpu" and json.loads(record.read_text())["kmeans"] == "faiss-cpu"
+    old = {k: v for k, v in json.loads(record.read_text()).items() if k != "kmeans"}
+    record.write_text(json.dumps(old))  # a cache recorded before the k-means was: retrained, not used
+    assert cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cpu")[0, 0] == 3
+
+
+def test_clustered_ivf_trains_on_its_device(monkeypatch):
+    import mlpmem_lightning.knn.search.clustered as cs
+
+    seen = []
+    monkeypatch.setattr(cs, "train_centroids", lambda keys, nlist, seed, device: seen.append(device) or
+                        kmeans.faiss_kmeans(np.asarray(keys, np.float32), nlist, 2, seed))
+    cs.ClusteredIVF(blobs(500, 8, 4, seed=2), nlist=4, nprobe=2, device="cpu")
+    assert seen == [torch.device("cpu")]

@@ -48,7 +48,7 @@ from mlpmem_lightning.knn.search.base import (
     load_keys,
     smallest,
 )
-from mlpmem_lightning.knn.search.kmeans import NITER, PER_LIST, train_centroids
+from mlpmem_lightning.knn.search.kmeans import NITER, PER_LIST, implementation, train_centroids
 from mlpmem_lightning.knn.settings import KNN, KNNSettings
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,15 @@ def default_nlist(n_rows: int) -> int:
 
 
 def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, seed: int = 0,
-                     fingerprint: str | None = None) -> np.ndarray:
+                     fingerprint: str | None = None, device: str | torch.device = "cpu") -> np.ndarray:
     """``train_centroids`` once per datastore: saved beside the keys (the targets run, the kNN-LM's
     validate and test all reuse it; a finished datastore's keys never change).
 
     ``centroids-<nlist>-seed<seed>.json``, written after the array, records what they were made from: the
-    datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings, the array's
-    sha256 and the package version. A cache whose record does not match is retrained, never used. Ranks
+    datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings and implementation
+    (``kmeans``: faiss on a CPU ``device``, torch on a GPU; their centroids differ), the array's sha256 and the
+    package version. A cache whose record does not match is retrained, never used: so is one made by the other
+    k-means, or one recorded before ``kmeans`` was. Ranks
     that want it at once queue on the datastore's lock: the first trains it, the others read it.
     """
     path = Path(datastore_dir) / f"centroids-{nlist}-seed{seed}.npy"
@@ -75,7 +77,7 @@ def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, se
     if fingerprint is None and artifacts.is_complete(datastore_dir):
         fingerprint = json.loads((Path(datastore_dir) / artifacts.MANIFEST).read_text()).get("fingerprint")
     want = {"datastore_fingerprint": fingerprint, "nlist": nlist, "seed": seed, "per_list": PER_LIST,
-            "niter": NITER, "shape": [nlist, int(keys.shape[1])]}
+            "niter": NITER, "kmeans": implementation(device), "shape": [nlist, int(keys.shape[1])]}
 
     def recorded() -> dict[str, Any] | None:
         try:
@@ -86,7 +88,7 @@ def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, se
 
     def make(tmp: Path) -> dict[str, Any]:
         with open(tmp, "wb") as f:
-            np.save(f, train_centroids(keys, nlist, seed, PER_LIST, NITER))
+            np.save(f, train_centroids(keys, nlist, seed, PER_LIST, NITER, device))
         return {}
 
     def record(description: dict[str, Any]) -> None:
@@ -107,7 +109,8 @@ class ClusteredIVF(Searcher):
                  centroids: np.ndarray | None = None, seed: int = 0, chunk: int = 1 << 20,
                  max_candidates: int | None = None):
         self.device, self.chunk, self.source = torch.device(device), chunk, keys
-        cen = train_centroids(keys, nlist, seed) if centroids is None else np.asarray(centroids, np.float32)
+        cen = (train_centroids(keys, nlist, seed, device=self.device) if centroids is None
+               else np.asarray(centroids, np.float32))
         self.centroids = torch.from_numpy(cen).to(self.device)
         self.nlist, self.nprobe = len(cen), max(1, min(nprobe, len(cen)))
         keys_t = load_keys(keys, self.device, chunk)
@@ -208,7 +211,7 @@ class ClusteredIVF(Searcher):
 
 def build(ds: Datastore, s: KNNSettings, device: torch.device, chunk: int) -> Searcher:
     nlist = s.nlist or default_nlist(len(ds))
-    centroids = cached_centroids(ds.path, ds.keys, nlist, fingerprint=ds.fingerprint)
+    centroids = cached_centroids(ds.path, ds.keys, nlist, fingerprint=ds.fingerprint, device=device)
     return ClusteredIVF(ds.keys, nlist, s.nprobe, device, centroids=centroids)
 
 
