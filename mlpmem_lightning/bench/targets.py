@@ -130,7 +130,7 @@ def _bench_clustered(run: _Run, name: str, profile_dir: Path | None, **_: Any) -
     m = build_targets(run.ds.path, run.work / f"targets-{n}", settings, device=run.dev)
     full = time.perf_counter() - t0
     # the centroids build_targets cached beside the datastore: the same lists, no second k-means
-    centroids = cached_centroids(run.ds.path, run.ds.keys, nlist)
+    centroids = cached_centroids(run.ds.path, run.ds.keys, nlist, device=run.dev)
     ivf = ClusteredIVF(run.ds.keys, nlist, nprobe, run.dev, centroids=centroids)
     _, ivf_ids = ivf.search(run.q, k + 1)
     run.row("clustered IVF (whole targets run)", n, n / full, ivf_ids, projected_full_s=round(full, 1),
@@ -157,7 +157,8 @@ def search_bounds(ivf: ClusteredIVF, seconds: float) -> dict:
 def _bench_torch(run: _Run, name: str, **_: Any) -> None:
     """``TorchIVF`` (the torch backend on an IVF index) per-query probes, 512 queries, over the clustered lists."""
     n, nlist, k = run.base["rows"], run.base["nlist"], run.base["k"]
-    lists = TorchIVF(run.ds.keys, cached_centroids(run.ds.path, run.ds.keys, nlist), run.dev, run.base["nprobe"])
+    lists = TorchIVF(run.ds.keys, cached_centroids(run.ds.path, run.ds.keys, nlist, device=run.dev), run.dev,
+                     run.base["nprobe"])
     few = run.q[:512]
     rate, (_, ids) = per_second(lambda: lists.search(few, k + 1), len(few))
     run.row("torch IVF per-query probes (before)", len(few), rate, ids, projected_full_s=round(n / rate, 1))

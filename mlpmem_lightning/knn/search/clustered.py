@@ -16,7 +16,8 @@ cancellation), full-precision float32 matmul, clamped at 0. The k results are so
 distance, id); which of several keys tied exactly at the k-th distance is kept is up to ``topk``.
 A query's result depends only on its list, not on which other queries share the call, so a run
 split into pieces (resume, several GPUs) gives the same bytes on the same kind of device. Centroids
-come from a seeded ``faiss.Kmeans`` on a sample of the keys, cached beside the datastore.
+come from a seeded k-means on a sample of the keys (``kmeans.py``: faiss on a CPU, our own torch Lloyd on a GPU,
+which faiss-cpu lacks), cached beside the datastore.
 
 Its self-search units are the IVF lists: a list's queries are its own keys, already grouped on the device.
 """
@@ -26,12 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 
@@ -49,11 +48,11 @@ from mlpmem_lightning.knn.search.base import (
     load_keys,
     smallest,
 )
+from mlpmem_lightning.knn.search.kmeans import NITER, PER_LIST, implementation, train_centroids
 from mlpmem_lightning.knn.settings import KNN, KNNSettings
 
 log = logging.getLogger(__name__)
 SCORES = 1 << 28  # float32 elements of one [queries, candidates] score block (1 GiB)
-PER_LIST, NITER = 64, 10  # k-means: sampled keys per list, iterations
 
 
 def default_nlist(n_rows: int) -> int:
@@ -61,31 +60,16 @@ def default_nlist(n_rows: int) -> int:
     return int(min(4096, max(1, n_rows // 256)))
 
 
-def train_centroids(keys: np.ndarray, nlist: int, seed: int = 0, per_list: int = PER_LIST, niter: int = NITER
-                    ) -> np.ndarray:
-    """Seeded k-means centroids [nlist, d] float32 from ``per_list`` sampled keys per list (deterministic)."""
-    n = len(keys)
-    if not 1 <= nlist <= n:
-        raise ValueError(f"nlist={nlist} must be in [1, {n}] for {n} keys")
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, per_list * nlist), replace=False))
-    sample = np.ascontiguousarray(np.asarray(keys[rows], dtype=np.float32))
-    km = faiss.Kmeans(sample.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=per_list,
-                      min_points_per_centroid=1, verbose=False)
-    start = time.monotonic()
-    km.train(sample)
-    log.info("k-means: %d centroids from %d keys of width %d in %.1f s on %d CPU threads", nlist, len(sample),
-             sample.shape[1], time.monotonic() - start, faiss.omp_get_max_threads())
-    return km.centroids.copy()
-
-
 def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, seed: int = 0,
-                     fingerprint: str | None = None) -> np.ndarray:
+                     fingerprint: str | None = None, device: str | torch.device = "cpu") -> np.ndarray:
     """``train_centroids`` once per datastore: saved beside the keys (the targets run, the kNN-LM's
     validate and test all reuse it; a finished datastore's keys never change).
 
     ``centroids-<nlist>-seed<seed>.json``, written after the array, records what they were made from: the
-    datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings, the array's
-    sha256 and the package version. A cache whose record does not match is retrained, never used. Ranks
+    datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings and implementation
+    (``kmeans``: faiss on a CPU ``device``, torch on a GPU; their centroids differ), the array's sha256 and the
+    package version. A cache whose record does not match is retrained, never used: so is one made by the other
+    k-means, or one recorded before ``kmeans`` was. Ranks
     that want it at once queue on the datastore's lock: the first trains it, the others read it.
     """
     path = Path(datastore_dir) / f"centroids-{nlist}-seed{seed}.npy"
@@ -93,7 +77,7 @@ def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, se
     if fingerprint is None and artifacts.is_complete(datastore_dir):
         fingerprint = json.loads((Path(datastore_dir) / artifacts.MANIFEST).read_text()).get("fingerprint")
     want = {"datastore_fingerprint": fingerprint, "nlist": nlist, "seed": seed, "per_list": PER_LIST,
-            "niter": NITER, "shape": [nlist, int(keys.shape[1])]}
+            "niter": NITER, "kmeans": implementation(device), "shape": [nlist, int(keys.shape[1])]}
 
     def recorded() -> dict[str, Any] | None:
         try:
@@ -104,7 +88,7 @@ def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, se
 
     def make(tmp: Path) -> dict[str, Any]:
         with open(tmp, "wb") as f:
-            np.save(f, train_centroids(keys, nlist, seed, PER_LIST, NITER))
+            np.save(f, train_centroids(keys, nlist, seed, PER_LIST, NITER, device))
         return {}
 
     def record(description: dict[str, Any]) -> None:
@@ -125,7 +109,8 @@ class ClusteredIVF(Searcher):
                  centroids: np.ndarray | None = None, seed: int = 0, chunk: int = 1 << 20,
                  max_candidates: int | None = None):
         self.device, self.chunk, self.source = torch.device(device), chunk, keys
-        cen = train_centroids(keys, nlist, seed) if centroids is None else np.asarray(centroids, np.float32)
+        cen = (train_centroids(keys, nlist, seed, device=self.device) if centroids is None
+               else np.asarray(centroids, np.float32))
         self.centroids = torch.from_numpy(cen).to(self.device)
         self.nlist, self.nprobe = len(cen), max(1, min(nprobe, len(cen)))
         keys_t = load_keys(keys, self.device, chunk)
@@ -226,7 +211,7 @@ class ClusteredIVF(Searcher):
 
 def build(ds: Datastore, s: KNNSettings, device: torch.device, chunk: int) -> Searcher:
     nlist = s.nlist or default_nlist(len(ds))
-    centroids = cached_centroids(ds.path, ds.keys, nlist, fingerprint=ds.fingerprint)
+    centroids = cached_centroids(ds.path, ds.keys, nlist, fingerprint=ds.fingerprint, device=device)
     return ClusteredIVF(ds.keys, nlist, s.nprobe, device, centroids=centroids)
 
 
