@@ -146,9 +146,10 @@ def test_centroid_cache_records_version_datastore_and_array(tmp_path):
 
     ds = make_datastore(tmp_path / "ds", clustered(600, 8, 4, 1), fingerprint="fp-a")
     make_searcher(ds, "ivfflat", backend="clustered", nlist=4)
-    record = json.loads((ds / "centroids-4-seed0.json").read_text())
+    record = json.loads((ds / "centroids-4-seed0-faiss-cpu.json").read_text())
     assert record["datastore_fingerprint"] == manifest(ds)["fingerprint"] == "fp-a"
-    assert record["sha256"] == sha256_of(ds / "centroids-4-seed0.npy") and record["mlpmem_version"] == __version__
+    assert record["sha256"] == sha256_of(ds / "centroids-4-seed0-faiss-cpu.npy")
+    assert record["mlpmem_version"] == __version__
     assert record["nlist"] == 4 and record["seed"] == 0
 
 
@@ -164,7 +165,7 @@ def test_targets_record_version_datastore_and_search_inputs(small_targets, small
     ds2 = make_datastore(tmp_path / "ds", clustered(600, 8, 4, 2), fingerprint="fp-b")
     got = build_targets(ds2, tmp_path / "t", TargetSettings(index="ivfflat", k=8, keep=4, nlist=4, backend="clustered"),
                         device="cpu")
-    cen = np.load(ds2 / "centroids-4-seed0.npy")
+    cen = np.load(ds2 / "centroids-4-seed0-faiss-cpu.npy")
     assert got["search_inputs"] == {"centroids_sha256": hashlib.sha256(cen.tobytes()).hexdigest(), "nlist": 4}
     assert got["datastore_fingerprint"] == "fp-b"
 
@@ -281,11 +282,11 @@ def test_stale_centroid_cache_is_retrained_not_used(tmp_path):
 
     keys = clustered(600, 8, 4, 3)
     ds = make_datastore(tmp_path / "ds", keys, fingerprint="fp-new")
-    np.save(ds / "centroids-4-seed0.npy", np.zeros((4, 8), np.float32))
-    (ds / "centroids-4-seed0.json").write_text(json.dumps({"datastore_fingerprint": "fp-old"}))
+    np.save(ds / "centroids-4-seed0-faiss-cpu.npy", np.zeros((4, 8), np.float32))
+    (ds / "centroids-4-seed0-faiss-cpu.json").write_text(json.dumps({"datastore_fingerprint": "fp-old"}))
     np.testing.assert_array_equal(cached_centroids(ds, np.load(ds / "keys.npy"), 4),
                                   train_centroids(np.load(ds / "keys.npy"), 4))
-    assert json.loads((ds / "centroids-4-seed0.json").read_text())["datastore_fingerprint"] == "fp-new"
+    assert json.loads((ds / "centroids-4-seed0-faiss-cpu.json").read_text())["datastore_fingerprint"] == "fp-new"
 
 
 def test_targets_reuse_names_both_settings(small_datastore, small_targets, tmp_path):

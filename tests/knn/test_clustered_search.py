@@ -97,12 +97,12 @@ def test_centroids_are_cached_beside_the_datastore(tmp_path, monkeypatch):
 
     keys = clustered(2000, 8, 5, seed=3)
     first = cached_centroids(tmp_path, keys, 8, fingerprint="fp0")
-    assert (tmp_path / "centroids-8-seed0.npy").is_file() and (tmp_path / "centroids-8-seed0.json").is_file()
+    assert all((tmp_path / f"centroids-8-seed0-faiss-cpu.{ext}").is_file() for ext in ("npy", "json"))
     np.testing.assert_array_equal(first, train_centroids(keys, 8))
     monkeypatch.setattr(cs, "train_centroids", lambda *a: pytest.fail("retrained a valid cache"))
     np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8, fingerprint="fp0"), first)  # the cache is used
     monkeypatch.setattr(cs, "train_centroids", lambda *a: first + 1)
-    np.save(tmp_path / "centroids-8-seed0.npy", first + 2)  # an array its record does not describe: retrained
+    np.save(tmp_path / "centroids-8-seed0-faiss-cpu.npy", first + 2)  # an array its record does not describe: retrained
     np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8, fingerprint="fp0"), first + 1)
     monkeypatch.setattr(cs, "train_centroids", lambda *a: first + 3)  # another datastore's keys: retrained
     np.testing.assert_array_equal(cached_centroids(tmp_path, keys, 8, fingerprint="fp1"), first + 3)

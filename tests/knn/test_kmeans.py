@@ -124,15 +124,17 @@ def test_the_cache_is_keyed_by_the_kmeans_that_made_it(tmp_path, monkeypatch):
         return np.full((nlist, keys.shape[1]), len(calls), np.float32)
 
     monkeypatch.setattr(cs, "train_centroids", fake)
-    record = tmp_path / "centroids-4-seed0.json"
+    gpu, cpu = (tmp_path / f"centroids-4-seed0-{k}.json" for k in ("torch-cuda", "faiss-cpu"))
     first = cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cuda")
-    assert calls == ["cuda"] and json.loads(record.read_text())["kmeans"] == "torch-cuda"
+    assert calls == ["cuda"] and json.loads(gpu.read_text())["kmeans"] == "torch-cuda"
     np.testing.assert_array_equal(cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cuda:1"), first)
     assert len(calls) == 1  # the same k-means on another GPU: reused
-    assert cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cpu")[0, 0] == 2  # faiss's: retrained
-    assert calls[-1] == "cpu" and json.loads(record.read_text())["kmeans"] == "faiss-cpu"
-    old = {k: v for k, v in json.loads(record.read_text()).items() if k != "kmeans"}
-    record.write_text(json.dumps(old))  # a cache recorded before the k-means was: retrained, not used
+    assert cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cpu")[0, 0] == 2  # faiss's: its own file
+    assert calls[-1] == "cpu" and json.loads(cpu.read_text())["kmeans"] == "faiss-cpu"
+    np.testing.assert_array_equal(cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cuda"), first)
+    assert len(calls) == 2  # the GPU's cache was left alone by the CPU run, and is still used
+    old = {k: v for k, v in json.loads(cpu.read_text()).items() if k != "kmeans"}
+    cpu.write_text(json.dumps(old))  # a record that does not say which k-means made it: retrained, not used
     assert cs.cached_centroids(tmp_path, keys, 4, fingerprint="fp", device="cpu")[0, 0] == 3
 
 

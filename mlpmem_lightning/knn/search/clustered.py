@@ -65,19 +65,20 @@ def cached_centroids(datastore_dir: str | Path, keys: np.ndarray, nlist: int, se
     """``train_centroids`` once per datastore: saved beside the keys (the targets run, the kNN-LM's
     validate and test all reuse it; a finished datastore's keys never change).
 
-    ``centroids-<nlist>-seed<seed>.json``, written after the array, records what they were made from: the
-    datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings and implementation
-    (``kmeans``: faiss on a CPU ``device``, torch on a GPU; their centroids differ), the array's sha256 and the
-    package version. A cache whose record does not match is retrained, never used: so is one made by the other
-    k-means, or one recorded before ``kmeans`` was. Ranks
-    that want it at once queue on the datastore's lock: the first trains it, the others read it.
+    The file is ``centroids-<nlist>-seed<seed>-<kmeans>.npy``, named by the k-means that made it (faiss on a CPU
+    ``device``, torch on a GPU: their centroids differ), so a GPU run and a CPU run of one datastore each keep their
+    own and neither overwrites the other's. ``.json`` beside it, written after the array, records what they were
+    made from: the datastore's fingerprint (``fingerprint``, default: its manifest's), the k-means settings and
+    implementation, the array's sha256 and the package version. A cache whose record does not match is retrained,
+    never used. Ranks that want it at once queue on the datastore's lock: the first trains it, the others read it.
     """
-    path = Path(datastore_dir) / f"centroids-{nlist}-seed{seed}.npy"
+    kmeans = implementation(device)
+    path = Path(datastore_dir) / f"centroids-{nlist}-seed{seed}-{kmeans}.npy"
     record_path = path.with_suffix(".json")
     if fingerprint is None and artifacts.is_complete(datastore_dir):
         fingerprint = json.loads((Path(datastore_dir) / artifacts.MANIFEST).read_text()).get("fingerprint")
     want = {"datastore_fingerprint": fingerprint, "nlist": nlist, "seed": seed, "per_list": PER_LIST,
-            "niter": NITER, "kmeans": implementation(device), "shape": [nlist, int(keys.shape[1])]}
+            "niter": NITER, "kmeans": kmeans, "shape": [nlist, int(keys.shape[1])]}
 
     def recorded() -> dict[str, Any] | None:
         try:
