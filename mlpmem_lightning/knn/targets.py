@@ -85,7 +85,8 @@ def build_targets(datastore: str | Path, out: str | Path, settings: TargetSettin
     """
     ds, backend, dev = _prepare(datastore, settings, device)
     out = Path(out)
-    identity = {"settings": settings.identity(), "datastore_fingerprint": ds.fingerprint, "backend": backend.name}
+    identity = {"settings": settings.identity(), "datastore_fingerprint": ds.fingerprint, "backend": backend.name,
+                **backend.identity(dev)}
     writer = ArtifactWriter(out, KIND, identity, "holds targets of another datastore, settings or backend",
                             inputs=(datastore,), rank=rank, world_size=world_size, barrier=barrier)
     if (manifest := writer.reuse()) is not None:

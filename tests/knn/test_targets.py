@@ -132,6 +132,26 @@ def test_killed_targets_resume_byte_identical(tmp_path, settings, kill_range):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
 
 
+def test_a_clustered_run_is_resumed_only_with_the_kmeans_it_began_with(tmp_path):
+    """Killed while its lists came from the torch k-means (what a GPU runs; forced here on the CPU), a targets run
+    is started again from nothing, not resumed, by a run whose lists come from faiss's: the two k-means give other
+    lists, and a resumed run would mix rows of both. Its bytes are those of an unbroken faiss run."""
+    settings = {"index": "ivfflat", "k": 64, "keep": 16, "nlist": 64, "nprobe": 8, "backend": "clustered"}
+    rng = np.random.default_rng(2)
+    ds = make_datastore(tmp_path / "ds", rng.normal(size=(20000, 16)), rng.integers(0, 500, 20000))
+    code = ("import mlpmem_lightning.knn.search.clustered as c, mlpmem_lightning.knn.search.kmeans as km; "
+            "km.implementation = c.implementation = lambda device='cpu', backend='auto': 'torch-cpu'; "
+            "import mlpmem_lightning.knn.targets as m; m.SAVE_ROWS = m.GROUP_ROWS = 256; "
+            f"m.build_targets({str(ds)!r}, {str(tmp_path / 'killed')!r}, m.TargetSettings(**{settings!r}), "
+            "device='cpu')")
+    kill_after_progress(code, tmp_path / "killed" / "progress.rank0.json", done_at=24)
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    for out in ("killed", "full"):
+        build_targets(ds, tmp_path / out, TargetSettings(**settings), device="cpu")
+    for name in ("ids.npy", "probs.npy"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
+
+
 def test_mass_curve_matches_the_reference(tmp_path):
     from mlpmem_lightning.knn.targets import mass_curve
 

@@ -219,7 +219,8 @@ class Backend:
 
     ``build(datastore, settings, device, load_chunk)`` returns the searcher; ``indexes`` are the ``--index``
     values it serves; ``faiss_index``: it reads the stored faiss index of an IVF ``--index`` (``targets``
-    builds it first when missing).
+    builds it first when missing). ``identity(device)``: what else, on that device, decides which neighbours it
+    finds; ``targets`` keys its output by it, so a run is never resumed with other inputs than it began with.
     """
 
     name: str
@@ -227,3 +228,4 @@ class Backend:
     indexes: tuple[str, ...] = INDEXES
     faiss_index: bool = False
     help: str = ""
+    identity: Callable[[torch.device], dict[str, Any]] = lambda device: {}

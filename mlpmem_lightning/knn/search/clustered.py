@@ -216,6 +216,14 @@ def build(ds: Datastore, s: KNNSettings, device: torch.device, chunk: int) -> Se
     return ClusteredIVF(ds.keys, nlist, s.nprobe, device, centroids=centroids)
 
 
-BACKEND = Backend("clustered", build, indexes=("ivfflat", "ivfpq"),
+def identity(device: torch.device) -> dict[str, Any]:
+    """The k-means its lists come from on ``device``, where it is not faiss's: a targets run begun on a GPU and
+    resumed on a CPU would otherwise fill its rows from two different sets of lists. faiss's adds no key, so
+    targets made before the GPU k-means existed keep their identity."""
+    kmeans = implementation(device)
+    return {} if kmeans == "faiss-cpu" else {"kmeans": kmeans}
+
+
+BACKEND = Backend("clustered", build, indexes=("ivfflat", "ivfpq"), identity=identity,
                   help="IVF where the queries of one list share its probe set, one GEMM per list (its own seeded "
                        "k-means, no faiss index; the GPU default for IVF)")
