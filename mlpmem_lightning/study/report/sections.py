@@ -112,11 +112,10 @@ def ordering_section(df: pd.DataFrame, split: str) -> str:
             f"{' of one study' if multi else ''}; a step's noise is σ·√(1/n_a + 1/n_b), that of the difference of "
             f"two seed means, and a step is resolved when the loss falls by more than {an.NOISE_MULTIPLE:g}× that. "
             + " ".join(_noise_sentence(study, first, multi) for study, first in _first_step_per_study(steps)))
-    rows = [([r["study"]] if multi else []) +
-            [r["from"], r["to"], f"{r['drop']:+.4f}", "—" if not r["dof"] else f"{an.NOISE_MULTIPLE * r['noise']:.4f}",
+    rows = [[r["from"], r["to"], f"{r['drop']:+.4f}", "—" if not r["dof"] else f"{an.NOISE_MULTIPLE * r['noise']:.4f}",
              {None: "not measured", True: "yes", False: "no"}[r["resolved"]]] for r in steps.to_dict("records")]
-    cols = (["study"] if multi else []) + ["from", "to", "loss falls by", f"{an.NOISE_MULTIPLE:g}× noise", "resolved"]
-    return head + "\n\n" + md_table(cols, rows)
+    cols = ["from", "to", "loss falls by", f"{an.NOISE_MULTIPLE:g}× noise", "resolved"]
+    return head + "\n\n" + md_table(*with_study(cols, rows, list(steps["study"])))
 
 
 def _first_step_per_study(steps: pd.DataFrame) -> list[tuple[str, dict]]:
