@@ -248,6 +248,7 @@ def test_two_studies_name_their_study_in_every_per_run_table(tmp_path):
     md = write_report(tmp_path / "r.csv", tmp_path / "out", bootstrap=5).read_text()
     assert "| study | architecture | decoder |" in md  # the per-run table and "against the frontier"
     assert "| study | decoder | train tokens | FLOPs | loss | seeds |" in md
+    assert "| study | architecture | decoder | memory | FLOPs |" in md  # one study's runs against two frontiers
     for study, rows in pd.concat([dec, other]).groupby("study"):
         cells = rows[rows["split"] == "test"].groupby(["decoder_size", "train_tokens"]).agg(
             f=("flops_train_total", "mean"), loss=("loss", "mean")).reset_index()

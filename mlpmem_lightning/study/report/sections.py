@@ -96,7 +96,7 @@ def frontier_section(df: pd.DataFrame, matched: pd.DataFrame, split: str) -> str
     return (head + "\n\n### Against the frontier\n\nMeasured losses (mean over seeds) against the frontier of "
             "their own study at the same FLOPs. ‡: more FLOPs than any decoder-only run; the frontier's last loss "
             "is shown, an upper bound of what a decoder alone would reach there.\n\n"
-            + md_table(*with_study(headers, body, list(rows["study"]))))
+            + md_table(*with_study(headers, body, list(rows["study"]), always=front["study"].nunique() > 1)))
 
 
 def ordering_section(df: pd.DataFrame, split: str) -> str:

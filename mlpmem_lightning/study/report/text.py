@@ -44,10 +44,12 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def with_study(headers: list[str], rows: list[list], studies: list[str]) -> tuple[list[str], list[list]]:
-    """A leading "study" column when the rows come from more than one study: two studies' runs of one size (a
-    decoder-only half and a memory half, say) are otherwise indistinguishable rows."""
-    if len(set(studies)) < 2:
+def with_study(headers: list[str], rows: list[list], studies: list[str], always: bool = False
+               ) -> tuple[list[str], list[list]]:
+    """A leading "study" column when the rows come from more than one study (or ``always``, where the rows of one
+    study are read beside a table of several): two studies' runs of one size (a decoder-only half and a memory
+    half, say) are otherwise indistinguishable rows."""
+    if len(set(studies)) < 2 and not always:
         return headers, rows
     return ["study", *headers], [[s, *row] for s, row in zip(studies, rows)]
 
