@@ -12,7 +12,7 @@ import pandas as pd
 from mlpmem_lightning.study import analysis as an
 from mlpmem_lightning.study.architectures import style
 from mlpmem_lightning.study.report.plots import AXIS_LABELS, ISOFLOP_PLOT, fmt_x, look
-from mlpmem_lightning.study.report.text import PAPER_GAIN, base_label, capital, g, md_table, with_study
+from mlpmem_lightning.study.report.text import PAPER_GAIN, base_label, capital, g, md_table, span, with_study
 
 OPTIONAL_WHY = {
     "params_non_embedding": "fits and plots use total parameters only",
@@ -219,12 +219,8 @@ def own_decoder_conclusion(gains: pd.DataFrame) -> str | None:
     """One sentence: the range of each architecture's perplexity change on its own decoder."""
     if gains.empty:
         return None
-    parts = [f"{style(arch).label} {_range(g['ppl_change'])} ({len(g)} run{'s' if len(g) > 1 else ''})"
+    parts = [f"{style(arch).label} {span(g['ppl_change'], '+.1%')} ({len(g)} run{'s' if len(g) > 1 else ''})"
              for arch, g in gains.groupby("arch", sort=False)]
     return (f"On its own decoder, perplexity changes by: {'; '.join(parts)}. The paper: {PAPER_GAIN:+.0%} "
             "(GPT2-large + a 774M memory, WikiText-103).")
 
-
-def _range(x: pd.Series) -> str:
-    lo, hi = float(x.min()), float(x.max())
-    return f"{lo:+.1%}" if np.isclose(lo, hi) else f"{lo:+.1%} to {hi:+.1%}"
