@@ -120,3 +120,33 @@ def test_self_search_work_counts_every_scored_pair():
         pairs += queries * sum(s.bounds[p + 1] - s.bounds[p] for p in probe)
     flops, scored = s.self_search_work()
     assert scored == pairs and flops == 2 * 8 * (pairs + 3000 * 24)
+
+
+def offset_keys(n: int = 6000, d: int = 16, centres: int = 30, seed: int = 5) -> np.ndarray:
+    """Clustered keys sharing one large component, as a language model's keys do (SmolLM2's last-layer FFN inputs:
+    one coordinate carries ~3/4 of the norm): every centroid then has a positive dot product with every other."""
+    keys = clustered(n, d, centres, seed).astype(np.float32)
+    keys[:, 0] += 40
+    return keys.astype(np.float16)
+
+
+def test_probe_sets_are_each_lists_nearest_centroids_in_order():
+    """Against float64 NumPy distances between the centroids (ties to the lower index): own list first, then the
+    nearest others. Before the fix, the clamped partial expansion tied every near centroid at 0 and the probe set
+    of every list was lists 0, 1, …"""
+    s = ClusteredIVF(offset_keys(), nlist=32, nprobe=6)
+    cen = s.centroids.numpy().astype(np.float64)
+    dist = ((cen[:, None, :] - cen[None, :, :]) ** 2).sum(-1)
+    want = np.lexsort((np.broadcast_to(np.arange(32), dist.shape), dist), axis=1)[:, :6]
+    np.testing.assert_array_equal(s.probes.numpy(), want)
+    assert np.array_equal(s.probes[:, 0].numpy(), np.arange(32))
+
+
+def test_keys_with_a_shared_large_component_keep_high_recall():
+    keys = offset_keys()
+    s = ClusteredIVF(keys, nlist=32, nprobe=6)
+    q = torch.from_numpy(keys[:500].astype(np.float32))
+    assert recall(s.search(q, 20)[1].numpy(), reference(q.numpy(), keys, 20)[1]) > 0.95
+    rows, ids = zip(*[(r, i) for _, r, _, i in s.self_search(20)])  # the targets path: the same probe sets
+    got = torch.cat(ids)[torch.argsort(torch.cat(rows))][:500].numpy()
+    assert recall(got, reference(q.numpy(), keys, 20)[1]) > 0.95

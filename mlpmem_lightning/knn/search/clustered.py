@@ -136,12 +136,20 @@ class ClusteredIVF(Searcher):
                  self.n, self.nlist, int(counts.max()), self.nprobe, budget, sum(u < self.nprobe for u in self.used))
 
     def nearest(self, x: torch.Tensor, p: int, sort: bool = False) -> torch.Tensor:
-        """Indices [len(x), p] of the p nearest centroids (ties to the lower index when ``sort``)."""
+        """Indices [len(x), p] of the p nearest centroids (ties to the lower index when ``sort``).
+
+        Unsorted (a key's or query's own list), ``|x|^2`` is left out of the expansion: it is the same for every
+        centroid of a row. Sorted (the probe sets) needs the whole squared distance: it is clamped at 0 to order
+        the composites, and the partial ``|c|^2 - 2 x.c`` is negative for every centroid near ``x`` (always for
+        ``x`` itself), so clamping it made all of them tie at 0 and the lowest-numbered lists won. Keys that share
+        a large common component, as a language model's do, then had lists 0, 1, … as every list's probe set.
+        """
         with ieee_fp32_matmul(self.device):
             dist = torch.addmm(self.centroids.square().sum(1)[None], x, self.centroids.T, alpha=-2)
         if sort:
-            return smallest(composite(dist.clamp_min(0), torch.arange(self.nlist, device=self.device).expand_as(dist)),
-                            p) & 0xFFFFFFFF
+            dist = (dist + x.square().sum(1)[:, None]).clamp_min(0)
+            lists = torch.arange(self.nlist, device=self.device).expand_as(dist)
+            return smallest(composite(dist, lists), p) & 0xFFFFFFFF
         return dist.topk(p, dim=1, largest=False, sorted=False).indices
 
     def candidates(self, lst: int) -> torch.Tensor:
