@@ -175,15 +175,18 @@ class Stages:
     def targets_key(self) -> str:
         from dataclasses import asdict
 
+        from mlpmem_lightning.knn.search.base import SEARCH_REVISION
+
         rule = self.spec.targets_scale  # the targets' T rule (knn/temperature.py) is part of what they are
+        revision = {"search_revision": SEARCH_REVISION}  # targets of an older search are not these
         if self.spec.targets_from_knn_lm:  # T is a function of the kNN-LM's grid on valid (and a fixed λ)
             from mlpmem_lightning.study.knn_eval import temperature_grid
 
             chosen = {"temperature_from": "knn_lm", "temperatures": temperature_grid(self.spec),
                       "lambda": self.spec.lambda_, "eval_index": self.spec.knn_eval_index}
-            return self.key(self.datastore_key, asdict(self.spec.knn_settings), chosen)
-        return self.key(self.datastore_key, asdict(self.spec.knn_settings), *([{"temperature_scale": rule}] if rule
-                                                                                else []))
+            return self.key(self.datastore_key, asdict(self.spec.knn_settings), chosen, revision)
+        return self.key(self.datastore_key, asdict(self.spec.knn_settings), revision,
+                        *([{"temperature_scale": rule}] if rule else []))
 
     @property
     def decoder_dir(self) -> Path:
@@ -278,13 +281,15 @@ class Stages:
 
         from mlpmem_lightning.cli.lightning import run_cli
         from mlpmem_lightning.core.artifacts import atomic_write_text
+        from mlpmem_lightning.knn.search.base import SEARCH_REVISION
 
         record = None
         if subcommand in ("validate", "test"):
             done = ckpt.stat() if ckpt is not None else None  # a refitted checkpoint is another evaluation
             key = self.key(self.config_key(subcommand, model, data), str(ckpt),
                            [done.st_size, done.st_mtime_ns] if done else None,
-                           self.decoder_fingerprint if self.source.pretrained else None)
+                           self.decoder_fingerprint if self.source.pretrained else None,
+                           SEARCH_REVISION)  # a kNN-LM's record holds its search's neighbours
             record = root / f"{subcommand}-metrics-{key}.json"
             if record.is_file():
                 return json.loads(record.read_text())

@@ -1,6 +1,8 @@
 """kNN targets against an independent brute-force NumPy float64 reference."""
 
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -150,6 +152,22 @@ def test_a_clustered_run_is_resumed_only_with_the_kmeans_it_began_with(tmp_path)
         build_targets(ds, tmp_path / out, TargetSettings(**settings), device="cpu")
     for name in ("ids.npy", "probs.npy"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
+
+
+def test_clustered_targets_from_before_the_probe_set_fix_are_refused_not_reused(tmp_path):
+    """Targets of the clustered search made before SEARCH_REVISION 2 hold other neighbours (its probe sets were the
+    lowest-numbered lists): their manifest lacks the revision, and a run asking for the same targets stops with a
+    one-line error naming the fix instead of returning them."""
+    settings = TargetSettings(index="ivfflat", k=16, keep=8, nlist=8, nprobe=2, backend="clustered")
+    rng = np.random.default_rng(3)
+    ds = make_datastore(tmp_path / "ds", rng.normal(size=(600, 8)), rng.integers(0, 50, 600))
+    build_targets(ds, tmp_path / "t", settings, device="cpu")
+    manifest = artifacts.read_manifest(tmp_path / "t", "knn_targets", check=False)
+    assert manifest["search_revision"] == 2
+    del manifest["search_revision"]  # as written before the fix
+    artifacts.atomic_write_text(tmp_path / "t" / artifacts.MANIFEST, json.dumps(manifest))
+    with pytest.raises(UserError, match="search_revision.*delete it"):
+        build_targets(ds, tmp_path / "t", settings, device="cpu")
 
 
 def test_mass_curve_matches_the_reference(tmp_path):

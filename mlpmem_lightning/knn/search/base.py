@@ -43,6 +43,10 @@ BUDGET = 1 << 24  # float32 elements of one [rows, candidates, d] temporary (64 
 U = 2.0 ** -24  # float32 unit roundoff
 LOAD_CHUNK = 65536  # keys copied to the device at a time
 SelfResult = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]  # (unit, datastore rows, dist, ids)
+# Bumped whenever a backend finds other neighbours for the same inputs, so that targets and kNN-LM evaluations made
+# before are never reused as if current (targets' identity, a study's targets directory and evaluation records).
+# 2 (2026-12-02): the clustered IVF's probe sets were the lowest-numbered lists, not the nearest, on most real keys.
+SEARCH_REVISION = 2
 
 
 def composite(dist: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

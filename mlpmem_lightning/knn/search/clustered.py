@@ -38,6 +38,7 @@ from mlpmem_lightning.core import artifacts
 from mlpmem_lightning.core.writer import derived_file
 from mlpmem_lightning.knn.datastore import Datastore
 from mlpmem_lightning.knn.search.base import (
+    SEARCH_REVISION,
     TARGETS,
     Backend,
     Searcher,
@@ -225,11 +226,13 @@ def build(ds: Datastore, s: KNNSettings, device: torch.device, chunk: int) -> Se
 
 
 def identity(device: torch.device) -> dict[str, Any]:
-    """The k-means its lists come from on ``device``, where it is not faiss's: a targets run begun on a GPU and
-    resumed on a CPU would otherwise fill its rows from two different sets of lists. faiss's adds no key, so
-    targets made before the GPU k-means existed keep their identity."""
+    """The search's revision and the k-means its lists come from on ``device``, where it is not faiss's.
+
+    The revision: targets made before the probe-set fix (``SEARCH_REVISION`` 2) hold other neighbours, and are
+    refused rather than reused. The k-means: a targets run begun on a GPU and resumed on a CPU would otherwise fill
+    its rows from two different sets of lists."""
     kmeans = implementation(device)
-    return {} if kmeans == "faiss-cpu" else {"kmeans": kmeans}
+    return {"search_revision": SEARCH_REVISION, **({} if kmeans == "faiss-cpu" else {"kmeans": kmeans})}
 
 
 BACKEND = Backend("clustered", build, indexes=("ivfflat", "ivfpq"), identity=identity,
