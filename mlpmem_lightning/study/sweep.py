@@ -190,8 +190,10 @@ def finish(study, spec: SweepSpec) -> Path:
                         "all pruned?): nothing written")
     first = failed[0]
     why = first.user_attrs.get("error", "interrupted (its worker was killed)")
+    hint = ("; each of N sweep workers may use 1/N of the GPU's memory: run fewer --workers, or lower batch_size "
+            "or eval_batch_size" if "OutOfMemoryError" in str(why) else "")
     raise UserError(f"every trial of study {spec.study!r} failed ({len(failed)} trials; no results written); "
-                    f"the first, trial {first.number} {_point_text(first)}: {' '.join(str(why).split())}")
+                    f"the first, trial {first.number} {_point_text(first)}: {' '.join(str(why).split())}{hint}")
 
 
 def _point_text(trial) -> str:

@@ -113,6 +113,23 @@ def test_a_sweep_whose_every_trial_failed_is_an_error_quoting_the_first(tmp_path
     assert not list((tmp_path / "study").rglob("results.csv"))
 
 
+def test_a_sweep_whose_trials_ran_out_of_gpu_memory_names_the_fix(tmp_path, monkeypatch):
+    """On the H200, 4 workers (35 GB each) ran out of memory in every SmolLM2 trial: the error says what to change."""
+    from mlpmem_lightning.study import pipeline
+
+    class OutOfMemoryError(RuntimeError):  # named as torch's is: the error attribute records the class name
+        pass
+
+    def oom(spec, decoder_size, memory_size, seed, callbacks=()):
+        raise OutOfMemoryError(f"CUDA out of memory in {decoder_size}")
+
+    _fake(monkeypatch)
+    monkeypatch.setattr(pipeline, "run_pipeline", oom)
+    with pytest.raises(UserError, match=r"OutOfMemoryError: CUDA out of memory in 200k; each of N sweep workers may "
+                                        r"use 1/N of the GPU's memory: run fewer --workers"):
+        run_sweep(write_spec(tmp_path / "spec.yaml"))
+
+
 def test_a_worker_that_finds_no_point_left_while_others_run_is_not_an_error(tmp_path):
     """`--workers 4` on a 3-point study: the fourth worker finds the queue empty while the others still run their
     trials (none COMPLETE yet). That is not "every trial failed": it ends without an error (found on the H200)."""
