@@ -5,9 +5,9 @@
 # trials.csv (seconds per stage) -> the memory-size fit and summary.md.
 #   bash scripts/gpu_smollm2.sh SECONDS      # resumable: stages done (runs/smollm2-memory/done/) are skipped
 # Call sequence (docs/gpu.md "SmolLM2 run"; each call <= 64 MiB, consecutive while the machine stays warm):
-#   1. carry .whl (make wheels, with gguf), .carry/mixed-english-smollm2, the GGUF's .sha256; command `true`
+#   1. carry .whl (make wheels, with gguf), .carry/mixed-english-smollm2;                command `true`
 #   2. carry .gpu/gguf/SmolLM2-135M-Instruct.Q4_1.gguf.part.00;                          command `true`
-#   3. carry ….part.01; command `bash scripts/gpu_smollm2.sh 540`
+#   3. carry ….part.01 and the GGUF's .sha256; command `bash scripts/gpu_smollm2.sh 540`
 #   4. no carry;         command `bash scripts/gpu_smollm2.sh 560` (again until summary.md comes back)
 # CPU dry run (every stage, the packing and the report on a few thousand tokens; README of the results dir):
 #   ACCEL=cpu SMOL_GGUF=/path/SmolLM2-135M-Instruct.Q4_1.gguf SMOL_TOKENS=<small store> SMOL_CORPUS=<its corpus>
