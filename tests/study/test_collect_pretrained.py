@@ -139,3 +139,40 @@ def test_a_ce_only_control_on_the_base_is_counted_without_a_search(runs):
     control = test.loc["mlp_memory_ce"]
     assert pd.isna(control.get("datastore_rows")) and pd.isna(control["temperature"])
     assert 0 < test.loc["mlp_memory_ce", "flops_train_total"] < test.loc["mlp_memory", "flops_train_total"]
+
+
+def _run_rows(sizes: dict[str, float], base_loss: float = 3.35, targets: str = "t0") -> pd.DataFrame:
+    """Results of one run on one base: the base and kNN-LM rows and one memory row per size, valid and test."""
+    rows = []
+    for split in ("valid", "test"):
+        rows += [{"arch": "decoder", "memory_size": None, "split": split, "loss": base_loss},
+                 {"arch": "knn_lm", "memory_size": None, "split": split, "loss": base_loss - 0.18}]
+        rows += [{"arch": "mlp_memory", "memory_size": size, "split": split, "loss": loss,
+                  "targets_fingerprint": targets} for size, loss in sizes.items()]
+    return pd.DataFrame(rows).assign(decoder_fingerprint="d0", token_store_fingerprint="s0")
+
+
+def test_results_of_one_run_from_several_sessions_are_read_as_one(tmp_path):
+    """Sizes finished in two sessions: every memory row once, the base and kNN-LM rows once per split."""
+    from mlpmem_lightning.study.report.memory_summary import read_results
+
+    _run_rows({"x0.125": 3.27, "x0.25": 3.26}).to_csv(tmp_path / "a.csv", index=False)
+    _run_rows({"x0.5": 3.25, "x1": 3.24}, base_loss=3.35 + 1e-5).to_csv(tmp_path / "b.csv", index=False)
+    df = read_results([tmp_path / "a.csv", tmp_path / "b.csv"])
+    assert sorted(df[df["arch"] == "mlp_memory"]["memory_size"].unique()) == ["x0.125", "x0.25", "x0.5", "x1"]
+    assert df.groupby(["arch", "split"]).size()[("decoder", "test")] == 1
+    assert df[(df["arch"] == "decoder") & (df["split"] == "test")]["loss"].item() == 3.35  # the first file's
+
+
+@pytest.mark.parametrize("second, message", [
+    (dict(sizes={"x1": 3.24}, targets="t1"), "differ in targets_fingerprint"),
+    (dict(sizes={"x1": 3.24}, base_loss=3.36), "decoder (test|valid) loss differs"),
+    (dict(sizes={"x0.25": 3.25}), "mlp_memory x0.25 is in several"),
+])
+def test_results_of_different_runs_are_refused(tmp_path, second, message):
+    from mlpmem_lightning.study.report.memory_summary import main
+
+    _run_rows({"x0.125": 3.27, "x0.25": 3.26}).to_csv(tmp_path / "a.csv", index=False)
+    _run_rows(**second).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(SystemExit, match=f"^mlpmem: error: .*{message}"):
+        main(["--results", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path)])

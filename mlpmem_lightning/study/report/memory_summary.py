@@ -2,8 +2,11 @@
 alone, its kNN-LM, base + memory at each size, λ and T chosen on valid), the memory-size fit with its interval,
 the relative gain beside the paper's, and the seconds each stage took.
 
-    python -m mlpmem_lightning.study.report.memory_summary --results results.csv [--times times.csv]
+    python -m mlpmem_lightning.study.report.memory_summary --results results.csv [more.csv …] [--times times.csv]
         [--trials trials.csv] --out DIR
+
+Several results files (the sizes of one run on one base, finished in several GPU sessions) are read as one, but
+only when they are one run: the same base, token store and targets (``read_results``).
 
 The run's own numbers only: every figure is read from ``results.csv`` (the sweep's, or ``mlpmem collect``'s), the
 script's ``times.csv`` (seconds per call of each command) and the sweep's ``trials.csv`` (seconds per stage of each
@@ -13,11 +16,13 @@ trial).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.study.analysis.memory_scaling import memory_scaling, summary_lines
 from mlpmem_lightning.study.report.text import PAPER_GAIN
 
@@ -83,11 +88,44 @@ def gain_lines(result: dict) -> list[str]:
             "on GPT2-xl's targets, WikiText-103)."]
 
 
-def write_summary(results: Path, times: Path | None, out: Path, bootstrap: int = 1000,
+SAME = ("decoder_fingerprint", "token_store_fingerprint")  # one base on one token store
+REFERENCE = ("decoder", "knn_lm")  # scored once per run: one row per split is kept
+RTOL = 1e-4  # how far two runs' scores of the same reference may differ (bf16 on two machines) and still be one
+
+
+def read_results(paths: list[Path]) -> pd.DataFrame:
+    """The results of one run on one base, from one file or several (sizes finished in different sessions).
+
+    Why the checks: a memory's gain is read against the base and kNN-LM rows, and the memories of one fit must have
+    imitated the same targets. Files of another base or token store, memories trained on other targets (a datastore
+    rebuilt to other bytes), or reference scores that differ beyond ``RTOL`` are refused; a memory size present
+    twice is refused too (which one would count?). The reference rows of the first file are kept."""
+    frames = [pd.read_csv(p).assign(_file=str(p)) for p in paths]
+    df = pd.concat(frames, ignore_index=True)
+    mem = df[~df["arch"].isin(REFERENCE)]
+    for column, rows in [*((c, df) for c in SAME), ("targets_fingerprint", mem)]:
+        if column in rows and rows[column].nunique(dropna=True) > 1:
+            raise UserError(f"{', '.join(map(str, paths))} are not one run: they differ in {column} "
+                            f"({', '.join(sorted(map(str, rows[column].dropna().unique())))}); summarise each alone")
+    twice = mem.groupby(["arch", "memory_size", "split"])["_file"].nunique()
+    if (twice > 1).any():
+        arch, size, _ = twice[twice > 1].index[0]
+        raise UserError(f"{arch} {size} is in several of {', '.join(map(str, paths))}: keep it in one file")
+    ref = df[df["arch"].isin(REFERENCE)]
+    spread = ref.groupby(["arch", "split"])["loss"].agg(lambda x: float(x.max() - x.min()) / max(abs(x.min()), 1e-12))
+    if (spread > RTOL).any():
+        arch, split = spread[spread > RTOL].index[0]
+        raise UserError(f"the {arch} {split} loss differs between {', '.join(map(str, paths))} by more than "
+                        f"{RTOL:g} relative: not one run; summarise each alone")
+    keep = ~df["arch"].isin(REFERENCE) | ~df.duplicated(["arch", "split"])
+    return df[keep].drop(columns="_file").reset_index(drop=True)
+
+
+def write_summary(results: Path | list[Path], times: Path | None, out: Path, bootstrap: int = 1000,
                   trials: Path | None = None) -> Path:
     from mlpmem_lightning.study.report.memory_scaling import plot_memory_scaling
 
-    df = pd.read_csv(results)
+    df = read_results(results if isinstance(results, list) else [results])
     result = memory_scaling(df, split="test", bootstrap=bootstrap)
     plot_memory_scaling(result, out / "memory_scaling.png")
     lines = [f"# Memory-size scaling on {result['base']}", "", "## Perplexity (λ, T chosen on valid)", "",
@@ -104,13 +142,17 @@ def write_summary(results: Path, times: Path | None, out: Path, bootstrap: int =
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--results", type=Path, nargs="+", required=True, help="results.csv of one run (several: "
+                    "its sizes from several sessions, refused unless one base, token store and targets)")
     ap.add_argument("--times", type=Path, help="the script's times.csv: stage,seconds,exit,utc")
     ap.add_argument("--trials", type=Path, help="the sweep's trials.csv: time_<stage>_s per trial")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
-    print(write_summary(args.results, args.times, args.out, args.bootstrap, args.trials).read_text())
+    try:
+        print(write_summary(args.results, args.times, args.out, args.bootstrap, args.trials).read_text())
+    except UserError as err:
+        sys.exit(f"mlpmem: error: {err}")
 
 
 if __name__ == "__main__":
