@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 import torch
 
-from mlpmem_lightning.bench.synthetic import synthetic_datastore
+from mlpmem_lightning.bench.synthetic import SHARED, synthetic_datastore
 from mlpmem_lightning.bench.timing import gpu_name, per_second
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.knn.datastore import Datastore
@@ -58,7 +58,7 @@ def bench_targets(rows: list[int], work: Path, d: int = 256, k: int = KNN.k, kee
     if faiss_threads:
         faiss.omp_set_num_threads(faiss_threads)
     for n in rows:
-        ds = Datastore(synthetic_datastore(work / f"ds-{n}", n, d, vocab))
+        ds = Datastore(synthetic_datastore(work / f"ds-{n}-shared{SHARED}", n, d, vocab))  # keys of other versions kept
         nlist = default_nlist(n)
         base = {"bench": "targets", "gpu": gpu, "dtype": "fp32 (keys fp16)", "rows": n, "d": d, "k": k,
                 "keep": keep, "nlist": nlist, "nprobe": nprobe}
