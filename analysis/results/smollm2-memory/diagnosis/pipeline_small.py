@@ -1,6 +1,6 @@
 """The pipeline on CPU at small scale: token store (wiki-summaries, SmolLM2 tokenizer), datastore, KNNLM validate
 with flat index; compare with an independent float64 computation over the same keys/values."""
-import sys, numpy as np, torch, json, faiss
+import sys, numpy as np, torch
 from pathlib import Path
 from mlpmem_lightning.cli.lightning import run_cli
 from mlpmem_lightning.data.token_store import PrepareSettings, TokenStore, prepare
