@@ -28,11 +28,10 @@ class OldClusteredIVF(ClusteredIVF):
 
 
 def recall(s: ClusteredIVF, rows: np.ndarray, exact: np.ndarray, k: int) -> float:
-    got = {}
-    for lst, ids, _, nb in s.self_search(k + 1):
-        for r, n in zip(ids.tolist(), nb.tolist()):
-            got[r] = n
-    return float(np.mean([len(set(got[r]) - {r} & set(e) - {r}) / k for r, e in zip(rows.tolist(), exact)]))
+    """The sampled rows searched as queries: each lands in its own list, so this is the self-search's result for
+    those rows, without searching every other row of the datastore too."""
+    got = s.search(torch.from_numpy(np.asarray(s.source[rows], dtype=np.float32)), k + 1)[1].tolist()
+    return float(np.mean([len(set(g) - {r} & set(e) - {r}) / k for r, g, e in zip(rows.tolist(), got, exact)]))
 
 
 def main() -> None:
