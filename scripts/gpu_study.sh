@@ -2,6 +2,9 @@
 # The scaling study of issue #15 (sweeps/scaling-h200.yaml) on one H200, resumable across calls and leases:
 #   bash scripts/gpu_study.sh SECONDS            # the sweep, WORKERS (default 3) processes sharing the GPU
 #   LR_SEARCH=1 bash scripts/gpu_study.sh SECONDS  # first the LR search again (7 processes), then the sweep
+#   SPEC=sweeps/scaling-h200-fixed.yaml bash …     # another study spec named as its file (study: <name>, out
+#                                                  # runs/sweeps/<name>); it resumes from .carry/state-<name>/ and
+#                                                  # analysis/results/<name>/partial/, never from another study's storage
 # Carry .whl (make wheels) and .carry/mixed-english (`mlpmem prepare --corpus mixed-english --vocab-size 16384
 # --out .carry/mixed-english`, where the registries are reachable; not all of .carry, which with the SmolLM2 store
 # is over the 64 MiB a call carries); a warm machine keeps runs/ between calls,
@@ -14,10 +17,13 @@ source scripts/gpu_setup.sh
 END=$(( $(date +%s) + ${1:-540} ))
 WORKERS=${WORKERS:-3}
 left() { echo $(( END - $(date +%s) )); }
-O=runs/sweeps/scaling-h200
+SPEC=${SPEC:-sweeps/scaling-h200.yaml}
+NAME=$(basename "$SPEC" .yaml)  # the spec's study name and out (runs/sweeps/<name>)
+STATE=.carry/state; [ "$NAME" = scaling-h200 ] || STATE=.carry/state-$NAME
+O=runs/sweeps/$NAME
 mkdir -p $O/scaling-h200-lr
 [ -e $O/tokens ] || cp -r .carry/mixed-english $O/tokens
-for db in .carry/state/optuna.db analysis/results/scaling-h200/partial/optuna.db; do [ -e $O/optuna.db ] || [ ! -e $db ] || cp $db $O/; done
+for db in $STATE/optuna.db analysis/results/$NAME/partial/optuna.db; do [ -e $O/optuna.db ] || [ ! -e $db ] || cp $db $O/; done
 if [ -n "${LR_SEARCH:-}" ] && [ ! -e $O/lr.done ]; then
   echo "lr-search start $(date +%T)"
   timeout $(left) $MLPMEM lr-search --config sweeps/scaling-h200-lr.yaml --workers 7 >> $O/lr-search.log 2>&1 && touch $O/lr.done
@@ -42,11 +48,11 @@ PACK_BEFORE="[ ! -e $O/optuna.db ] || python3 -c 'import sqlite3, sys; sqlite3.c
 pack_every 60 study.tgz "${PACK[@]}"  # a call killed at its limit still returns the last minute's tables and storage
 if [ $(left) -gt 40 ]; then
   echo "sweep start $(date +%T)"
-  timeout $(left) $MLPMEM sweep --config sweeps/scaling-h200.yaml --workers $WORKERS ${STORES[@]+"${STORES[@]}"} >> $O/sweep.log 2>&1
+  timeout $(left) $MLPMEM sweep --config $SPEC --workers $WORKERS ${STORES[@]+"${STORES[@]}"} >> $O/sweep.log 2>&1
   echo "sweep end $(date +%T)"; tail -5 $O/sweep.log | cut -c1-300
 fi
 pkill -f mlpmem_lightning.cli; sleep 2
 df -h . /dev/shm | tail -2; du -sh $O/datastores $O/targets /dev/shm/mlpmem-stores/* 2>/dev/null
-grep -h "^trial" $O/scaling-h200/workers/*.log 2>/dev/null | cut -c1-400 | tail -20
+grep -h "^trial" $O/$NAME/workers/*.log 2>/dev/null | cut -c1-400 | tail -20
 pack_stop; touch $O/packed-at-end; pack_once study.tgz "${PACK[@]}"
 ls -la $OUT

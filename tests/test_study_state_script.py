@@ -63,3 +63,23 @@ def test_a_pack_without_storage_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().startswith("mlpmem: error: ") and len(done.stderr.strip().splitlines()) == 1
     assert not (work / ".carry/state/optuna.db").exists()
+
+
+def test_another_study_resumes_from_its_own_storage(tmp_path: Path) -> None:
+    """NAME=<study>: its storage goes to .carry/state-<study>/ and its partial/ folder, never the default study's."""
+    src = tmp_path / "src" / "runs/sweeps/other"
+    (src / "other").mkdir(parents=True)
+    _db(src / "optuna.db", ["COMPLETE"])
+    (src / "packed-at-end").touch()
+    (src / "other" / "results.csv").write_text("trial\n7\n")
+    tgz = tmp_path / "study.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "runs", arcname="runs")
+    work = tmp_path / "repo"
+    work.mkdir()
+    done = subprocess.run(["bash", str(SCRIPT), str(tgz)], cwd=work, capture_output=True, text=True,
+                          env={"NAME": "other", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert _states(work / ".carry/state-other/optuna.db") == ["COMPLETE"]
+    assert (work / "analysis/results/other/partial/results.csv").read_text() == "trial\n7\n"
+    assert not (work / ".carry/state").exists() and not (work / "analysis/results/scaling-h200").exists()

@@ -1,9 +1,13 @@
 """The #15 study's report over both of its sweeps: the decoder-only half (decoders/, 2 seeds x 2 budgets per rung)
 and the kNN-LM + memory half (SWEEP_DIR: partial/ while it runs, then the finished sweep's tables).
 
-    python analysis/results/scaling-h200/final_report.py [SWEEP_DIR]     # default: partial/
+    python analysis/results/scaling-h200/final_report.py [SWEEP_DIR [OUT_DIR]]     # default: partial/, here
 
-Writes beside this script: results.csv (the two halves' results.csv, one after the other: the report orders each
+    # the kNN-LM + memory half again after the probe-set fix (sweeps/scaling-h200-fixed.yaml), beside this decoder-only half:
+    python analysis/results/scaling-h200/final_report.py analysis/results/scaling-h200-fixed/partial \
+        analysis/results/scaling-h200-fixed
+
+Writes into OUT_DIR (default: beside this script): results.csv (the two halves' results.csv, one after the other: the report orders each
 study by size with its own seed noise, and pairs every comparison within a study), report/ (`mlpmem report` over
 it) and stage_seconds.md (process-seconds per stage, summed over each sweep's trials.csv, and per trial).
 """
@@ -35,16 +39,16 @@ def stage_seconds(trials: dict[str, pd.DataFrame]) -> list[str]:
     return lines
 
 
-def main(sweep: Path) -> None:
+def main(sweep: Path, dest: Path = HERE) -> None:
     tables = {"decoders": HERE / "decoders", "sweep": sweep}
     results = pd.concat([pd.read_csv(d / "results.csv") for d in tables.values()], ignore_index=True)
-    out = Path(os.path.relpath(HERE / "results.csv"))  # relative, so that report.md names no one's home directory
+    out = Path(os.path.relpath(dest / "results.csv"))  # relative, so that report.md names no one's home directory
     results.to_csv(out, index=False)
-    write_report(out, HERE / "report")
+    write_report(out, dest / "report")
     trials = {name: pd.read_csv(d / "trials.csv") for name, d in tables.items() if (d / "trials.csv").is_file()}
-    (HERE / "stage_seconds.md").write_text("\n".join(stage_seconds(trials)) + "\n")
-    print(f"{HERE / 'report' / 'report.md'}, {HERE / 'stage_seconds.md'}")
+    (dest / "stage_seconds.md").write_text("\n".join(stage_seconds(trials)) + "\n")
+    print(f"{dest / 'report' / 'report.md'}, {dest / 'stage_seconds.md'}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "partial")
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "partial", Path(sys.argv[2]) if len(sys.argv) > 2 else HERE)
