@@ -176,3 +176,16 @@ def test_results_of_different_runs_are_refused(tmp_path, second, message):
     _run_rows(**second).to_csv(tmp_path / "b.csv", index=False)
     with pytest.raises(SystemExit, match=f"^mlpmem: error: .*{message}"):
         main(["--results", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path)])
+
+
+def test_declared_same_targets_are_read_as_one_and_no_others(tmp_path):
+    """--same-targets: the fingerprints the caller declares one set are merged; one not declared is still refused."""
+    from mlpmem_lightning.study.report.memory_summary import main, read_results
+
+    _run_rows({"x0.125": 3.27, "x0.25": 3.26}).to_csv(tmp_path / "a.csv", index=False)
+    _run_rows({"x1": 3.24}, targets="t1").to_csv(tmp_path / "b.csv", index=False)
+    df = read_results([tmp_path / "a.csv", tmp_path / "b.csv"], same_targets=["t0", "t1"])
+    assert set(df["targets_fingerprint"].dropna()) == {"t0"} and (df["memory_size"] == "x1").sum() == 2
+    with pytest.raises(SystemExit, match="^mlpmem: error: .*differ in targets_fingerprint"):
+        main(["--results", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path),
+              "--same-targets", "t0", "t2"])

@@ -93,15 +93,22 @@ REFERENCE = ("decoder", "knn_lm")  # scored once per run: one row per split is k
 RTOL = 1e-4  # how far two runs' scores of the same reference may differ (bf16 on two machines) and still be one
 
 
-def read_results(paths: list[Path]) -> pd.DataFrame:
+def read_results(paths: list[Path], same_targets: list[str] | None = None) -> pd.DataFrame:
     """The results of one run on one base, from one file or several (sizes finished in different sessions).
 
     Why the checks: a memory's gain is read against the base and kNN-LM rows, and the memories of one fit must have
     imitated the same targets. Files of another base or token store, memories trained on other targets (a datastore
     rebuilt to other bytes), or reference scores that differ beyond ``RTOL`` are refused; a memory size present
-    twice is refused too (which one would count?). The reference rows of the first file are kept."""
+    twice is refused too (which one would count?). The reference rows of the first file are kept.
+
+    ``same_targets``: targets fingerprints the caller declares to be one set of targets, read as the first of them.
+    The fingerprint hashes the targets' identity as well as their bytes, so the same bytes under an identity that
+    gained a label (the search revision, 91b4c8b) get another fingerprint; the declaration is the caller's, and
+    ``write_summary`` prints it."""
     frames = [pd.read_csv(p).assign(_file=str(p)) for p in paths]
     df = pd.concat(frames, ignore_index=True)
+    if same_targets and "targets_fingerprint" in df:
+        df["targets_fingerprint"] = df["targets_fingerprint"].replace({fp: same_targets[0] for fp in same_targets})
     mem = df[~df["arch"].isin(REFERENCE)]
     for column, rows in [*((c, df) for c in SAME), ("targets_fingerprint", mem)]:
         if column in rows and rows[column].nunique(dropna=True) > 1:
@@ -122,15 +129,18 @@ def read_results(paths: list[Path]) -> pd.DataFrame:
 
 
 def write_summary(results: Path | list[Path], times: Path | None, out: Path, bootstrap: int = 1000,
-                  trials: Path | None = None) -> Path:
+                  trials: Path | None = None, same_targets: list[str] | None = None) -> Path:
     from mlpmem_lightning.study.report.memory_scaling import plot_memory_scaling
 
-    df = read_results(results if isinstance(results, list) else [results])
+    df = read_results(results if isinstance(results, list) else [results], same_targets)
     result = memory_scaling(df, split="test", bootstrap=bootstrap)
     plot_memory_scaling(result, out / "memory_scaling.png")
     lines = [f"# Memory-size scaling on {result['base']}", "", "## Perplexity (λ, T chosen on valid)", "",
              *valid_table(df), "", "## Fit (test)", "", *summary_lines(result), "", *span_line(df), "",
              *gain_lines(result)]
+    if same_targets:
+        lines += ["", f"Targets fingerprints {', '.join(same_targets)} were declared one set of targets "
+                      "(`--same-targets`), not checked: the results files differ in them."]
     if times is not None and times.is_file():
         lines += ["", "## Seconds per command", "", *times_table(pd.read_csv(times))]
     if trials is not None and trials.is_file():
@@ -148,9 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=Path, help="the sweep's trials.csv: time_<stage>_s per trial")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--same-targets", nargs="+", metavar="FINGERPRINT", help="targets fingerprints to read as one "
+                    "set of targets (the same bytes under another identity); summary.md says so")
     args = ap.parse_args(argv)
     try:
-        print(write_summary(args.results, args.times, args.out, args.bootstrap, args.trials).read_text())
+        print(write_summary(args.results, args.times, args.out, args.bootstrap, args.trials,
+                            args.same_targets).read_text())
     except UserError as err:
         sys.exit(f"mlpmem: error: {err}")
 
