@@ -80,6 +80,12 @@ class KNNLM(TemperatureGridEvaluation, LambdaGridEvaluation, L.LightningModule):
                                       nprobe=s.nprobe, rerank=s.rerank, nlist=s.nlist)
         self.register_buffer("values", torch.from_numpy(np.asarray(store.values, dtype=np.int64)), persistent=False)
 
+    def teardown(self, stage: str) -> None:
+        """Let go of the searcher when its pass ends. A study runs validate and then test in one process, and the
+        trainer's reference cycles kept the validate pass's searcher (its keys on the GPU) alive while the test pass
+        built another: the n13m trial of 2026-12-02 ran out of its 35 GB share with two copies of 12M keys."""
+        self.searcher = None
+
     @torch.no_grad()
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TokenNLL) -> None:
         labels = scored(batch, batch["labels"])  # sliding windows: only the labels no earlier window scored

@@ -296,6 +296,8 @@ class Stages:
         callbacks = self.callbacks if subcommand == "fit" else ()
         cli = run_cli(self.config(subcommand, model, root, data, ckpt), callbacks=callbacks)
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+        del cli
+        release_device_memory()
         if record is not None:
             atomic_write_text(record, json.dumps(metrics, indent=1))
         return metrics
@@ -399,3 +401,16 @@ class Stages:
             with self.exclusive(path), self.users.sole(path) as alone:
                 if alone and path.exists():
                     shutil.rmtree(path)
+
+
+def release_device_memory() -> None:
+    """Free what a finished in-process stage left on the GPU before the worker's next stage. The trainer and its
+    module form reference cycles that only the collector breaks, and the caching allocator keeps their blocks; a
+    worker holds 1/N of the GPU (study/workers.py), so the next stage would otherwise start with less than its share."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -103,6 +103,28 @@ def test_knn_lm_beats_the_decoder_and_lambda0_is_the_decoder(datastore, small_de
     assert m["val/best_ppl"] < m["val/decoder_ppl"] and 0 < m["val/best_lambda"] < 1
 
 
+def test_knn_lm_lets_go_of_its_searcher_when_the_pass_ends(datastore, small_decoder, small_store, tmp_path,
+                                                          monkeypatch):
+    """After validate nothing holds the searcher (its keys), even while the trainer and module are still alive."""
+    import gc
+    import weakref
+
+    from mlpmem_lightning.knn import search
+
+    made, make = [], search.make_searcher
+
+    def remembered(*args, **kwargs):
+        searcher = make(*args, **kwargs)
+        made.append(weakref.ref(searcher))
+        return searcher
+
+    monkeypatch.setattr(search, "make_searcher", remembered)
+    knn = run_cli(knn_args("validate", small_decoder, small_store, datastore, "--model.k", "16",
+                           "--trainer.default_root_dir", str(tmp_path / "knn")))
+    gc.collect()
+    assert made and knn.model is not None and all(ref() is None for ref in made)
+
+
 def test_knn_lm_refuses_a_datastore_of_another_decoder(datastore, small_decoder, small_store, tmp_path):
     ckpt = torch.load(small_decoder / "checkpoints" / "best.ckpt", weights_only=False)
     name = next(k for k in ckpt["state_dict"] if k.endswith("embed_tokens.weight"))
