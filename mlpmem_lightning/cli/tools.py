@@ -78,6 +78,8 @@ def args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=64, help="train: windows per step")
     p.add_argument("--seq-len", type=int, default=256, help="train: tokens per window")
     p.add_argument("--steps", type=int, default=30, help="train: timed steps (after 10 untimed)")
+    p.add_argument("--log-every-n-steps", type=positive, default=50,
+                   help="train: the Trainer's logging interval (the GPU trainer's is 50; 1 shows what logging costs)")
     p.add_argument("--no-reference", dest="reference", action="store_false",
                    help="train: skip the plain-PyTorch reference (several bench processes sharing one GPU)")
     p.add_argument("--rows", type=lambda s: [int(float(x)) for x in s.split(",")], default=[1_000_000, 3_000_000,
@@ -107,6 +109,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UserError(f"unknown --train-modes {', '.join(bad)}: choose from {', '.join(TRAIN_MODES)}")
     run_bench(args.sections, args.out, args.data, args.sizes, args.rows, args.work, args.train_modes,
               batch=args.batch, seq_len=args.seq_len, steps=args.steps, reference=args.reference,
+              log_every_n_steps=args.log_every_n_steps,
               profile=args.profile, generate_sizes=args.generate_sizes, datastore_rows=args.datastore_rows,
               memory_sizes=args.memory_sizes, memory_train_modes=args.train_modes, claim_sizes=args.claim_sizes,
               repeats=args.repeats, targets_backends=tuple(args.targets_backends))

@@ -184,8 +184,8 @@ class DecoderLM(StepGraphHooks, ClipGradients, FiniteLossGuard, L.LightningModul
         else:
             loss = self.train_loss(batch["input_ids"], batch["labels"])
         self.guard_loss(loss)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
-        if is_logging_step(self):
+        if is_logging_step(self):  # only the steps the logger writes: a log call costs more host time than a step
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
             tokens = (self.global_step + 1) * self.tokens_per_step
             self.log_dict({"train/tokens": float(tokens), "train/flops": float(tokens) * self.flops_per_token})
         return loss

@@ -234,9 +234,9 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         out = self.step_graph(*xs) if self.step_graph is not None else self._step_losses(*xs)
         loss, kl, ce = out.unbind()
         self.guard_loss(loss)
-        self.log_dict({"train/loss": loss, "train/kl": kl, "train/ce": ce}, prog_bar=True,
-                      sync_dist=True)  # the global batch's losses under DDP
-        if is_logging_step(self):
+        if is_logging_step(self):  # only the steps the logger writes: a log call costs more host time than a step
+            self.log_dict({"train/loss": loss, "train/kl": kl, "train/ce": ce}, prog_bar=True,
+                          sync_dist=True)  # the global batch's losses under DDP
             self.log("train/tokens", float((self.global_step + 1) * self.tokens_per_step))
         return loss
 

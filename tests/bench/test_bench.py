@@ -21,6 +21,17 @@ def test_train_rows_report_consistent_rates(small_store):
     assert r["gpu"] == "cpu" and r["mfu"] is None  # no peak known for a CPU
 
 
+def test_train_profile_writes_the_fits_kernel_and_hook_tables(small_store, tmp_path):
+    """--profile fits once more under torch.profiler and Lightning's SimpleProfiler: the step's wall and busy
+    times head the kernel table, and the hook table names the training batch's host time."""
+    (r,) = bench_train(["200k"], str(small_store), seq_len=32, batch=4, steps=3, warmup=1, num_workers=0,
+                       profile_dir=tmp_path, log_every_n_steps=1)
+    assert r["log_every_n_steps"] == 1
+    kernels = (tmp_path / "profile_fit_200k_eager.txt").read_text()
+    assert kernels.startswith("# 5 steps of the fit under the profiler:") and "## by host time" in kernels
+    assert "run_training_batch" in (tmp_path / "fit-profile_fit_200k_eager_hooks.txt").read_text()
+
+
 def test_targets_rows_and_recall(tmp_path):
     rows = bench_targets([4000], tmp_path, d=16, k=32, keep=8, vocab=100, nprobe=8, sample=64, pq_m=8)
     by = {r["backend"].split(" (")[0]: r for r in rows}

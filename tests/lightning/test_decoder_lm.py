@@ -111,6 +111,43 @@ def test_fit_is_deterministic_and_resumes(wiki_store, tmp_path):
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+class LossesSeen(Callback):
+    """Each step's training loss as the step returned it."""
+
+    seen: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        LossesSeen.seen[trainer.global_step - 1] = float(outputs["loss"])
+
+
+def test_train_loss_is_logged_at_the_loggers_steps_with_that_steps_value(wiki_store, tmp_path, monkeypatch):
+    """Training metrics are logged only on the steps the logger writes (a `self.log` costs more host time than
+    a small rung's step on a GPU); what is written there is that step's loss, never a stale one."""
+    import csv
+
+    import lightning as L
+
+    calls, log = [], L.LightningModule.log
+
+    def spy(self, name, *args, **kwargs):
+        if name == "train/loss":
+            calls.append(self.global_step)
+        return log(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(L.LightningModule, "log", spy)
+    LossesSeen.seen = {}
+    run = tmp_path / "run"
+    run_cli(fit_args(wiki_store, run, "--model.max_tokens", str(8 * BATCH * SEQ), "--trainer.log_every_n_steps",
+                     "3", "--trainer.val_check_interval", "1.0", "--trainer.limit_val_batches", "1",
+                     "--trainer.callbacks+=tests.lightning.test_decoder_lm.LossesSeen"))
+    with open(run / "metrics.csv", newline="") as f:
+        logged = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+    assert sorted(logged) == [2, 5] and calls == [2, 5]
+    assert sorted(LossesSeen.seen) == list(range(8))
+    for step, loss in logged.items():
+        assert loss == pytest.approx(LossesSeen.seen[step], rel=1e-6)
+
+
 def test_clipping_hook_clips_the_global_norm_without_lightning_refusing_fused_adamw():
     from types import SimpleNamespace
 
