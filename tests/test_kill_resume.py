@@ -62,9 +62,9 @@ def _kill_fit_and_resume(args: list[str], run: Path, name: str) -> None:
     """Fit to completion once; fit again, SIGKILL at a random time after the first checkpoint,
     re-run the same command; it must resume and end with the uninterrupted run's weights."""
     rng = kill_rng(name)
-    slow = ["--trainer.callbacks+=tests.test_kill_resume.Slow", "--trainer.val_check_interval", "2",
-            "--model.max_tokens", str(STEPS * BATCH * SEQ)]
-    subprocess.run(MLPMEM + args + slow + ["--trainer.default_root_dir", str(run / "whole")], check=True,
+    budget = ["--trainer.val_check_interval", "2", "--model.max_tokens", str(STEPS * BATCH * SEQ)]
+    slow = ["--trainer.callbacks+=tests.test_kill_resume.Slow", *budget]  # the sleep touches no numerics
+    subprocess.run(MLPMEM + args + budget + ["--trainer.default_root_dir", str(run / "whole")], check=True,
                    capture_output=True)
     killed = MLPMEM + args + slow + ["--trainer.default_root_dir", str(run / "killed")]
     reap(kill_when(killed, lambda: (run / "killed" / "checkpoints" / "last.ckpt").is_file(),

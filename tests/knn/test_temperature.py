@@ -105,7 +105,7 @@ def test_default_grid_and_bad_grids():
 
 
 @pytest.mark.integration
-def test_targets_rule_is_scale_times_the_brute_force_median_distance(small_datastore):
+def test_targets_rule_is_scale_times_the_brute_force_median_distance(small_datastore, monkeypatch):
     from mlpmem_lightning.knn.datastore import Datastore
     from mlpmem_lightning.knn.settings import TargetSettings
     from mlpmem_lightning.knn.temperature import SAMPLE_ROWS, median_neighbour_distance, scaled_temperature
@@ -122,5 +122,10 @@ def test_targets_rule_is_scale_times_the_brute_force_median_distance(small_datas
     got = median_neighbour_distance(small_datastore, settings, rows=rows, device="cpu")
     assert got == pytest.approx(want, rel=1e-3)
     assert SAMPLE_ROWS >= 1024
-    full = median_neighbour_distance(small_datastore, settings, device="cpu")
+    # the rule's median is the default sample's (SAMPLE_ROWS rows), computed once here and handed back by a spy
+    from mlpmem_lightning.knn import temperature
+
+    full, calls = median_neighbour_distance(small_datastore, settings, device="cpu"), []
+    monkeypatch.setattr(temperature, "median_neighbour_distance", lambda ds, s, **kw: calls.append((ds, s, kw)) or full)
     assert scaled_temperature(small_datastore, settings, 0.5) == pytest.approx(0.5 * full, rel=1e-12)
+    assert calls == [(small_datastore, settings, {})]

@@ -39,10 +39,10 @@ def test_both_key_functions_give_the_pre_ffn_norm_output(family, layer):
     torch.testing.assert_close(ffn_inputs_compilable(model, ids, layer), want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family", sorted(PRE_FFN_NORM))
-def test_the_compilable_keys_trace_into_one_graph_without_breaks(family):
+def test_the_compilable_keys_trace_into_one_graph_without_breaks():
+    """The default family's (what online memory training compiles); about 10 s of tracing per family on 2 cores."""
     torch.manual_seed(0)
-    model = build_decoder(get_size("n0.2m"), V, family=family).eval()
+    model = build_decoder(get_size("n0.2m"), V).eval()
     ids = torch.randint(0, V, (2, 16))
     explained = torch._dynamo.explain(lambda x: ffn_inputs_compilable(model, x))(ids)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
