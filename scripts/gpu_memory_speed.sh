@@ -1,7 +1,7 @@
 #!/bin/bash
-# Issue #14 item 5 on a GPU machine: online memory training (mem-6m on the 6m decoder, batch 64 x 256, K 128) with the
-# frozen decoder's keys compiled apart and run before the memory's step graph, against the code before that change
-# (a copy of the previous commit's package in .carry/before, carried) in the same call.
+# Issue #14 item 5 on a GPU machine: online memory training (mem-6m on the 6m decoder, batch 64 x 256, K 128), the working
+# tree against another version of the package
+# (e.g. `git archive REV mlpmem_lightning | tar -x -C .carry/before`, carried) in the same call.
 # Results: $OUT/{before,after}/memory.csv and the graph-mode profiles.
 set -u
 source scripts/gpu_setup.sh

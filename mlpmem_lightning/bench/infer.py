@@ -148,8 +148,8 @@ def bench_memory_training(decoder_size: str, vocab: int, device: str, batch: int
     with a stand-in carrying ``trainer.max_steps``. Offline keys are on the device already (disk
     and host-to-device time not counted). ``step_ms`` is the median over ``steps`` after ``warmup``.
     ``train_modes``: ``eager``; ``compiled`` (memory and loss compiled together: ``MemoryLM.prepare_train_step``);
-    ``graph`` (compiled; the memory's whole step, AdamW included, one CUDA graph run after the online keys: the
-    module's own ``GraphedTrainStep`` over ``MemoryLM._step_losses``, as ``--model.cuda_graph true`` builds it).
+    ``graph`` (compiled, and the whole step, decoder forward and AdamW included, one CUDA graph: the module's own
+    ``GraphedTrainStep`` over ``MemoryLM._step_losses``, as ``--model.cuda_graph true`` builds it).
     """
     if keep > vocab:
         raise UserError(f"keep {keep} exceeds the vocabulary {vocab}")

@@ -35,7 +35,7 @@ from mlpmem_lightning.lightning.optim import (
 )
 from mlpmem_lightning.lightning.step_graph import StepGraphHooks
 from mlpmem_lightning.models.base_memory import PAPER_MEMORY_LR, is_relative, relative_memory_config
-from mlpmem_lightning.models.decoder import ffn_inputs, ffn_inputs_compilable, logits_and_ffn_inputs
+from mlpmem_lightning.models.decoder import ffn_inputs, logits_and_ffn_inputs
 from mlpmem_lightning.models.families import family_of
 from mlpmem_lightning.models.flops import forward_flops_of
 from mlpmem_lightning.models.ladder import get_memory_size, get_size, matched_memory
@@ -78,10 +78,9 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         max_tokens: training token budget (sets ``trainer.max_steps``).
         lambdas: λ grid evaluated in one pass (default 0, 0.05, ..., 1).
         lambda_: λ of the headline ``loss``/``ppl`` (e.g. chosen on valid); best of the grid if unset.
-        compile: ``torch.compile`` the memory together with its loss, and apart from them the frozen decoder's
-            forward to the keys (online) (GPU).
-        cuda_graph: capture the memory's whole training step (the memory, its loss, backward, clipping and AdamW)
-            as one CUDA graph and replay it, after the online keys (GPU; ``lightning/step_graph.py``).
+        compile: ``torch.compile`` the memory together with its loss (GPU).
+        cuda_graph: capture the whole training step (the frozen decoder's forward to the keys, the memory, its loss,
+            backward, clipping and AdamW) as one CUDA graph and replay it (GPU; ``lightning/step_graph.py``).
         teacher: the targets may come from another decoder of the same token store (a teacher: the paper
             trained GPT2-large's memory on GPT2-xl's targets); its fingerprint is recorded in the checkpoint.
         loss: ``sparse`` (log_softmax of the logits, then the K target ids) or ``fused`` (head, log_softmax
@@ -153,12 +152,8 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
                 self.start_step_graph(self.memory, self._step_losses)
 
     def prepare_train_step(self, compile: bool) -> None:
-        """``train_losses``, compiled (memory and loss as one graph: the fp32 logits never written out) or not, and
-        the online keys' function: the frozen decoder compiled on its own (no gradient flows into it), run before
-        the step graph. Inside the graph it ran uncompiled, 3.6 of a 9 ms step at mem-6m (analysis/bench-h200)."""
+        """``train_losses``, compiled (memory and loss as one graph: the fp32 logits never written out) or not."""
         self.train_losses = torch.compile(self._memory_losses) if compile else self._memory_losses
-        # reduce-overhead: its own CUDA graph, since the compiled forward alone is ~100 launches (host-bound at 6m)
-        self.decoder_keys = torch.compile(ffn_inputs_compilable, mode="reduce-overhead") if compile else ffn_inputs
 
     def _check_teacher(self, datastore: dict[str, Any]) -> None:
         """Targets of another decoder only when asked (``teacher``): the same token store and window cut are
@@ -213,7 +208,7 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
         if self.hparams.mode == "offline":
             return x
         with torch.no_grad():
-            return self.decoder_keys(self.decoder, x, self.layer)
+            return ffn_inputs(self.decoder, x, self.layer)
 
     def _memory_losses(self, keys: torch.Tensor, knn_ids: torch.Tensor, knn_probs: torch.Tensor,
                        labels: torch.Tensor) -> torch.Tensor:
@@ -225,17 +220,16 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
             out = memory_loss(self.memory(keys).flatten(0, 1), ids, probs, labels, alpha)
         return torch.stack([out["loss"], out["kl"], out["ce"]])
 
-    def _step_losses(self, keys: torch.Tensor, labels: torch.Tensor, knn_ids: torch.Tensor,
+    def _step_losses(self, x: torch.Tensor, labels: torch.Tensor, knn_ids: torch.Tensor,
                      knn_probs: torch.Tensor) -> torch.Tensor:
-        """One training step's [loss, kl, ce] from the batch's keys (what the step graph captures)."""
-        return self.train_losses(keys.float(), knn_ids, knn_probs, labels)
+        """One training step's [loss, kl, ce] from the batch (``x``: token ids online, keys offline)."""
+        return self.train_losses(self._keys_of(x).float(), knn_ids, knn_probs, labels)
 
     train_losses = _memory_losses  # replaced by ``prepare_train_step`` in ``setup``
-    decoder_keys = staticmethod(ffn_inputs)  # likewise
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = batch["keys"] if self.hparams.mode == "offline" else batch["input_ids"]
-        xs = (self._keys_of(x), batch["labels"], *self._targets_of(batch))  # online keys: outside the step graph
+        xs = (x, batch["labels"], *self._targets_of(batch))
         # the step graph replays forward, backward, clipping and the update (Lightning's are skipped: StepGraphHooks)
         out = self.step_graph(*xs) if self.step_graph is not None else self._step_losses(*xs)
         loss, kl, ce = out.unbind()
@@ -259,7 +253,7 @@ class MemoryLM(StepGraphHooks, ClipGradients, FiniteLossGuard, LambdaGridEvaluat
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{loss, kl, ce} of a training batch, as ``training_step`` computes them (without the step graph)."""
         x = batch["keys"] if self.hparams.mode == "offline" else batch["input_ids"]
-        loss, kl, ce = self._step_losses(self._keys_of(x), batch["labels"], *self._targets_of(batch)).unbind()
+        loss, kl, ce = self._step_losses(x, batch["labels"], *self._targets_of(batch)).unbind()
         return {"loss": loss, "kl": kl, "ce": ce}
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -67,20 +67,6 @@ def ffn_inputs(model: PreTrainedModel, input_ids: torch.Tensor, layer: int = -1)
     return captured[0]
 
 
-@torch.no_grad()
-def ffn_inputs_compilable(model: PreTrainedModel, input_ids: torch.Tensor, layer: int = -1) -> torch.Tensor:
-    """The keys of ``ffn_inputs``, by running the base model whole (no head): ``torch.compile`` traces this into one
-    graph, while ``ffn_inputs``'s stopping exception breaks the trace. Costs the layers after ``layer`` (for the
-    last layer, one FFN), which the compiled graph more than repays (online memory training)."""
-    captured: list[torch.Tensor] = []
-    handle = ffn_block(model, layer).register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-    try:
-        model.base_model(input_ids=input_ids, use_cache=False)
-    finally:
-        handle.remove()
-    return captured[0]
-
-
 def logits_and_ffn_inputs(model: PreTrainedModel, input_ids: torch.Tensor,
                           layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass giving both the logits and the keys (kNN-LM and memory evaluation)."""

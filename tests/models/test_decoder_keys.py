@@ -1,12 +1,12 @@
-"""The kNN keys (the FFN block's input) of each registered family, by both key functions, against the output of
-the family's pre-FFN norm read off the model by name; and the compilable one traces into a single graph."""
+"""The kNN keys (the FFN block's input) of each registered family against the output of the family's pre-FFN norm,
+read off the model by name."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mlpmem_lightning.models.decoder import build_decoder, ffn_inputs, ffn_inputs_compilable
+from mlpmem_lightning.models.decoder import build_decoder, ffn_inputs
 from mlpmem_lightning.models.ladder import get_size
 
 PRE_FFN_NORM = {"llama": "post_attention_layernorm", "gpt2": "ln_2"}  # named here, not found through the family
@@ -30,21 +30,10 @@ def _norm_outputs(model: torch.nn.Module, family: str, ids: torch.Tensor) -> lis
 
 @pytest.mark.parametrize("family", sorted(PRE_FFN_NORM))
 @pytest.mark.parametrize("layer", [-1, 0, 2])
-def test_both_key_functions_give_the_pre_ffn_norm_output(family, layer):
+def test_the_keys_are_the_pre_ffn_norm_output(family, layer):
     torch.manual_seed(0)
     model = build_decoder(get_size("n0.2m"), V, family=family).double().eval()
     ids = torch.randint(0, V, (3, 17))
     want = _norm_outputs(model, family, ids)[layer]
     torch.testing.assert_close(ffn_inputs(model, ids, layer), want, rtol=0, atol=0)
-    torch.testing.assert_close(ffn_inputs_compilable(model, ids, layer), want, rtol=0, atol=0)
 
-
-def test_the_compilable_keys_trace_into_one_graph_without_breaks():
-    """The default family's (what online memory training compiles); about 10 s of tracing per family on 2 cores."""
-    torch.manual_seed(0)
-    model = build_decoder(get_size("n0.2m"), V).eval()
-    ids = torch.randint(0, V, (2, 16))
-    explained = torch._dynamo.explain(lambda x: ffn_inputs_compilable(model, x))(ids)
-    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-    compiled = torch.compile(ffn_inputs_compilable, backend="eager")
-    torch.testing.assert_close(compiled(model, ids), ffn_inputs(model, ids))
