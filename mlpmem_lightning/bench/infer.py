@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mlpmem_lightning.bench.synthetic import synthetic_datastore
+from mlpmem_lightning.bench.timing import sync
 from mlpmem_lightning.core.errors import UserError
 from mlpmem_lightning.inference.generate import generate, knn_logprobs, memory_logprobs
 from mlpmem_lightning.knn.datastore import Datastore
@@ -31,17 +32,12 @@ from mlpmem_lightning.models.ladder import get_size, matched_memory
 from mlpmem_lightning.models.memory import build_memory
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _seconds(fn: Callable[[], object], dev: torch.device) -> float:
     """Wall time of ``fn`` with the device drained before and after (CUDA launches are asynchronous)."""
-    _sync(dev)
+    sync(dev)
     start = time.perf_counter()
     fn()
-    _sync(dev)
+    sync(dev)
     return time.perf_counter() - start
 
 
@@ -181,7 +177,7 @@ def _profile_steps(step: Callable[[int], None], dev: torch.device, path: Path, n
     with profile(activities=acts) as prof:
         for i in range(n):
             step(i)
-        _sync(dev)
+        sync(dev)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(prof.key_averages().table(sort_by="cuda_time_total" if dev.type == "cuda" else "cpu_time_total",
                                               row_limit=30))

@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from mlpmem_lightning.bench.timing import gpu_name, peak_flops
+from mlpmem_lightning.bench.timing import gpu_name, peak_flops, sync
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,12 @@ class KernelProfile(L.Callback):
         self.prof: Any = None
         self.t0 = 0.0
 
-    @staticmethod
-    def _sync() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.start and self.prof is None:
             from torch.profiler import ProfilerActivity, profile
 
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-            self._sync()
+            sync()
             self.prof = profile(activities=acts)
             self.prof.__enter__()
             self.t0 = time.perf_counter()
@@ -78,7 +73,7 @@ class KernelProfile(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.prof is None or trainer.global_step != self.start + self.steps:
             return
-        self._sync()
+        sync()
         wall_ms = (time.perf_counter() - self.t0) * 1e3 / self.steps
         self.prof.__exit__(None, None, None)
         events = self.prof.key_averages()

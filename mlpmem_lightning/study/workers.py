@@ -29,7 +29,8 @@ LOG_TIME_ENV = "MLPMEM_LOG_TIME"
 
 
 def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (counted without initialising CUDA)."""
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (``torch.cuda.device_count`` when unset;
+    it creates no CUDA context, and the workers are separate processes anyway)."""
     if (listed := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
         return [d.strip() for d in listed.split(",") if d.strip()]
     import torch
